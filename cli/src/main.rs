@@ -1,0 +1,73 @@
+//! `d4c`: container image updates by per-file delta encoding, with every codec a
+//! sandboxed WebAssembly component.
+
+mod codec_cmd;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use d4c_host::codec::{CodecStore, Codecs, Limits, Runtime};
+use d4c_host::home;
+
+#[derive(Parser)]
+#[command(
+    name = "d4c",
+    version,
+    about = "Container image updates by delta encoding, with sandboxed wasm codecs"
+)]
+struct Cli {
+    /// The codec store [default: $D4C_HOME/codecs, else ~/.local/share/d4c/codecs].
+    #[arg(long, global = true, env = "D4C_CODEC_DIR", value_name = "DIR")]
+    codec_dir: Option<PathBuf>,
+    /// Memory cap for each codec call, e.g. 512M, 3G.
+    #[arg(long, global = true, value_name = "SIZE", value_parser = output::parse_size, default_value = "3G")]
+    codec_memory: u64,
+    /// Time cap for each codec call, in seconds.
+    #[arg(long, global = true, value_name = "SECONDS", default_value_t = 600.0)]
+    codec_timeout: f64,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Manage and try codec components.
+    #[command(subcommand)]
+    Codec(codec_cmd::CodecCommand),
+}
+
+impl Cli {
+    fn codecs(&self) -> Result<Codecs> {
+        if !(self.codec_timeout.is_finite() && self.codec_timeout > 0.0) {
+            anyhow::bail!("--codec-timeout must be a positive number of seconds");
+        }
+        let limits = Limits {
+            memory: self.codec_memory,
+            time: Duration::from_secs_f64(self.codec_timeout),
+        };
+        let runtime = Runtime::new(limits, Some(home::compiled_cache_dir()))?;
+        let dir = self.codec_dir.clone().unwrap_or_else(home::codec_dir);
+        Ok(Codecs::new(runtime, CodecStore::new(dir)))
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match &cli.command {
+        Command::Codec(c) => codec_cmd::run(&cli, c),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("d4c: error: {}", output::one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}

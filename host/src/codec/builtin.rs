@@ -1,0 +1,30 @@
+//! The codecs shipped inside d4c, compiled to components by `host/build.rs` and
+//! embedded, so a user never needs the .wasm files on disk.
+
+mod embedded {
+    include!(concat!(env!("OUT_DIR"), "/builtin_codecs.rs"));
+}
+
+/// A component embedded in the binary.
+#[derive(Debug, Clone, Copy)]
+pub struct BuiltinComponent {
+    /// The codec's name, as its `info` reports it.
+    pub name: &'static str,
+    /// The component bytes.
+    pub bytes: &'static [u8],
+}
+
+/// The built-in codecs, in order of preference.
+pub fn builtin_components() -> &'static [BuiltinComponent] {
+    const ALL: &[BuiltinComponent] = &[
+        BuiltinComponent {
+            name: "bsdiff",
+            bytes: embedded::BSDIFF,
+        },
+        BuiltinComponent {
+            name: "zstd-dict",
+            bytes: embedded::ZSTD_DICT,
+        },
+    ];
+    ALL
+}

@@ -1,0 +1,13 @@
+//! The d4c host library: everything the `d4c` CLI, the snapshotter and the update
+//! server share. Data flows one way: callers → this library → codec components.
+//!
+//! - [`codec`]: loads codec components, runs them sandboxed under caps, keeps the
+//!   local codec store.
+//! - [`digest`]: sha256 identities.
+//! - [`fsutil`]: atomic file writes.
+//! - [`home`]: where d4c keeps its data on this machine.
+
+pub mod codec;
+pub mod digest;
+pub mod fsutil;
+pub mod home;
