@@ -127,13 +127,13 @@ macro_rules! export_codec {
                 }
                 fn merge(
                     lower: Vec<u8>,
-            upper: Vec<u8>,
+                    upper: Vec<u8>,
                 ) -> ::core::result::Result<Vec<u8>, api::CodecError> {
                     <$codec as $crate::Codec>::merge(&lower, &upper).map_err(to_wit)
                 }
             }
 
-            $crate::bindings::export_bindings!($codec with_types_in $crate::bindings);
+    $crate::bindings::export_bindings!($codec with_types_in $crate::bindings);
         };
     };
 }

@@ -26,6 +26,17 @@ pub fn workspace_root() -> PathBuf {
     dir
 }
 
+/// Where nested builds put their output: `<target>/<name>`, `<target>` being
+/// `$CARGO_TARGET_DIR` when the outer build has one, else `<root>/target`.
+/// A directory of its own, since the outer cargo holds the lock on its own.
+pub fn target_dir(root: &Path, name: &str) -> PathBuf {
+    println!("cargo:rerun-if-env-changed=CARGO_TARGET_DIR");
+    env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+        .join(name)
+}
+
 /// Builds `package` (with `features`) into `target_dir` and returns the path of the
 /// component. Panics with the missing prerequisites named if the build fails.
 pub fn build(root: &Path, target_dir: &Path, package: &str, features: &[&str]) -> PathBuf {
@@ -47,7 +58,7 @@ pub fn build(root: &Path, target_dir: &Path, package: &str, features: &[&str]) -
         cmd.arg("--features").arg(features.join(","));
     }
     // What the outer cargo passes to build scripts must not leak into the nested
-    // build (host-target flags, jobserver, profile settings).
+    // build (host-target flags, jobserver, profile settings, clippy as the compiler).
     for (k, _) in env::vars_os() {
         let k = k.to_string_lossy().into_owned();
         if (k.starts_with("CARGO_") && k != "CARGO_HOME")

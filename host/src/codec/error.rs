@@ -84,14 +84,24 @@ pub struct CodecError {
 
 impl fmt::Display for CodecError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "codec {} (sha256 {}) {}: {}",
-            self.codec,
-            self.digest.short(),
-            self.op,
-            self.kind
-        )?;
+        if self.codec == "?" {
+            write!(
+                f,
+                "component (sha256 {}) {}: {}",
+                self.digest.short(),
+                self.op,
+                self.kind
+            )?;
+        } else {
+            write!(
+                f,
+                "codec {} (sha256 {}) {}: {}",
+                self.codec,
+                self.digest.short(),
+                self.op,
+                self.kind
+            )?;
+        }
         if !self.message.is_empty() {
             write!(f, ": {}", self.message)?;
         }

@@ -1,0 +1,259 @@
+//! The built-in codecs as wasm components, through the sandboxed host: round trips
+//! on real binaries from Debian packages and on random edits, merge, determinism.
+
+use std::sync::OnceLock;
+
+use d4c_host::codec::{Codec, Codecs};
+use d4c_host::digest::Digest;
+use proptest::prelude::*;
+
+fn codecs() -> &'static Codecs {
+    static C: OnceLock<(tempfile::TempDir, Codecs)> = OnceLock::new();
+    let (_, c) = C.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let c = d4c_tests::codecs_in(dir.path());
+        (dir, c)
+    });
+    c
+}
+
+fn builtin(name: &str) -> Codec {
+    codecs().builtin(name).unwrap()
+}
+
+fn round_trip(codec: &Codec, old: &[u8], new: &[u8]) -> Vec<u8> {
+    let delta = codec.diff(old, new, 3).unwrap_or_else(|e| panic!("{e}"));
+    let back = codec
+        .patch_checked(old, &delta, &Digest::of(new))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(back, new);
+    delta
+}
+
+/// libcrypto from the three newest libssl3 packages Debian offers.
+fn libcrypto() -> &'static [Vec<u8>] {
+    static S: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
+    S.get_or_init(|| {
+        d4c_tests::debian_series("libssl3", "usr/lib/x86_64-linux-gnu/libcrypto.so.3", 3)
+    })
+}
+
+#[test]
+fn real_library_versions_round_trip_with_small_deltas() {
+    let v = libcrypto();
+    for name in ["bsdiff", "zstd-dict"] {
+        let codec = builtin(name);
+        for pair in v.windows(2) {
+            assert_ne!(pair[0], pair[1], "the versions should differ");
+            let delta = round_trip(&codec, &pair[0], &pair[1]);
+            // A security update of libcrypto changes little; a delta codec that works
+            // at all stays far below the file's own size.
+            assert!(
+                delta.len() * 5 < pair[1].len(),
+                "{name}: delta {} bytes for a {} byte file",
+                delta.len(),
+                pair[1].len()
+            );
+        }
+    }
+}
+
+#[test]
+fn bsdiff_merge_of_real_deltas_equals_direct_patching() {
+    let v = libcrypto();
+    let codec = builtin("bsdiff");
+    let d12 = codec.diff(&v[0], &v[1], 3).unwrap();
+    let d23 = codec.diff(&v[1], &v[2], 3).unwrap();
+    let d13 = codec.merge(&d12, &d23).unwrap();
+    let via_two = codec
+        .patch(&codec.patch(&v[0], &d12).unwrap(), &d23)
+        .unwrap();
+    let via_merge = codec.patch(&v[0], &d13).unwrap();
+    assert_eq!(via_two, v[2]);
+    assert_eq!(via_merge, v[2]);
+    // Merging the merged delta with another keeps composing (a longer chain).
+    let d31 = codec.diff(&v[2], &v[0], 3).unwrap();
+    let d11 = codec.merge(&d13, &d31).unwrap();
+    assert_eq!(codec.patch(&v[0], &d11).unwrap(), v[0]);
+}
+
+#[test]
+fn merge_rejects_deltas_that_do_not_chain() {
+    let codec = builtin("bsdiff");
+    let d1 = codec.diff(b"aaaa", b"bbbbbb", 3).unwrap();
+    let d2 = codec.diff(b"cc", b"dd", 3).unwrap();
+    let e = codec.merge(&d1, &d2).unwrap_err();
+    assert_eq!(e.kind, d4c_host::codec::ErrorKind::InvalidInput, "{e}");
+    let e = builtin("zstd-dict").merge(&d1, &d2).unwrap_err();
+    assert_eq!(e.kind, d4c_host::codec::ErrorKind::Unsupported, "{e}");
+}
+
+#[test]
+fn same_inputs_give_the_same_delta_bytes() {
+    let v = libcrypto();
+    let other = d4c_tests::codecs_in(tempfile::tempdir().unwrap().path());
+    for name in ["bsdiff", "zstd-dict"] {
+        let a = builtin(name).diff(&v[0], &v[1], 0).unwrap();
+        let b = builtin(name).diff(&v[0], &v[1], 0).unwrap();
+        let c = other.builtin(name).unwrap().diff(&v[0], &v[1], 0).unwrap();
+        assert_eq!(Digest::of(&a), Digest::of(&b), "{name}");
+        assert_eq!(Digest::of(&a), Digest::of(&c), "{name}");
+    }
+}
+
+#[test]
+fn wasm_output_equals_native_output() {
+    // The same crate built natively gives the same bytes: the sandbox changes nothing.
+    use d4c_codec_guest::Codec as _;
+    let v = libcrypto();
+    let (old, new) = (&v[0][..1 << 20], &v[1][..1 << 20]);
+    let native = d4c_codec_bsdiff::Bsdiff::diff(old, new, 3).unwrap();
+    assert_eq!(builtin("bsdiff").diff(old, new, 3).unwrap(), native);
+    let native = d4c_codec_zstd_dict::ZstdDict::diff(old, new, 3).unwrap();
+    assert_eq!(builtin("zstd-dict").diff(old, new, 3).unwrap(), native);
+}
+
+#[test]
+fn edge_cases_round_trip() {
+    let data: Vec<u8> = (0..10_000u32).map(|i| (i * 31 % 251) as u8).collect();
+    for name in ["bsdiff", "zstd-dict"] {
+        let c = builtin(name);
+        round_trip(&c, b"", b"");
+        round_trip(&c, b"", &data);
+        round_trip(&c, &data, b"");
+        round_trip(&c, &data, &data);
+        round_trip(&c, &[0u8; 100_000], &[0u8; 100_001]);
+        round_trip(&c, b"x", b"y");
+    }
+}
+
+#[test]
+fn corrupt_deltas_are_errors_not_traps() {
+    let v = libcrypto();
+    let (old, new) = (&v[0][..200_000], &v[1][..200_000]);
+    for name in ["bsdiff", "zstd-dict"] {
+        let c = builtin(name);
+        let d = c.diff(old, new, 3).unwrap();
+        let mut bad = d.clone();
+        let mid = bad.len() / 2;
+        bad[mid] ^= 0x55;
+        for delta in [&d[..d.len() / 2], &bad[..], b"garbage"] {
+            match c.patch_checked(old, delta, &Digest::of(new)) {
+                Ok(_) => panic!("{name}: corrupt delta accepted"),
+                Err(e) => assert!(
+                    matches!(
+                        e.kind,
+                        d4c_host::codec::ErrorKind::InvalidInput
+                            | d4c_host::codec::ErrorKind::WrongOutput
+                    ),
+                    "{name}: {e}"
+                ),
+            }
+        }
+        // The right delta against the wrong base is refused.
+        assert!(c.patch(&old[1..], &d).is_err(), "{name}");
+    }
+}
+
+/// One random edit of a byte string.
+#[derive(Debug, Clone)]
+enum Edit {
+    Insert(usize, Vec<u8>),
+    Delete(usize, usize),
+    Replace(usize, Vec<u8>),
+    Move(usize, usize, usize),
+}
+
+fn apply(mut v: Vec<u8>, edits: &[Edit]) -> Vec<u8> {
+    for e in edits {
+        let n = v.len();
+        match e {
+            Edit::Insert(at, b) => {
+                let at = if n == 0 { 0 } else { at % (n + 1) };
+                v.splice(at..at, b.iter().copied());
+            }
+            Edit::Delete(at, len) if n > 0 => {
+                let at = at % n;
+                let end = (at + len).min(n);
+                v.drain(at..end);
+            }
+            Edit::Replace(at, b) if n > 0 => {
+                let at = at % n;
+                for (i, x) in b.iter().enumerate().take(n - at) {
+                    v[at + i] = *x;
+                }
+            }
+            Edit::Move(from, len, to) if n > 0 => {
+                let from = from % n;
+                let end = (from + len).min(n);
+                let block: Vec<u8> = v.drain(from..end).collect();
+                let to = to % (v.len() + 1);
+                v.splice(to..to, block);
+            }
+            _ => {}
+        }
+    }
+    v
+}
+
+fn edit() -> impl Strategy<Value = Edit> {
+    prop_oneof![
+        (any::<usize>(), prop::collection::vec(any::<u8>(), 0..300))
+            .prop_map(|(a, b)| Edit::Insert(a, b)),
+        (any::<usize>(), 0usize..2000).prop_map(|(a, l)| Edit::Delete(a, l)),
+        (any::<usize>(), prop::collection::vec(any::<u8>(), 1..64))
+            .prop_map(|(a, b)| Edit::Replace(a, b)),
+        (any::<usize>(), 1usize..3000, any::<usize>()).prop_map(|(a, l, t)| Edit::Move(a, l, t)),
+    ]
+}
+
+/// Old data with structure (repeats and text-like runs), as real files have.
+fn base() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        Just(Vec::new()),
+        prop::collection::vec(any::<u8>(), 0..5000),
+        (any::<u64>(), 1000usize..40_000).prop_map(|(seed, n)| {
+            let mut x = seed | 1;
+            (0..n)
+                .map(|i| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    if i % 64 < 40 {
+                        b"abcdefgh"[(x % 8) as usize]
+                    } else {
+                        x as u8
+                    }
+                })
+                .collect()
+        }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_edits_round_trip(old in base(), edits in prop::collection::vec(edit(), 0..8)) {
+        let new = apply(old.clone(), &edits);
+        for name in ["bsdiff", "zstd-dict"] {
+            round_trip(&builtin(name), &old, &new);
+        }
+    }
+
+    #[test]
+    fn random_merges_compose(
+        v1 in base(),
+        e12 in prop::collection::vec(edit(), 0..6),
+        e23 in prop::collection::vec(edit(), 0..6),
+    ) {
+        let v2 = apply(v1.clone(), &e12);
+        let v3 = apply(v2.clone(), &e23);
+        let c = builtin("bsdiff");
+        let d12 = c.diff(&v1, &v2, 1).unwrap();
+        let d23 = c.diff(&v2, &v3, 1).unwrap();
+        let d13 = c.merge(&d12, &d23).unwrap();
+        prop_assert_eq!(c.patch(&c.patch(&v1, &d12).unwrap(), &d23).unwrap(), v3.clone());
+        prop_assert_eq!(c.patch(&v1, &d13).unwrap(), v3);
+    }
+}
