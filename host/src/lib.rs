@@ -6,8 +6,12 @@
 //! - [`digest`]: sha256 identities.
 //! - [`fsutil`]: atomic file writes.
 //! - [`home`]: where d4c keeps its data on this machine.
+//! - [`image`]: the cdimg format; convert, diff, patch, merge, extract, export.
+//! - [`progress`]: progress reporting.
 
 pub mod codec;
 pub mod digest;
 pub mod fsutil;
 pub mod home;
+pub mod image;
+pub mod progress;

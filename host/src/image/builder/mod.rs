@@ -1,0 +1,302 @@
+//! `convert`: an OCI image becomes a full cdimg. One file per input kind
+//! ([`oci`], [`docker_archive`]) over a shared core: [`layer`] applies the layers
+//! to a tree, this module stores the content (compressed in parallel, each
+//! distinct content once) and writes the file.
+
+pub mod docker_archive;
+pub mod layer;
+pub mod oci;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Mutex;
+
+use anyhow::{bail, ensure, Context, Result};
+
+use self::layer::{ContentSink, TreeBuilder};
+use crate::digest::{Digest, Hasher};
+use crate::image::entry::{image_id, Compression, Data, Kind};
+use crate::image::format::{self, Header, ImageKind, Writer};
+use crate::progress::Progress;
+
+/// An image to convert: its config and its layer blobs, in order.
+pub struct SourceImage {
+    /// The OCI image config, verbatim.
+    pub config: Vec<u8>,
+    /// Layer blob paths, with the digest each must have (if known).
+    pub layers: Vec<(PathBuf, Option<Digest>)>,
+    /// Keeps a temporary unpack directory alive.
+    pub(crate) _tmp: Option<tempfile::TempDir>,
+}
+
+/// Where an image comes from, as users write it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// An OCI image layout directory and optional tag.
+    Layout(PathBuf, Option<String>),
+    /// A `docker save` tar and optional tag.
+    DockerArchive(PathBuf, Option<String>),
+}
+
+impl Source {
+    /// Parses `DIR`, `DIR:TAG`, `oci:DIR[:TAG]` or `docker-archive:FILE[:TAG]`.
+    pub fn parse(s: &str) -> Result<Source> {
+        let split = |rest: &str| -> (PathBuf, Option<String>) {
+            if Path::new(rest).exists() {
+                return (rest.into(), None);
+            }
+            match rest.rsplit_once(':') {
+                Some((p, t)) if !t.contains('/') => (p.into(), Some(t.to_string())),
+                _ => (rest.into(), None),
+            }
+        };
+        if let Some(rest) = s.strip_prefix("docker-archive:") {
+            let (p, t) = split(rest);
+            return Ok(Source::DockerArchive(p, t));
+        }
+        let (p, t) = split(s.strip_prefix("oci:").unwrap_or(s));
+        if !p.exists() {
+            bail!("image source {s:?} not found (want DIR, DIR:TAG or docker-archive:FILE)");
+        }
+        Ok(Source::Layout(p, t))
+    }
+
+    /// Opens the source; temporary files go in `tmp`.
+    pub fn open(&self, tmp: &Path) -> Result<SourceImage> {
+        match self {
+            Source::Layout(d, t) => oci::open(d, t.as_deref()),
+            Source::DockerArchive(f, t) => docker_archive::open(f, t.as_deref(), tmp),
+        }
+    }
+}
+
+/// Options for building a cdimg.
+#[derive(Debug, Clone, Copy)]
+pub struct BuildOptions {
+    /// zstd level for file content.
+    pub level: i32,
+    /// Compression threads.
+    pub threads: usize,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        BuildOptions { level: 19, threads: std::thread::available_parallelism().map_or(2, |n| n.get()) }
+    }
+}
+
+/// Files up to this size are compressed on worker threads; larger ones are
+/// streamed through a zstd encoder as they are read, so memory stays bounded.
+const IN_MEMORY: u64 = 64 << 20;
+
+/// Compressed content waiting for the final file: a temporary file of blobs
+/// indexed by digest.
+struct Spool {
+    file: File,
+    pos: u64,
+    index: HashMap<Digest, (u64, u64, Compression)>,
+}
+
+impl Spool {
+    fn append(&mut self, digest: Digest, data: &[u8], compression: Compression) -> Result<()> {
+        if self.index.contains_key(&digest) {
+            return Ok(());
+        }
+        self.file.write_all(data)?;
+        self.index.insert(digest, (self.pos, data.len() as u64, compression));
+        self.pos += data.len() as u64;
+        Ok(())
+    }
+}
+
+struct Sink<'a> {
+    spool: &'a Mutex<Spool>,
+    work: std::sync::mpsc::SyncSender<(Digest, Vec<u8>)>,
+    seen: std::collections::HashSet<Digest>,
+    level: i32,
+    progress: &'a dyn Progress,
+}
+
+/// Hashes what passes through.
+struct Tee<'a, R> {
+    inner: R,
+    hasher: &'a mut Hasher,
+}
+
+impl<R: Read> Read for Tee<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+impl ContentSink for Sink<'_> {
+    fn store(&mut self, r: &mut dyn Read, size: u64) -> Result<Digest> {
+        self.progress.advance(size);
+        if size <= IN_MEMORY {
+            let mut data = Vec::with_capacity(size as usize);
+            r.take(size).read_to_end(&mut data)?;
+            ensure!(data.len() as u64 == size, "file content is truncated");
+            let digest = Digest::of(&data);
+            if self.seen.insert(digest) {
+                self.work.send((digest, data)).context("compression workers stopped")?;
+            }
+            return Ok(digest);
+        }
+        // Large: stream through zstd into a temporary file, then into the spool.
+        let mut hasher = Hasher::default();
+        let mut tmp = tempfile::tempfile()?;
+        {
+            let mut enc = zstd::stream::write::Encoder::new(&mut tmp, self.level)?;
+            enc.set_pledged_src_size(Some(size))?;
+            enc.include_contentsize(true)?;
+            let n = std::io::copy(&mut Tee { inner: r.take(size), hasher: &mut hasher }, &mut enc)?;
+            ensure!(n == size, "file content is truncated");
+            enc.finish()?;
+        }
+        let digest = hasher.finish();
+        if self.seen.insert(digest) {
+            tmp.seek(SeekFrom::Start(0))?;
+            let mut spool = self.spool.lock().unwrap_or_else(|p| p.into_inner());
+            let at = spool.pos;
+            let n = std::io::copy(&mut tmp, &mut spool.file)?;
+            spool.index.insert(digest, (at, n, Compression::Zstd));
+            spool.pos += n;
+        }
+        Ok(digest)
+    }
+}
+
+fn worker(rx: &Mutex<Receiver<(Digest, Vec<u8>)>>, spool: &Mutex<Spool>, level: i32) -> Result<()> {
+    loop {
+        let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+        let Ok((digest, data)) = job else { return Ok(()) };
+        let (bytes, compression) = format::compress(&data, level)?;
+        spool.lock().unwrap_or_else(|p| p.into_inner()).append(digest, &bytes, compression)?;
+    }
+}
+
+/// Opens a layer blob, checking its digest as it is read, and undoing gzip or
+/// zstd compression (detected by magic bytes).
+fn open_layer(path: &Path) -> Result<Box<dyn Read>> {
+    let mut f = BufReader::with_capacity(1 << 20, File::open(path).with_context(|| format!("opening layer {}", path.display()))?);
+    let magic = {
+        use std::io::BufRead;
+        f.fill_buf()?.get(..4).map(|m| m.to_vec()).unwrap_or_default()
+    };
+    Ok(match magic.as_slice() {
+        [0x1f, 0x8b, ..] => Box::new(flate2::read::MultiGzDecoder::new(f)),
+        [0x28, 0xb5, 0x2f, 0xfd] => Box::new(zstd::stream::read::Decoder::with_buffer(f)?),
+        _ => Box::new(f),
+    })
+}
+
+/// Checks a layer file against its expected digest.
+fn verify_layer(path: &Path, expected: &Digest) -> Result<()> {
+    let mut h = Hasher::default();
+    let mut f = File::open(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    ensure!(h.finish() == *expected, "layer {} does not match its digest {expected}", path.display());
+    Ok(())
+}
+
+/// What `convert` produced.
+#[derive(Debug, Clone)]
+pub struct Converted {
+    /// The image id.
+    pub image_id: Digest,
+    /// Entries in the tree.
+    pub entries: usize,
+    /// Size of the written cdimg.
+    pub bytes: u64,
+}
+
+/// Converts `source` into a full cdimg at `out`.
+pub fn convert(source: &Source, out: &Path, opts: BuildOptions, progress: &dyn Progress) -> Result<Converted> {
+    let dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let image = source.open(&dir)?;
+    serde_json::from_slice::<serde_json::Value>(&image.config).context("the image config is not JSON")?;
+    let config = String::from_utf8(image.config.clone()).context("the image config is not UTF-8")?;
+
+    let total: u64 = image.layers.iter().map(|(p, _)| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)).sum();
+    progress.start("reading layers", total);
+    for (path, digest) in &image.layers {
+        if let Some(d) = digest {
+            verify_layer(path, d)?;
+        }
+    }
+    progress.finish();
+
+    let spool = Mutex::new(Spool { file: tempfile::tempfile_in(&dir)?, pos: 0, index: HashMap::new() });
+    let (tx, rx) = sync_channel::<(Digest, Vec<u8>)>(opts.threads * 2);
+    let rx = Mutex::new(rx);
+    let threads = opts.threads.max(1);
+    let mut tree = TreeBuilder::default();
+    progress.start("converting", 0);
+    std::thread::scope(|s| -> Result<()> {
+        let workers: Vec<_> = (0..threads).map(|_| s.spawn(|| worker(&rx, &spool, opts.level))).collect();
+        let mut sink = Sink { spool: &spool, work: tx, seen: Default::default(), level: opts.level, progress };
+        let mut result = Ok(());
+        for (i, (path, _)) in image.layers.iter().enumerate() {
+            result = open_layer(path)
+                .and_then(|r| tree.apply_layer(r, &mut sink))
+                .with_context(|| format!("layer {} ({})", i + 1, path.display()));
+            if result.is_err() {
+                break;
+            }
+        }
+        drop(sink);
+        for w in workers {
+            w.join().map_err(|_| anyhow::anyhow!("a compression worker panicked"))??;
+        }
+        result
+    })?;
+    progress.finish();
+
+    let mut entries = tree.finish();
+    let mut spool = spool.into_inner().unwrap_or_else(|p| p.into_inner());
+    let mut w = Writer::create(out)?;
+    let mut written: HashMap<Digest, Data> = HashMap::new();
+    for e in entries.iter_mut().filter(|e| e.kind == Kind::File) {
+        let digest = e.digest.expect("file digest");
+        if e.size == Some(0) {
+            e.data = Some(Data::Inline);
+            continue;
+        }
+        if let Some(d) = written.get(&digest) {
+            e.data = Some(d.clone());
+            continue;
+        }
+        let (at, len, compression) = *spool.index.get(&digest).context("content missing from the spool")?;
+        spool.file.seek(SeekFrom::Start(at))?;
+        let (offset, length) = w.blob_from(&mut (&mut spool.file).take(len))?;
+        ensure!(length == len, "spool truncated");
+        let data = Data::Full { offset, length, compression };
+        written.insert(digest, data.clone());
+        e.data = Some(data);
+    }
+    let header = Header {
+        kind: ImageKind::Image,
+        image_id: image_id(&entries),
+        base_id: None,
+        config,
+        codecs: Vec::new(),
+        entries,
+    };
+    let bytes = w.finish(&header)?;
+    Ok(Converted { image_id: header.image_id, entries: header.entries.len(), bytes })
+}

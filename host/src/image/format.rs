@@ -1,0 +1,344 @@
+//! Reading and writing cdimg files (docs/FORMAT.md): magic, blobs, a
+//! zstd-compressed JSON header, and a fixed 64-byte footer at the end.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::entry::{image_id, Compression, Data, Entry, Kind};
+use crate::digest::Digest;
+use crate::fsutil::AtomicFile;
+
+/// Magic and format version, at the start and the end of every cdimg.
+pub const MAGIC: &[u8; 8] = b"D4CIMG01";
+/// Length of the footer.
+pub const FOOTER_LEN: u64 = 64;
+/// Largest compressed header accepted.
+const MAX_HEADER: u64 = 1 << 30;
+/// Largest decompressed header accepted.
+const MAX_HEADER_JSON: u64 = 4 << 30;
+
+/// Whether a cdimg is a full image or a delta.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageKind {
+    /// Every file's content is in the file.
+    Image,
+    /// Content is given relative to the image `base_id`.
+    Delta,
+}
+
+/// A codec named by a header, by the sha256 of its component.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CodecRef {
+    /// sha256 of the component.
+    pub sha256: Digest,
+    /// Its name (for messages; the digest is what counts).
+    pub name: String,
+    /// Its version.
+    pub version: String,
+}
+
+/// The header of a cdimg.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    /// Full image or delta.
+    pub kind: ImageKind,
+    /// Id of the image this file yields.
+    pub image_id: Digest,
+    /// Id of the image a delta applies to.
+    pub base_id: Option<Digest>,
+    /// The OCI image config, verbatim.
+    pub config: String,
+    /// Codecs the entries refer to by index.
+    pub codecs: Vec<CodecRef>,
+    /// The tree, sorted by path.
+    pub entries: Vec<Entry>,
+}
+
+impl Header {
+    /// Checks the header's structure: everything FORMAT.md's "Validation" lists
+    /// that does not need the blobs. `body_end` is where blobs must end.
+    pub fn validate(&self, body_end: u64) -> Result<()> {
+        ensure!(
+            (self.kind == ImageKind::Delta) == self.base_id.is_some(),
+            "a delta must name its base image and a full image must not"
+        );
+        let mut files: HashSet<&str> = HashSet::new();
+        let mut dirs: HashSet<&str> = HashSet::new();
+        let in_body = |offset: u64, length: u64| {
+            offset >= MAGIC.len() as u64 && offset.checked_add(length).is_some_and(|e| e <= body_end)
+        };
+        let mut prev: Option<&str> = None;
+        for e in &self.entries {
+            let p = e.path.as_str();
+            if let Some(q) = prev {
+                ensure!(q < p, "entries not sorted or duplicated at {p:?}");
+            }
+            prev = Some(p);
+            ensure!(valid_path(p), "invalid path {p:?}");
+            if p.is_empty() {
+                ensure!(e.kind == Kind::Dir, "the root must be a directory");
+            } else {
+                let parent = p.rfind('/').map_or("", |i| &p[..i]);
+                ensure!(dirs.contains(parent), "{p:?}: parent {parent:?} is missing or not a directory");
+            }
+            ensure!(e.mode <= 0o7777, "{p:?}: mode {:o} has type bits", e.mode);
+            let is_file = e.kind == Kind::File;
+            ensure!(is_file == e.data.is_some(), "{p:?}: data only and always for files");
+            ensure!(is_file == e.digest.is_some() && is_file == e.size.is_some(), "{p:?}: size and digest only for files");
+            match e.kind {
+                Kind::Dir => {
+                    dirs.insert(p);
+                }
+                Kind::File => {
+                    files.insert(p);
+                }
+                Kind::Symlink => ensure!(e.link.is_some(), "{p:?}: symlink without target"),
+                Kind::Hardlink => {
+                    let t = e.link.as_deref().unwrap_or_default();
+                    ensure!(files.contains(t), "{p:?}: hardlink to {t:?}, which is not an earlier file");
+                }
+                Kind::Char | Kind::Block => ensure!(e.rdev.is_some(), "{p:?}: device without numbers"),
+                Kind::Fifo => {}
+            }
+            match &e.data {
+                Some(Data::Inline) => ensure!(e.size == Some(0), "{p:?}: inline data for a non-empty file"),
+                Some(Data::Full { offset, length, .. }) => {
+                    ensure!(in_body(*offset, *length), "{p:?}: blob outside the body")
+                }
+                Some(Data::Same) => ensure!(self.kind == ImageKind::Delta, "{p:?}: 'same' in a full image"),
+                Some(Data::Delta { steps, .. }) => {
+                    ensure!(self.kind == ImageKind::Delta, "{p:?}: 'delta' in a full image");
+                    ensure!(!steps.is_empty(), "{p:?}: delta without steps");
+                    for s in steps {
+                        ensure!((s.codec as usize) < self.codecs.len(), "{p:?}: codec index out of range");
+                        ensure!(in_body(s.offset, s.length), "{p:?}: delta blob outside the body");
+                    }
+                    ensure!(steps.last().map(|s| s.digest) == e.digest, "{p:?}: last step digest differs");
+                }
+                None => {}
+            }
+        }
+        ensure!(self.entries.first().is_some_and(|e| e.path.is_empty()), "the tree has no root entry");
+        ensure!(image_id(&self.entries) == self.image_id, "the image id does not match the tree");
+        Ok(())
+    }
+
+    /// The index of `codec` in the codec table, adding it if absent.
+    pub fn codec_index(&mut self, codec: CodecRef) -> u32 {
+        match self.codecs.iter().position(|c| c.sha256 == codec.sha256) {
+            Some(i) => i as u32,
+            None => {
+                self.codecs.push(codec);
+                (self.codecs.len() - 1) as u32
+            }
+        }
+    }
+}
+
+/// A normalised relative path: no leading or trailing `/`, no empty, `.` or `..`
+/// components.
+pub fn valid_path(p: &str) -> bool {
+    p.is_empty() || p.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+}
+
+/// An open cdimg: its header, and random access to its blobs. Safe to share
+/// between threads (reads are positional).
+pub struct Reader {
+    file: File,
+    path: PathBuf,
+    header: Header,
+    len: u64,
+}
+
+impl Reader {
+    /// Opens and validates `path`.
+    pub fn open(path: &Path) -> Result<Reader> {
+        Self::open_inner(path).with_context(|| format!("{}", path.display()))
+    }
+
+    fn open_inner(path: &Path) -> Result<Reader> {
+        let file = File::open(path).context("cannot open")?;
+        let len = file.metadata()?.len();
+        ensure!(len >= MAGIC.len() as u64 + FOOTER_LEN, "not a cdimg: too short ({len} bytes)");
+        let mut head = [0u8; 8];
+        file.read_exact_at(&mut head, 0)?;
+        if &head != MAGIC {
+            bail!("not a cdimg (bad magic)");
+        }
+        let mut footer = [0u8; FOOTER_LEN as usize];
+        file.read_exact_at(&mut footer, len - FOOTER_LEN)?;
+        ensure!(&footer[56..64] == MAGIC, "truncated or not a cdimg (no footer)");
+        let offset = u64::from_le_bytes(footer[0..8].try_into().unwrap());
+        let hlen = u64::from_le_bytes(footer[8..16].try_into().unwrap());
+        ensure!(hlen <= MAX_HEADER, "header length {hlen} is too large");
+        ensure!(
+            offset >= MAGIC.len() as u64 && offset.checked_add(hlen) == Some(len - FOOTER_LEN),
+            "corrupt footer (header at {offset}+{hlen} in a file of {len} bytes)"
+        );
+        let mut raw = vec![0u8; hlen as usize];
+        file.read_exact_at(&mut raw, offset)?;
+        ensure!(Digest::of(&raw).0 == footer[16..48], "corrupt header (digest mismatch)");
+        let json = zstd::stream::read::Decoder::new(&raw[..])?.take(MAX_HEADER_JSON);
+        let header: Header = serde_json::from_reader(json).context("corrupt header")?;
+        header.validate(offset).context("invalid header")?;
+        Ok(Reader { file, path: path.to_path_buf(), header, len })
+    }
+
+    /// The header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file's size in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the file is empty (never, for a valid cdimg).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The raw bytes of a blob (validated to lie in the body).
+    pub fn blob(&self, offset: u64, length: u64) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; usize::try_from(length)?];
+        self.file
+            .read_exact_at(&mut buf, offset)
+            .with_context(|| format!("{}: reading blob at {offset}", self.path.display()))?;
+        Ok(buf)
+    }
+
+    /// A reader over a blob's raw bytes.
+    pub fn blob_reader(&self, offset: u64, length: u64) -> impl Read + '_ {
+        BlobReader { file: &self.file, pos: offset, end: offset + length }
+    }
+
+    /// The content of a `Full` file entry, decompressed and checked against the
+    /// entry's size (the digest is checked by callers that need it).
+    pub fn full_content(&self, entry: &Entry) -> Result<Vec<u8>> {
+        let Some(Data::Full { offset, length, compression }) = &entry.data else {
+            bail!("{}: not stored in full", entry.path);
+        };
+        let size = entry.file_size();
+        let out = match compression {
+            Compression::None => self.blob(*offset, *length)?,
+            Compression::Zstd => {
+                let mut out = Vec::with_capacity(usize::try_from(size)?);
+                zstd::stream::read::Decoder::new(self.blob_reader(*offset, *length))?
+                    .take(size + 1)
+                    .read_to_end(&mut out)
+                    .with_context(|| format!("{}: corrupt blob of {}", self.path.display(), entry.path))?;
+                out
+            }
+        };
+        ensure!(out.len() as u64 == size, "{}: blob of {} has the wrong size", self.path.display(), entry.path);
+        Ok(out)
+    }
+}
+
+struct BlobReader<'a> {
+    file: &'a File,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for BlobReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = (self.end - self.pos).min(buf.len() as u64) as usize;
+        if n == 0 {
+            return Ok(0);
+        }
+        let got = self.file.read_at(&mut buf[..n], self.pos)?;
+        if got == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        self.pos += got as u64;
+        Ok(got)
+    }
+}
+
+/// Writes a cdimg: blobs first, then the header and footer; the file appears at
+/// its path only when [`Writer::finish`] succeeds.
+pub struct Writer {
+    out: std::io::BufWriter<AtomicFile>,
+    pos: u64,
+}
+
+impl Writer {
+    /// Starts writing `path`.
+    pub fn create(path: &Path) -> Result<Writer> {
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, AtomicFile::create(path)?);
+        out.write_all(MAGIC)?;
+        Ok(Writer { out, pos: MAGIC.len() as u64 })
+    }
+
+    /// Appends a blob; returns its offset.
+    pub fn blob(&mut self, data: &[u8]) -> Result<u64> {
+        let at = self.pos;
+        self.out.write_all(data)?;
+        self.pos += data.len() as u64;
+        Ok(at)
+    }
+
+    /// Appends a blob copied from a reader; returns (offset, length).
+    pub fn blob_from(&mut self, r: &mut impl Read) -> Result<(u64, u64)> {
+        let at = self.pos;
+        let n = std::io::copy(r, &mut self.out)?;
+        self.pos += n;
+        Ok((at, n))
+    }
+
+    /// Appends a blob holding `data` compressed at zstd `level` (or raw, when that
+    /// is not larger); returns the resulting [`Data`].
+    pub fn content(&mut self, data: &[u8], level: i32) -> Result<Data> {
+        if data.is_empty() {
+            return Ok(Data::Inline);
+        }
+        let (bytes, compression) = compress(data, level)?;
+        let offset = self.blob(&bytes)?;
+        Ok(Data::Full { offset, length: bytes.len() as u64, compression })
+    }
+
+    /// The offset the next blob will have.
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    /// Validates and writes the header and footer, and commits the file.
+    pub fn finish(mut self, header: &Header) -> Result<u64> {
+        header.validate(self.pos).context("refusing to write an invalid header")?;
+        let json = serde_json::to_vec(header)?;
+        let raw = zstd::bulk::compress(&json, 9)?;
+        let offset = self.pos;
+        self.out.write_all(&raw)?;
+        let mut footer = Vec::with_capacity(FOOTER_LEN as usize);
+        footer.extend_from_slice(&offset.to_le_bytes());
+        footer.extend_from_slice(&(raw.len() as u64).to_le_bytes());
+        footer.extend_from_slice(&Digest::of(&raw).0);
+        footer.extend_from_slice(&[0u8; 8]);
+        footer.extend_from_slice(MAGIC);
+        self.out.write_all(&footer)?;
+        let total = offset + raw.len() as u64 + FOOTER_LEN;
+        self.out.into_inner().map_err(|e| e.into_error())?.commit()?;
+        Ok(total)
+    }
+}
+
+/// zstd-compresses `data` at `level`, or returns it raw when compression does not
+/// make it smaller.
+pub fn compress(data: &[u8], level: i32) -> Result<(Vec<u8>, Compression)> {
+    let z = zstd::bulk::compress(data, level)?;
+    Ok(if z.len() < data.len() { (z, Compression::Zstd) } else { (data.to_vec(), Compression::None) })
+}
