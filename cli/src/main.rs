@@ -1,7 +1,9 @@
 //! `d4c`: container image updates by per-file delta encoding, with every codec a
 //! sandboxed WebAssembly component.
 
+mod bar;
 mod codec_cmd;
+mod image_cmd;
 mod output;
 
 use std::path::PathBuf;
@@ -38,6 +40,18 @@ enum Command {
     /// Manage and try codec components.
     #[command(subcommand)]
     Codec(codec_cmd::CodecCommand),
+    /// Convert an OCI image (layout or docker archive) into a cdimg.
+    Convert(image_cmd::ConvertArgs),
+    /// Encode the new image as a delta from the old one.
+    Diff(image_cmd::DiffArgs),
+    /// Apply deltas to a full image, giving a full image.
+    Patch(image_cmd::PatchArgs),
+    /// Merge consecutive deltas into one, without their base.
+    Merge(image_cmd::MergeArgs),
+    /// Write an image's root filesystem (from an image and deltas) to a directory.
+    Extract(image_cmd::ExtractArgs),
+    /// Show what a cdimg holds.
+    Inspect(image_cmd::InspectArgs),
 }
 
 impl Cli {
@@ -58,6 +72,12 @@ impl Cli {
 fn run(cli: Cli) -> Result<()> {
     match &cli.command {
         Command::Codec(c) => codec_cmd::run(&cli, c),
+        Command::Convert(a) => image_cmd::convert(a),
+        Command::Diff(a) => image_cmd::diff(&cli, a),
+        Command::Patch(a) => image_cmd::patch(&cli, a),
+        Command::Merge(a) => image_cmd::merge(&cli, a),
+        Command::Extract(a) => image_cmd::extract(&cli, a),
+        Command::Inspect(a) => image_cmd::inspect(a),
     }
 }
 

@@ -19,8 +19,10 @@ impl AtomicFile {
     /// Starts writing `path`; its parent directory must exist.
     pub fn create(path: &Path) -> Result<AtomicFile> {
         let dir = parent_dir(path);
+        // Readable like any file the user writes (tempfile's default is 0600).
         let tmp = tempfile::Builder::new()
             .prefix(".d4c-tmp-")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
             .tempfile_in(dir)
             .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
         Ok(AtomicFile {

@@ -6,5 +6,7 @@
 
 pub mod builder;
 pub mod chain;
+pub mod delta;
 pub mod entry;
+pub mod extract;
 pub mod format;

@@ -57,11 +57,14 @@ impl Source {
             let (p, t) = split(rest);
             return Ok(Source::DockerArchive(p, t));
         }
-        let (p, t) = split(s.strip_prefix("oci:").unwrap_or(s));
-        if !p.exists() {
-            bail!("image source {s:?} not found (want DIR, DIR:TAG or docker-archive:FILE)");
+        // `oci:` is optional; a directory that happens to be called "oci" wins.
+        for candidate in [Some(s), s.strip_prefix("oci:")].into_iter().flatten() {
+            let (p, t) = split(candidate);
+            if p.is_dir() {
+                return Ok(Source::Layout(p, t));
+            }
         }
-        Ok(Source::Layout(p, t))
+        bail!("image source {s:?} not found (want DIR, DIR:TAG or docker-archive:FILE[:TAG])")
     }
 
     /// Opens the source; temporary files go in `tmp`.

@@ -1,0 +1,296 @@
+//! The image commands: convert, diff, patch, merge, extract, inspect.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use clap::Args;
+use d4c_host::digest::Digest;
+use d4c_host::image::builder::{self, BuildOptions, Source};
+use d4c_host::image::chain::Chain;
+use d4c_host::image::delta::diff::{self, CodecChoice, DiffOptions};
+use d4c_host::image::delta::{merge, patch};
+use d4c_host::image::entry::Data;
+use d4c_host::image::extract;
+use d4c_host::image::format::Reader;
+use serde::Serialize;
+
+use crate::bar::Bar;
+use crate::output::{human_bytes, print_json};
+use crate::Cli;
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+/// `d4c convert`.
+#[derive(Args)]
+pub struct ConvertArgs {
+    /// OCI layout `DIR` or `DIR:TAG`, or `docker-archive:FILE.tar[:TAG]`.
+    source: String,
+    /// The cdimg to write.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// zstd level for file content (1..22).
+    #[arg(long, default_value_t = 19)]
+    level: i32,
+    /// Compression threads.
+    #[arg(long, default_value_t = default_threads())]
+    threads: usize,
+}
+
+/// `d4c diff`.
+#[derive(Args)]
+pub struct DiffArgs {
+    /// The old full image.
+    #[arg(long)]
+    old: PathBuf,
+    /// The new full image.
+    #[arg(long)]
+    new: PathBuf,
+    /// `auto`, a built-in name, a .wasm component, or a codec sha256.
+    #[arg(long, default_value = "auto")]
+    codec: String,
+    /// Codec effort 1..22 (0: each codec's default).
+    #[arg(long, default_value_t = 0)]
+    level: u8,
+    /// The delta to write.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Worker threads.
+    #[arg(long, default_value_t = default_threads())]
+    threads: usize,
+}
+
+/// `d4c patch`.
+#[derive(Args)]
+pub struct PatchArgs {
+    /// The full image the delta applies to.
+    #[arg(long)]
+    base: PathBuf,
+    /// One or more deltas, applied in order.
+    #[arg(long, required = true, num_args = 1..)]
+    delta: Vec<PathBuf>,
+    /// The full image to write.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// zstd level for rebuilt content.
+    #[arg(long, default_value_t = 19)]
+    level: i32,
+    /// Worker threads.
+    #[arg(long, default_value_t = default_threads())]
+    threads: usize,
+}
+
+/// `d4c merge`.
+#[derive(Args)]
+pub struct MergeArgs {
+    /// The delta v1→v2.
+    #[arg(long)]
+    lower: PathBuf,
+    /// The delta v2→v3 (more may follow: v3→v4, ...).
+    #[arg(long, required = true, num_args = 1..)]
+    upper: Vec<PathBuf>,
+    /// The delta v1→vN to write.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// zstd level for content rebuilt while merging.
+    #[arg(long, default_value_t = 19)]
+    level: i32,
+    /// Worker threads.
+    #[arg(long, default_value_t = default_threads())]
+    threads: usize,
+}
+
+/// `d4c extract`.
+#[derive(Args)]
+pub struct ExtractArgs {
+    /// A full image, then deltas in order.
+    #[arg(required = true, num_args = 1..)]
+    images: Vec<PathBuf>,
+    /// The directory to create.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Worker threads.
+    #[arg(long, default_value_t = default_threads())]
+    threads: usize,
+}
+
+/// `d4c inspect`.
+#[derive(Args)]
+pub struct InspectArgs {
+    /// A cdimg (image or delta).
+    image: PathBuf,
+    /// One JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn convert(a: &ConvertArgs) -> Result<()> {
+    let source = Source::parse(&a.source)?;
+    let opts = BuildOptions { level: a.level, threads: a.threads };
+    let c = builder::convert(&source, &a.output, opts, &Bar::new())?;
+    println!(
+        "{}: image {} ({} entries, {})",
+        a.output.display(),
+        c.image_id,
+        c.entries,
+        human_bytes(c.bytes)
+    );
+    Ok(())
+}
+
+pub fn diff(cli: &Cli, a: &DiffArgs) -> Result<()> {
+    let codecs = cli.codecs()?;
+    let choice = if a.codec == "auto" {
+        CodecChoice::Auto { bsdiff: codecs.builtin("bsdiff")?, zstd_dict: codecs.builtin("zstd-dict")? }
+    } else {
+        CodecChoice::Fixed(codecs.resolve(&a.codec)?)
+    };
+    let old = Reader::open(&a.old)?;
+    let new = Reader::open(&a.new)?;
+    let opts = DiffOptions { codec: choice, level: a.level, threads: a.threads };
+    let s = diff::diff(&old, &new, &opts, &a.output, &Bar::new())?;
+    println!(
+        "{}: delta {} -> {} ({} same, {} delta, {} full; {})",
+        a.output.display(),
+        old.header().image_id.short(),
+        new.header().image_id.short(),
+        s.same,
+        s.delta,
+        s.full,
+        human_bytes(s.bytes)
+    );
+    Ok(())
+}
+
+pub fn patch(cli: &Cli, a: &PatchArgs) -> Result<()> {
+    let codecs = cli.codecs()?;
+    let mut paths = vec![a.base.clone()];
+    paths.extend(a.delta.iter().cloned());
+    let chain = Chain::open(&paths)?;
+    let bytes = patch::materialize(&chain, &codecs, &a.output, a.level, a.threads, &Bar::new())?;
+    println!("{}: image {} ({})", a.output.display(), chain.top().image_id, human_bytes(bytes));
+    Ok(())
+}
+
+pub fn merge(cli: &Cli, a: &MergeArgs) -> Result<()> {
+    let codecs = cli.codecs()?;
+    let mut lower = a.lower.clone();
+    // Longer chains merge pairwise, left to right, through temporary files.
+    let dir = a.output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tmp = tempfile::Builder::new().prefix(".d4c-merge-").tempdir_in(dir)?;
+    for (i, upper) in a.upper.iter().enumerate() {
+        let last = i + 1 == a.upper.len();
+        let out = if last { a.output.clone() } else { tmp.path().join(format!("step{i}.cdimg")) };
+        let l = Reader::open(&lower)?;
+        let u = Reader::open(upper)?;
+        let s = merge::merge(&l, &u, &codecs, &out, a.level, a.threads, &Bar::new())?;
+        if last {
+            println!(
+                "{}: delta {} -> {} ({} merged by codec, {} kept as two steps; {})",
+                out.display(),
+                l.header().base_id.map(|d| d.short()).unwrap_or_default(),
+                u.header().image_id.short(),
+                s.merged,
+                s.chained,
+                human_bytes(s.bytes)
+            );
+        }
+        lower = out;
+    }
+    Ok(())
+}
+
+pub fn extract(cli: &Cli, a: &ExtractArgs) -> Result<()> {
+    let codecs = cli.codecs()?;
+    let chain = Chain::open(&a.images)?;
+    extract::extract(&chain, &codecs, &a.output, a.threads, &Bar::new())?;
+    println!("{}: image {} ({} entries)", a.output.display(), chain.top().image_id, chain.top().entries.len());
+    Ok(())
+}
+
+#[derive(Serialize, Default)]
+struct Files {
+    full: usize,
+    same: usize,
+    delta: usize,
+}
+
+#[derive(Serialize)]
+struct CodecUse {
+    name: String,
+    version: String,
+    sha256: Digest,
+    files: usize,
+    bytes: u64,
+}
+
+#[derive(Serialize)]
+struct Inspect {
+    kind: d4c_host::image::format::ImageKind,
+    image_id: Digest,
+    base_id: Option<Digest>,
+    bytes: u64,
+    entries: usize,
+    content_bytes: u64,
+    files: Files,
+    codecs: Vec<CodecUse>,
+}
+
+pub fn inspect(a: &InspectArgs) -> Result<()> {
+    let r = Reader::open(&a.image)?;
+    let h = r.header();
+    let mut files = Files::default();
+    let mut uses: BTreeMap<usize, (usize, u64)> = BTreeMap::new();
+    for e in &h.entries {
+        match &e.data {
+            Some(Data::Full { .. } | Data::Inline) => files.full += 1,
+            Some(Data::Same) => files.same += 1,
+            Some(Data::Delta { steps, .. }) => {
+                files.delta += 1;
+                for s in steps {
+                    let u = uses.entry(s.codec as usize).or_default();
+                    u.0 += 1;
+                    u.1 += s.length;
+                }
+            }
+            None => {}
+        }
+    }
+    let codecs = h
+        .codecs
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let (files, bytes) = uses.get(&i).copied().unwrap_or_default();
+            CodecUse { name: c.name.clone(), version: c.version.clone(), sha256: c.sha256, files, bytes }
+        })
+        .collect();
+    let report = Inspect {
+        kind: h.kind,
+        image_id: h.image_id,
+        base_id: h.base_id,
+        bytes: r.len(),
+        entries: h.entries.len(),
+        content_bytes: h.entries.iter().map(|e| e.file_size()).sum(),
+        files,
+        codecs,
+    };
+    if a.json {
+        return print_json(&report);
+    }
+    println!("{}", a.image.display());
+    println!("  kind      {:?}", report.kind);
+    println!("  image id  {}", report.image_id);
+    if let Some(b) = report.base_id {
+        println!("  base id   {b}");
+    }
+    println!("  size      {} ({} bytes)", human_bytes(report.bytes), report.bytes);
+    println!("  entries   {} ({} of file content)", report.entries, human_bytes(report.content_bytes));
+    println!("  files     {} full, {} same, {} delta", report.files.full, report.files.same, report.files.delta);
+    for c in &report.codecs {
+        println!("  codec     {} {} {}: {} files, {}", c.name, c.version, c.sha256, c.files, human_bytes(c.bytes));
+    }
+    Ok(())
+}

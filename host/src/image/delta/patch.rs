@@ -1,0 +1,81 @@
+//! `patch`: a chain (a full image and deltas) becomes one full image. Content that
+//! is a full blob somewhere in the chain is copied as is; content that needs a
+//! codec is rebuilt (in parallel), checked and compressed.
+
+use std::path::Path;
+
+use anyhow::Result;
+use rayon::prelude::*;
+
+use crate::codec::Codecs;
+use crate::image::chain::{Chain, RawSource};
+use crate::image::entry::{Data, Kind};
+use crate::image::format::{self, Header, ImageKind, Writer};
+use crate::progress::Progress;
+
+/// Writes the full image that `chain` yields to `out`; `level` compresses rebuilt
+/// content. Returns the file size.
+pub fn materialize(
+    chain: &Chain,
+    codecs: &Codecs,
+    out: &Path,
+    level: i32,
+    threads: usize,
+    progress: &dyn Progress,
+) -> Result<u64> {
+    let top = chain.top();
+    let rebuild: u64 = top.entries.iter().filter(|e| chain.raw_source(e).is_none()).map(|e| e.file_size()).sum();
+    progress.start("patching", rebuild);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads.max(1)).build()?;
+    // Rebuilt content, compressed, for the entries that need a codec.
+    let rebuilt: Vec<Option<Result<(Vec<u8>, crate::image::entry::Compression)>>> = pool.install(|| {
+        top.entries
+            .par_iter()
+            .map(|e| {
+                if e.kind != Kind::File || chain.raw_source(e).is_some() {
+                    return None;
+                }
+                let r = chain.content(codecs, e).and_then(|c| format::compress(&c, level));
+                progress.advance(e.file_size());
+                Some(r)
+            })
+            .collect()
+    });
+    progress.finish();
+
+    let mut w = Writer::create(out)?;
+    let mut entries = Vec::with_capacity(top.entries.len());
+    let mut done: std::collections::HashMap<crate::digest::Digest, Data> = Default::default();
+    for (e, rebuilt) in top.entries.iter().zip(rebuilt) {
+        let mut e = e.clone();
+        if e.kind == Kind::File {
+            let digest = e.digest.expect("file");
+            let data = if let Some(d) = done.get(&digest) {
+                d.clone()
+            } else {
+                let d = match (rebuilt, chain.raw_source(&e)) {
+                    (Some(r), _) => {
+                        let (bytes, compression) = r?;
+                        let offset = w.blob(&bytes)?;
+                        Data::Full { offset, length: bytes.len() as u64, compression }
+                    }
+                    (None, Some(RawSource::Blob(reader, src))) => super::diff::copy_full(reader, src, &mut w)?,
+                    (None, _) => Data::Inline,
+                };
+                done.insert(digest, d.clone());
+                d
+            };
+            e.data = Some(data);
+        }
+        entries.push(e);
+    }
+    let header = Header {
+        kind: ImageKind::Image,
+        image_id: top.image_id,
+        base_id: None,
+        config: top.config.clone(),
+        codecs: Vec::new(),
+        entries,
+    };
+    w.finish(&header)
+}

@@ -1,0 +1,99 @@
+//! Finding the old file a new file most likely evolved from, when the path alone
+//! does not say: versioned directories (`numpy-1.26.0.dist-info` →
+//! `numpy-1.26.1.dist-info`, `/opt/yarn-v1.22.19` → `/opt/yarn-v1.22.22`) and
+//! soname bumps (`libfoo.so.3.0.20` → `libfoo.so.3.0.22`).
+
+use std::collections::HashMap;
+
+use crate::image::entry::{Entry, Kind};
+
+/// A path with every run of digits replaced by `#`: versions vanish, structure stays.
+pub fn version_blind(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut in_digits = false;
+    for c in path.chars() {
+        if c.is_ascii_digit() {
+            if !in_digits {
+                out.push('#');
+            }
+            in_digits = true;
+        } else {
+            out.push(c);
+            in_digits = false;
+        }
+    }
+    out
+}
+
+fn basename(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// An index of the old image's regular files by name.
+pub struct Similar<'a> {
+    by_path: HashMap<&'a str, &'a Entry>,
+    by_blind: HashMap<String, Vec<&'a Entry>>,
+    by_base: HashMap<String, Vec<&'a Entry>>,
+}
+
+impl<'a> Similar<'a> {
+    /// Indexes the non-empty regular files of `old`.
+    pub fn new(old: &'a [Entry]) -> Similar<'a> {
+        let mut s = Similar { by_path: HashMap::new(), by_blind: HashMap::new(), by_base: HashMap::new() };
+        for e in old.iter().filter(|e| e.kind == Kind::File && e.file_size() > 0) {
+            s.by_path.insert(&e.path, e);
+            s.by_blind.entry(version_blind(&e.path)).or_default().push(e);
+            s.by_base.entry(version_blind(basename(&e.path))).or_default().push(e);
+        }
+        s
+    }
+
+    /// The old file to diff `new` against: the same path; else the same path up to
+    /// version numbers; else the same file name (up to versions) elsewhere with a
+    /// comparable size. Among several, the closest in size.
+    pub fn source(&self, new: &Entry) -> Option<&'a Entry> {
+        if let Some(e) = self.by_path.get(new.path.as_str()) {
+            return Some(e);
+        }
+        let size = new.file_size();
+        let closest = |cands: &[&'a Entry]| cands.iter().copied().min_by_key(|e| (e.file_size().abs_diff(size), &e.path));
+        if let Some(c) = self.by_blind.get(&version_blind(&new.path)).and_then(|c| closest(c)) {
+            return Some(c);
+        }
+        let c = closest(self.by_base.get(&version_blind(basename(&new.path)))?)?;
+        // Elsewhere in the tree the name alone is weak evidence; require a similar size.
+        let (a, b) = (c.file_size().max(1), size.max(1));
+        (a.max(b) <= 2 * a.min(b)).then_some(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str, size: u64) -> Entry {
+        Entry { kind: Kind::File, size: Some(size), ..Entry::dir(path) }
+    }
+
+    #[test]
+    fn finds_renamed_versions() {
+        assert_eq!(version_blind("opt/yarn-v1.22.19/lib/cli.js"), "opt/yarn-v#.#.#/lib/cli.js");
+        let old = vec![
+            file("opt/yarn-v1.22.19/lib/cli.js", 5000),
+            file("usr/lib/libfoo.so.3.0.20", 1000),
+            file("usr/lib/python3/numpy-1.26.0.dist-info/RECORD", 300),
+            file("etc/other/cli.js", 10),
+        ];
+        let s = Similar::new(&old);
+        let src = |p: &str, n: u64| s.source(&file(p, n)).map(|e| e.path.clone());
+        assert_eq!(src("opt/yarn-v1.22.22/lib/cli.js", 5100).unwrap(), "opt/yarn-v1.22.19/lib/cli.js");
+        assert_eq!(src("usr/lib/libfoo.so.3.0.22", 1100).unwrap(), "usr/lib/libfoo.so.3.0.20");
+        assert_eq!(
+            src("usr/lib/python3/numpy-1.26.1.dist-info/RECORD", 310).unwrap(),
+            "usr/lib/python3/numpy-1.26.0.dist-info/RECORD"
+        );
+        assert_eq!(src("srv/cli.js", 9).unwrap(), "etc/other/cli.js");
+        assert_eq!(src("srv/cli.js", 5_000_000), None);
+        assert_eq!(src("brand/new", 10), None);
+    }
+}
