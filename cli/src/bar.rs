@@ -15,7 +15,10 @@ pub struct Bar {
 impl Bar {
     /// A bar that shows only if stderr is a terminal.
     pub fn new() -> Bar {
-        Bar { bar: Mutex::new(None), enabled: std::io::stderr().is_terminal() }
+        Bar {
+            bar: Mutex::new(None),
+            enabled: std::io::stderr().is_terminal(),
+        }
     }
 }
 
@@ -30,7 +33,11 @@ impl Progress for Bar {
         } else {
             "{msg:>12} {spinner} {bytes}"
         };
-        bar.set_style(ProgressStyle::with_template(style).unwrap().progress_chars("=> "));
+        bar.set_style(
+            ProgressStyle::with_template(style)
+                .unwrap()
+                .progress_chars("=> "),
+        );
         bar.set_message(phase.to_string());
         *self.bar.lock().unwrap() = Some(bar);
     }

@@ -128,7 +128,10 @@ pub struct InspectArgs {
 
 pub fn convert(a: &ConvertArgs) -> Result<()> {
     let source = Source::parse(&a.source)?;
-    let opts = BuildOptions { level: a.level, threads: a.threads };
+    let opts = BuildOptions {
+        level: a.level,
+        threads: a.threads,
+    };
     let c = builder::convert(&source, &a.output, opts, &Bar::new())?;
     println!(
         "{}: image {} ({} entries, {})",
@@ -143,13 +146,20 @@ pub fn convert(a: &ConvertArgs) -> Result<()> {
 pub fn diff(cli: &Cli, a: &DiffArgs) -> Result<()> {
     let codecs = cli.codecs()?;
     let choice = if a.codec == "auto" {
-        CodecChoice::Auto { bsdiff: codecs.builtin("bsdiff")?, zstd_dict: codecs.builtin("zstd-dict")? }
+        CodecChoice::Auto {
+            bsdiff: codecs.builtin("bsdiff")?,
+            zstd_dict: codecs.builtin("zstd-dict")?,
+        }
     } else {
         CodecChoice::Fixed(codecs.resolve(&a.codec)?)
     };
     let old = Reader::open(&a.old)?;
     let new = Reader::open(&a.new)?;
-    let opts = DiffOptions { codec: choice, level: a.level, threads: a.threads };
+    let opts = DiffOptions {
+        codec: choice,
+        level: a.level,
+        threads: a.threads,
+    };
     let s = diff::diff(&old, &new, &opts, &a.output, &Bar::new())?;
     println!(
         "{}: delta {} -> {} ({} same, {} delta, {} full; {})",
@@ -170,7 +180,12 @@ pub fn patch(cli: &Cli, a: &PatchArgs) -> Result<()> {
     paths.extend(a.delta.iter().cloned());
     let chain = Chain::open(&paths)?;
     let bytes = patch::materialize(&chain, &codecs, &a.output, a.level, a.threads, &Bar::new())?;
-    println!("{}: image {} ({})", a.output.display(), chain.top().image_id, human_bytes(bytes));
+    println!(
+        "{}: image {} ({})",
+        a.output.display(),
+        chain.top().image_id,
+        human_bytes(bytes)
+    );
     Ok(())
 }
 
@@ -178,11 +193,21 @@ pub fn merge(cli: &Cli, a: &MergeArgs) -> Result<()> {
     let codecs = cli.codecs()?;
     let mut lower = a.lower.clone();
     // Longer chains merge pairwise, left to right, through temporary files.
-    let dir = a.output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let tmp = tempfile::Builder::new().prefix(".d4c-merge-").tempdir_in(dir)?;
+    let dir = a
+        .output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = tempfile::Builder::new()
+        .prefix(".d4c-merge-")
+        .tempdir_in(dir)?;
     for (i, upper) in a.upper.iter().enumerate() {
         let last = i + 1 == a.upper.len();
-        let out = if last { a.output.clone() } else { tmp.path().join(format!("step{i}.cdimg")) };
+        let out = if last {
+            a.output.clone()
+        } else {
+            tmp.path().join(format!("step{i}.cdimg"))
+        };
         let l = Reader::open(&lower)?;
         let u = Reader::open(upper)?;
         let s = merge::merge(&l, &u, &codecs, &out, a.level, a.threads, &Bar::new())?;
@@ -206,7 +231,12 @@ pub fn extract(cli: &Cli, a: &ExtractArgs) -> Result<()> {
     let codecs = cli.codecs()?;
     let chain = Chain::open(&a.images)?;
     extract::extract(&chain, &codecs, &a.output, a.threads, &Bar::new())?;
-    println!("{}: image {} ({} entries)", a.output.display(), chain.top().image_id, chain.top().entries.len());
+    println!(
+        "{}: image {} ({} entries)",
+        a.output.display(),
+        chain.top().image_id,
+        chain.top().entries.len()
+    );
     Ok(())
 }
 
@@ -264,7 +294,13 @@ pub fn inspect(a: &InspectArgs) -> Result<()> {
         .enumerate()
         .map(|(i, c)| {
             let (files, bytes) = uses.get(&i).copied().unwrap_or_default();
-            CodecUse { name: c.name.clone(), version: c.version.clone(), sha256: c.sha256, files, bytes }
+            CodecUse {
+                name: c.name.clone(),
+                version: c.version.clone(),
+                sha256: c.sha256,
+                files,
+                bytes,
+            }
         })
         .collect();
     let report = Inspect {
@@ -286,11 +322,29 @@ pub fn inspect(a: &InspectArgs) -> Result<()> {
     if let Some(b) = report.base_id {
         println!("  base id   {b}");
     }
-    println!("  size      {} ({} bytes)", human_bytes(report.bytes), report.bytes);
-    println!("  entries   {} ({} of file content)", report.entries, human_bytes(report.content_bytes));
-    println!("  files     {} full, {} same, {} delta", report.files.full, report.files.same, report.files.delta);
+    println!(
+        "  size      {} ({} bytes)",
+        human_bytes(report.bytes),
+        report.bytes
+    );
+    println!(
+        "  entries   {} ({} of file content)",
+        report.entries,
+        human_bytes(report.content_bytes)
+    );
+    println!(
+        "  files     {} full, {} same, {} delta",
+        report.files.full, report.files.same, report.files.delta
+    );
     for c in &report.codecs {
-        println!("  codec     {} {} {}: {} files, {}", c.name, c.version, c.sha256, c.files, human_bytes(c.bytes));
+        println!(
+            "  codec     {} {} {}: {} files, {}",
+            c.name,
+            c.version,
+            c.sha256,
+            c.files,
+            human_bytes(c.bytes)
+        );
     }
     Ok(())
 }

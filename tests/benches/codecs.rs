@@ -29,12 +29,22 @@ fn best<T>(runs: usize, mut f: impl FnMut() -> T) -> (T, f64) {
 fn cli(cmd: &mut Command, out: &Path) -> (u64, f64) {
     let t = Instant::now();
     let st = cmd.output().expect("running CLI");
-    assert!(st.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&st.stderr));
-    (std::fs::metadata(out).unwrap().len(), t.elapsed().as_secs_f64())
+    assert!(
+        st.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    (
+        std::fs::metadata(out).unwrap().len(),
+        t.elapsed().as_secs_f64(),
+    )
 }
 
 fn main() {
-    let runs: usize = std::env::var("D4C_BENCH_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(1);
+    let runs: usize = std::env::var("D4C_BENCH_RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(1);
     let pairs: Vec<(String, String, String)> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))
@@ -45,8 +55,14 @@ fn main() {
         })
         .collect();
     let tmp = tempfile::tempdir().unwrap();
-    let limits = Limits { memory: 3 << 30, time: Duration::from_secs(3600) };
-    let codecs = Codecs::new(Runtime::new(limits, None).unwrap(), CodecStore::new(tmp.path()));
+    let limits = Limits {
+        memory: 3 << 30,
+        time: Duration::from_secs(3600),
+    };
+    let codecs = Codecs::new(
+        Runtime::new(limits, None).unwrap(),
+        CodecStore::new(tmp.path()),
+    );
 
     println!("| pair | new MB | codec | delta KB | native diff s | wasm diff s | wasm/native | native patch s | wasm patch s |");
     println!("|---|---|---|---|---|---|---|---|---|");
@@ -67,7 +83,10 @@ fn main() {
                 "bsdiff" => d4c_codec_bsdiff::Bsdiff::patch(&old, &native_d).unwrap(),
                 _ => d4c_codec_zstd_dict::ZstdDict::patch(&old, &native_d).unwrap(),
             });
-            let (_, wp) = best(runs, || wasm.patch_checked(&old, &wasm_d, &Digest::of(&new)).unwrap());
+            let (_, wp) = best(runs, || {
+                wasm.patch_checked(&old, &wasm_d, &Digest::of(&new))
+                    .unwrap()
+            });
             println!(
                 "| {label} | {mb:.1} | {name} | {:.1} | {nd:.2} | {wd:.2} | {:.2} | {np:.3} | {wp:.3} |",
                 wasm_d.len() as f64 / 1e3,
@@ -78,7 +97,14 @@ fn main() {
         let (bs, bt) = cli(Command::new("bsdiff").args([old_p, new_p]).arg(&out), &out);
         let (zs, zt) = cli(
             Command::new("zstd")
-                .args(["-q", "-f", "-19", &format!("--patch-from={old_p}"), new_p, "-o"])
+                .args([
+                    "-q",
+                    "-f",
+                    "-19",
+                    &format!("--patch-from={old_p}"),
+                    new_p,
+                    "-o",
+                ])
                 .arg(&out),
             &out,
         );

@@ -74,42 +74,9 @@ pub fn debian_versions(pkg: &str) -> Result<Vec<String>> {
     Ok(v)
 }
 
-/// `file` (a path inside the package) from `pkg` at `version`, downloaded with
-/// `apt-get download` once and cached.
+/// `file` (a path inside the package) from `pkg` at `version`.
 pub fn debian_file(pkg: &str, version: &str, file: &str) -> Result<Vec<u8>> {
-    static LOCK: OnceLock<std::sync::Mutex<()>> = OnceLock::new();
-    let _g = LOCK
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    let dir = data_dir().join(format!("{pkg}_{version}").replace([':', '~'], "_"));
-    let target = dir.join("root").join(file.trim_start_matches('/'));
-    if !target.is_file() {
-        std::fs::create_dir_all(&dir)?;
-        let st = Command::new("apt-get")
-            .args(["download", &format!("{pkg}={version}")])
-            .current_dir(&dir)
-            .output()
-            .context("running apt-get download")?;
-        if !st.status.success() {
-            bail!(
-                "apt-get download {pkg}={version}: {}",
-                String::from_utf8_lossy(&st.stderr)
-            );
-        }
-        let deb = std::fs::read_dir(&dir)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .find(|p| p.extension().is_some_and(|x| x == "deb"))
-            .context("no .deb downloaded")?;
-        let st = Command::new("dpkg-deb")
-            .arg("-x")
-            .arg(&deb)
-            .arg(dir.join("root"))
-            .status()?;
-        if !st.success() {
-            bail!("dpkg-deb -x {} failed", deb.display());
-        }
-    }
+    let target = debian_root(pkg, version)?.join(file.trim_start_matches('/'));
     std::fs::read(&target).with_context(|| format!("{file} not in {pkg} {version}"))
 }
 
@@ -127,4 +94,198 @@ pub fn debian_series(pkg: &str, file: &str, n: usize) -> Vec<Vec<u8>> {
         .collect();
     out.reverse();
     out
+}
+
+/// Runs a command, failing with its stderr.
+pub fn sh(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The root directory of `pkg` at `version`, downloaded with `apt-get download`
+/// and extracted with `dpkg-deb -x` once, then cached.
+pub fn debian_root(pkg: &str, version: &str) -> Result<PathBuf> {
+    static LOCK: OnceLock<std::sync::Mutex<()>> = OnceLock::new();
+    let _g = LOCK
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let dir = data_dir().join(format!("{pkg}_{version}").replace([':', '~'], "_"));
+    let root = dir.join("root");
+    if root.is_dir() {
+        return Ok(root);
+    }
+    std::fs::create_dir_all(&dir)?;
+    sh(Command::new("apt-get")
+        .args(["download", &format!("{pkg}={version}")])
+        .current_dir(&dir))?;
+    let deb = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .context("no .deb downloaded")?;
+    let tmp = dir.join("root.tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    sh(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tmp))?;
+    std::fs::rename(&tmp, &root)?;
+    Ok(root)
+}
+
+/// A small real image series as an OCI layout built with umoci: a busybox-static
+/// base layer, then for each of the three newest libssl3 releases a layer with
+/// that release, a copy of its libcrypto in a versioned directory
+/// (`/opt/app-<version>/`, removed again by the next version: whiteouts) and
+/// `/etc/app-version`. Tags `v1`, `v2`, `v3`. Built once per test run directory.
+pub fn ssl_series(dir: &Path) -> PathBuf {
+    let layout = dir.join("oci");
+    if layout.join("index.json").is_file() {
+        return layout;
+    }
+    let versions = debian_versions("libssl3").expect("apt-cache");
+    assert!(
+        versions.len() >= 3,
+        "want 3 libssl3 versions, have {versions:?}"
+    );
+    let mut versions: Vec<String> = versions[..3].to_vec();
+    versions.reverse();
+    let bb = debian_versions("busybox-static").expect("apt-cache");
+    let busybox = debian_root("busybox-static", &bb[0]).expect("busybox-static");
+    let umoci =
+        |args: &[&str]| sh(Command::new("umoci").args(args)).unwrap_or_else(|e| panic!("{e:#}"));
+    let l = layout.to_string_lossy().into_owned();
+    let bundle = dir.join("bundle");
+    let b = bundle.to_string_lossy().into_owned();
+    umoci(&["init", "--layout", &l]);
+    umoci(&["new", "--image", &format!("{l}:base")]);
+    let mut prev = "base".to_string();
+    for (i, v) in [None]
+        .into_iter()
+        .chain(versions.iter().map(Some))
+        .enumerate()
+    {
+        umoci(&["unpack", "--image", &format!("{l}:{prev}"), &b]);
+        let rootfs = bundle.join("rootfs");
+        match v {
+            None => {
+                sh(Command::new("cp")
+                    .arg("-a")
+                    .arg(format!("{}/.", busybox.display()))
+                    .arg(&rootfs))
+                .unwrap();
+                std::fs::create_dir_all(rootfs.join("etc")).unwrap();
+                std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")
+                    .unwrap();
+            }
+            Some(v) => {
+                let ssl = debian_root("libssl3", v).unwrap();
+                sh(Command::new("cp")
+                    .arg("-a")
+                    .arg(format!("{}/.", ssl.display()))
+                    .arg(&rootfs))
+                .unwrap();
+                if let Ok(old) = std::fs::read_dir(rootfs.join("opt")) {
+                    for d in old {
+                        std::fs::remove_dir_all(d.unwrap().path()).unwrap();
+                    }
+                }
+                let app = rootfs.join(format!("opt/app-{v}"));
+                std::fs::create_dir_all(&app).unwrap();
+                std::fs::copy(
+                    ssl.join("usr/lib/x86_64-linux-gnu/libcrypto.so.3"),
+                    app.join("libcrypto.so.3"),
+                )
+                .unwrap();
+                std::fs::write(rootfs.join("etc/app-version"), format!("{v}\n")).unwrap();
+            }
+        }
+        let tag = if i == 0 {
+            "base".to_string()
+        } else {
+            format!("v{i}")
+        };
+        umoci(&["repack", "--image", &format!("{l}:{tag}"), &b]);
+        std::fs::remove_dir_all(&bundle).unwrap();
+        prev = tag;
+    }
+    layout
+}
+
+/// One line per path below `root`: type, mode, owner, size, mtime, link target
+/// and content sha256; what two extracted trees must agree on.
+pub fn tree_listing(root: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+        let ft = m.file_type();
+        let extra = if ft.is_symlink() {
+            format!("-> {}", std::fs::read_link(&p).unwrap().display())
+        } else if ft.is_file() {
+            d4c_host::digest::Digest::of(&std::fs::read(&p).unwrap()).hex()
+        } else if ft.is_dir() {
+            for e in std::fs::read_dir(&p).unwrap() {
+                stack.push(e.unwrap().path());
+            }
+            String::new()
+        } else {
+            format!("rdev {}", m.rdev())
+        };
+        let mtime = if ft.is_dir() { 0 } else { m.mtime() };
+        out.push(format!(
+            "{rel:?} {:o} {}:{} size={} mtime={mtime} nlink={} {extra}",
+            m.mode(),
+            m.uid(),
+            m.gid(),
+            if ft.is_file() { m.size() } else { 0 },
+            if ft.is_dir() { 0 } else { m.nlink() },
+        ));
+    }
+    out.sort();
+    out
+}
+
+/// Writes an OCI layout with one image `tag`: `layers` are uncompressed tar
+/// streams, gzip'd here.
+pub fn write_layout(dir: &Path, tag: &str, layers: &[Vec<u8>]) -> Result<()> {
+    use std::io::Write;
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs)?;
+    let put = |data: &[u8]| -> Result<(String, usize)> {
+        let d = d4c_host::digest::Digest::of(data);
+        std::fs::write(blobs.join(d.hex()), data)?;
+        Ok((d.oci(), data.len()))
+    };
+    let mut descs = Vec::new();
+    let mut diff_ids = Vec::new();
+    for l in layers {
+        diff_ids.push(d4c_host::digest::Digest::of(l).oci());
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(l)?;
+        let (d, n) = put(&gz.finish()?)?;
+        descs.push(serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d, "size": n}));
+    }
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Cmd": ["/bin/sh"]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    });
+    let (cd, cn) = put(&serde_json::to_vec(&config)?)?;
+    let manifest = serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cn},
+        "layers": descs,
+    });
+    let (md, mn) = put(&serde_json::to_vec(&manifest)?)?;
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": mn,
+                       "annotations": {"org.opencontainers.image.ref.name": tag}}],
+    });
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index)?)?;
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    Ok(())
 }

@@ -41,7 +41,10 @@ impl Chain {
                     p.display(),
                     r.header().base_id.map(|d| d.short()).unwrap_or_default()
                 ),
-                (Some(_), ImageKind::Image) => bail!("{} is a full image; only deltas may follow the first", p.display()),
+                (Some(_), ImageKind::Image) => bail!(
+                    "{} is a full image; only deltas may follow the first",
+                    p.display()
+                ),
                 (Some(prev), ImageKind::Delta) => {
                     let want = r.header().base_id.expect("validated");
                     let have = prev.header().image_id;
@@ -95,7 +98,8 @@ impl Chain {
     /// The content of `entry` of the top image, checked against its digest.
     pub fn content(&self, codecs: &Codecs, entry: &Entry) -> Result<Vec<u8>> {
         let top = self.layers.len() - 1;
-        self.resolve(codecs, top, entry).with_context(|| format!("rebuilding {}", entry.path))
+        self.resolve(codecs, top, entry)
+            .with_context(|| format!("rebuilding {}", entry.path))
     }
 
     /// Where the top entry's bytes lie without patching (following `same` down),
@@ -118,9 +122,13 @@ impl Chain {
     }
 
     fn find(&self, level: usize, digest: &Digest) -> Result<&Entry> {
-        let i = self.by_digest[level]
-            .get(digest)
-            .with_context(|| format!("content {} is not in {}", digest.short(), self.layers[level].path().display()))?;
+        let i = self.by_digest[level].get(digest).with_context(|| {
+            format!(
+                "content {} is not in {}",
+                digest.short(),
+                self.layers[level].path().display()
+            )
+        })?;
         Ok(&self.layers[level].header().entries[*i])
     }
 
@@ -135,7 +143,9 @@ impl Chain {
                 return self.resolve(codecs, below, self.find(below, &digest)?);
             }
             Data::Delta { source, steps } => {
-                let below = level.checked_sub(1).context("'delta' in the bottom image")?;
+                let below = level
+                    .checked_sub(1)
+                    .context("'delta' in the bottom image")?;
                 let mut data = self.resolve(codecs, below, self.find(below, source)?)?;
                 for step in steps {
                     let c = &reader.header().codecs[step.codec as usize];

@@ -93,7 +93,11 @@ pub struct Entry {
     /// Modification time, seconds since the epoch.
     pub mtime: i64,
     /// Extended attributes (values base64 in JSON).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", with = "xattr_b64")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        with = "xattr_b64"
+    )]
     pub xattrs: BTreeMap<String, Vec<u8>>,
     /// Content length (files).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -143,16 +147,28 @@ mod xattr_b64 {
     use base64::Engine as _;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    pub fn serialize<S: Serializer>(m: &BTreeMap<String, Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(
+        m: &BTreeMap<String, Vec<u8>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         let e = base64::engine::general_purpose::STANDARD;
-        m.iter().map(|(k, v)| (k.clone(), e.encode(v))).collect::<BTreeMap<_, _>>().serialize(s)
+        m.iter()
+            .map(|(k, v)| (k.clone(), e.encode(v)))
+            .collect::<BTreeMap<_, _>>()
+            .serialize(s)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Vec<u8>>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<String, Vec<u8>>, D::Error> {
         let e = base64::engine::general_purpose::STANDARD;
         BTreeMap::<String, String>::deserialize(d)?
             .into_iter()
-            .map(|(k, v)| e.decode(v).map(|v| (k, v)).map_err(serde::de::Error::custom))
+            .map(|(k, v)| {
+                e.decode(v)
+                    .map(|v| (k, v))
+                    .map_err(serde::de::Error::custom)
+            })
             .collect()
     }
 }
@@ -192,7 +208,9 @@ pub fn unescape_path(s: &str) -> Result<Vec<u8>> {
                 i += 2;
             }
             Some(b'x') if i + 4 <= b.len() => {
-                let h = std::str::from_utf8(&b[i + 2..i + 4]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+                let h = std::str::from_utf8(&b[i + 2..i + 4])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
                 match h {
                     Some(v) => out.push(v),
                     None => bail!("bad escape in path {s:?}"),
@@ -235,7 +253,11 @@ pub fn image_id(entries: &[Entry]) -> Digest {
             uid: e.uid,
             gid: e.gid,
             mtime: e.mtime,
-            xattrs: e.xattrs.iter().map(|(k, v)| (k.as_str(), b64.encode(v))).collect(),
+            xattrs: e
+                .xattrs
+                .iter()
+                .map(|(k, v)| (k.as_str(), b64.encode(v)))
+                .collect(),
             size: e.size,
             digest: e.digest,
             link: e.link.as_deref(),
@@ -253,7 +275,13 @@ mod tests {
 
     #[test]
     fn paths_round_trip() {
-        for p in [&b"usr/bin/ls"[..], b"odd\xff\xfename", b"back\\slash", "caf\u{e9}".as_bytes(), b"\\x41"] {
+        for p in [
+            &b"usr/bin/ls"[..],
+            b"odd\xff\xfename",
+            b"back\\slash",
+            "caf\u{e9}".as_bytes(),
+            b"\\x41",
+        ] {
             assert_eq!(unescape_path(&escape_path(p)).unwrap(), p);
         }
         assert!(unescape_path("bad\\q").is_err());

@@ -16,7 +16,11 @@ use crate::progress::Progress;
 
 fn target(root: &Path, e: &Entry) -> Result<PathBuf> {
     let bytes = unescape_path(&e.path)?;
-    Ok(if bytes.is_empty() { root.to_path_buf() } else { root.join(OsStr::from_bytes(&bytes)) })
+    Ok(if bytes.is_empty() {
+        root.to_path_buf()
+    } else {
+        root.join(OsStr::from_bytes(&bytes))
+    })
 }
 
 fn cstr(p: &Path) -> Result<CString> {
@@ -46,10 +50,18 @@ fn set_metadata(p: &Path, e: &Entry) -> Result<()> {
             let rc = libc::lsetxattr(c.as_ptr(), key.as_ptr(), v.as_ptr().cast(), v.len(), 0);
             check(rc, &format!("setting xattr {k} on"), p)?;
         }
-        let t = libc::timespec { tv_sec: e.mtime as libc::time_t, tv_nsec: 0 };
+        let t = libc::timespec {
+            tv_sec: e.mtime as libc::time_t,
+            tv_nsec: 0,
+        };
         let times = [t, t];
         check(
-            libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW),
+            libc::utimensat(
+                libc::AT_FDCWD,
+                c.as_ptr(),
+                times.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            ),
             "setting mtime of",
             p,
         )?;
@@ -58,31 +70,47 @@ fn set_metadata(p: &Path, e: &Entry) -> Result<()> {
 }
 
 /// Extracts the chain's top image into `dest`, which must not exist.
-pub fn extract(chain: &Chain, codecs: &Codecs, dest: &Path, threads: usize, progress: &dyn Progress) -> Result<()> {
+pub fn extract(
+    chain: &Chain,
+    codecs: &Codecs,
+    dest: &Path,
+    threads: usize,
+    progress: &dyn Progress,
+) -> Result<()> {
     ensure!(!dest.exists(), "{} already exists", dest.display());
     let parent = match dest.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let tmp = tempfile::Builder::new().prefix(".d4c-extract-").tempdir_in(parent)?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".d4c-extract-")
+        .tempdir_in(parent)?;
     let root = tmp.path();
     let entries = &chain.top().entries;
 
-    for e in entries.iter().filter(|e| e.kind == Kind::Dir && !e.path.is_empty()) {
+    for e in entries
+        .iter()
+        .filter(|e| e.kind == Kind::Dir && !e.path.is_empty())
+    {
         let p = target(root, e)?;
         std::fs::create_dir(&p).with_context(|| format!("creating {}", p.display()))?;
     }
     let total: u64 = entries.iter().map(|e| e.file_size()).sum();
     progress.start("extracting", total);
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads.max(1)).build()?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .build()?;
     pool.install(|| {
-        entries.par_iter().filter(|e| e.kind == Kind::File).try_for_each(|e| -> Result<()> {
-            let p = target(root, e)?;
-            let data = chain.content(codecs, e)?;
-            std::fs::write(&p, &data).with_context(|| format!("writing {}", p.display()))?;
-            progress.advance(e.file_size());
-            Ok(())
-        })
+        entries
+            .par_iter()
+            .filter(|e| e.kind == Kind::File)
+            .try_for_each(|e| -> Result<()> {
+                let p = target(root, e)?;
+                let data = chain.content(codecs, e)?;
+                std::fs::write(&p, &data).with_context(|| format!("writing {}", p.display()))?;
+                progress.advance(e.file_size());
+                Ok(())
+            })
     })?;
     progress.finish();
     for e in entries {
@@ -106,7 +134,13 @@ pub fn extract(chain: &Chain, codecs: &Codecs, dest: &Path, threads: usize, prog
                     _ => libc::S_IFIFO,
                 };
                 // SAFETY: valid path; mknod has no other memory arguments.
-                let rc = unsafe { libc::mknod(c.as_ptr(), ty | e.mode as libc::mode_t, libc::makedev(maj, min)) };
+                let rc = unsafe {
+                    libc::mknod(
+                        c.as_ptr(),
+                        ty | e.mode as libc::mode_t,
+                        libc::makedev(maj, min),
+                    )
+                };
                 check(rc, "mknod", &p)?;
             }
             _ => {}
@@ -119,6 +153,7 @@ pub fn extract(chain: &Chain, codecs: &Codecs, dest: &Path, threads: usize, prog
         }
     }
     let kept = tmp.keep();
-    std::fs::rename(&kept, dest).with_context(|| format!("moving the tree into {}", dest.display()))?;
+    std::fs::rename(&kept, dest)
+        .with_context(|| format!("moving the tree into {}", dest.display()))?;
     crate::fsutil::sync_dir(parent)
 }

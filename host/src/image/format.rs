@@ -72,7 +72,8 @@ impl Header {
         let mut files: HashSet<&str> = HashSet::new();
         let mut dirs: HashSet<&str> = HashSet::new();
         let in_body = |offset: u64, length: u64| {
-            offset >= MAGIC.len() as u64 && offset.checked_add(length).is_some_and(|e| e <= body_end)
+            offset >= MAGIC.len() as u64
+                && offset.checked_add(length).is_some_and(|e| e <= body_end)
         };
         let mut prev: Option<&str> = None;
         for e in &self.entries {
@@ -86,12 +87,21 @@ impl Header {
                 ensure!(e.kind == Kind::Dir, "the root must be a directory");
             } else {
                 let parent = p.rfind('/').map_or("", |i| &p[..i]);
-                ensure!(dirs.contains(parent), "{p:?}: parent {parent:?} is missing or not a directory");
+                ensure!(
+                    dirs.contains(parent),
+                    "{p:?}: parent {parent:?} is missing or not a directory"
+                );
             }
             ensure!(e.mode <= 0o7777, "{p:?}: mode {:o} has type bits", e.mode);
             let is_file = e.kind == Kind::File;
-            ensure!(is_file == e.data.is_some(), "{p:?}: data only and always for files");
-            ensure!(is_file == e.digest.is_some() && is_file == e.size.is_some(), "{p:?}: size and digest only for files");
+            ensure!(
+                is_file == e.data.is_some(),
+                "{p:?}: data only and always for files"
+            );
+            ensure!(
+                is_file == e.digest.is_some() && is_file == e.size.is_some(),
+                "{p:?}: size and digest only for files"
+            );
             match e.kind {
                 Kind::Dir => {
                     dirs.insert(p);
@@ -102,31 +112,59 @@ impl Header {
                 Kind::Symlink => ensure!(e.link.is_some(), "{p:?}: symlink without target"),
                 Kind::Hardlink => {
                     let t = e.link.as_deref().unwrap_or_default();
-                    ensure!(files.contains(t), "{p:?}: hardlink to {t:?}, which is not an earlier file");
+                    ensure!(
+                        files.contains(t),
+                        "{p:?}: hardlink to {t:?}, which is not an earlier file"
+                    );
                 }
-                Kind::Char | Kind::Block => ensure!(e.rdev.is_some(), "{p:?}: device without numbers"),
+                Kind::Char | Kind::Block => {
+                    ensure!(e.rdev.is_some(), "{p:?}: device without numbers")
+                }
                 Kind::Fifo => {}
             }
             match &e.data {
-                Some(Data::Inline) => ensure!(e.size == Some(0), "{p:?}: inline data for a non-empty file"),
+                Some(Data::Inline) => {
+                    ensure!(e.size == Some(0), "{p:?}: inline data for a non-empty file")
+                }
                 Some(Data::Full { offset, length, .. }) => {
                     ensure!(in_body(*offset, *length), "{p:?}: blob outside the body")
                 }
-                Some(Data::Same) => ensure!(self.kind == ImageKind::Delta, "{p:?}: 'same' in a full image"),
+                Some(Data::Same) => ensure!(
+                    self.kind == ImageKind::Delta,
+                    "{p:?}: 'same' in a full image"
+                ),
                 Some(Data::Delta { steps, .. }) => {
-                    ensure!(self.kind == ImageKind::Delta, "{p:?}: 'delta' in a full image");
+                    ensure!(
+                        self.kind == ImageKind::Delta,
+                        "{p:?}: 'delta' in a full image"
+                    );
                     ensure!(!steps.is_empty(), "{p:?}: delta without steps");
                     for s in steps {
-                        ensure!((s.codec as usize) < self.codecs.len(), "{p:?}: codec index out of range");
-                        ensure!(in_body(s.offset, s.length), "{p:?}: delta blob outside the body");
+                        ensure!(
+                            (s.codec as usize) < self.codecs.len(),
+                            "{p:?}: codec index out of range"
+                        );
+                        ensure!(
+                            in_body(s.offset, s.length),
+                            "{p:?}: delta blob outside the body"
+                        );
                     }
-                    ensure!(steps.last().map(|s| s.digest) == e.digest, "{p:?}: last step digest differs");
+                    ensure!(
+                        steps.last().map(|s| s.digest) == e.digest,
+                        "{p:?}: last step digest differs"
+                    );
                 }
                 None => {}
             }
         }
-        ensure!(self.entries.first().is_some_and(|e| e.path.is_empty()), "the tree has no root entry");
-        ensure!(image_id(&self.entries) == self.image_id, "the image id does not match the tree");
+        ensure!(
+            self.entries.first().is_some_and(|e| e.path.is_empty()),
+            "the tree has no root entry"
+        );
+        ensure!(
+            image_id(&self.entries) == self.image_id,
+            "the image id does not match the tree"
+        );
         Ok(())
     }
 
@@ -166,7 +204,10 @@ impl Reader {
     fn open_inner(path: &Path) -> Result<Reader> {
         let file = File::open(path).context("cannot open")?;
         let len = file.metadata()?.len();
-        ensure!(len >= MAGIC.len() as u64 + FOOTER_LEN, "not a cdimg: too short ({len} bytes)");
+        ensure!(
+            len >= MAGIC.len() as u64 + FOOTER_LEN,
+            "not a cdimg: too short ({len} bytes)"
+        );
         let mut head = [0u8; 8];
         file.read_exact_at(&mut head, 0)?;
         if &head != MAGIC {
@@ -174,7 +215,10 @@ impl Reader {
         }
         let mut footer = [0u8; FOOTER_LEN as usize];
         file.read_exact_at(&mut footer, len - FOOTER_LEN)?;
-        ensure!(&footer[56..64] == MAGIC, "truncated or not a cdimg (no footer)");
+        ensure!(
+            &footer[56..64] == MAGIC,
+            "truncated or not a cdimg (no footer)"
+        );
         let offset = u64::from_le_bytes(footer[0..8].try_into().unwrap());
         let hlen = u64::from_le_bytes(footer[8..16].try_into().unwrap());
         ensure!(hlen <= MAX_HEADER, "header length {hlen} is too large");
@@ -184,11 +228,19 @@ impl Reader {
         );
         let mut raw = vec![0u8; hlen as usize];
         file.read_exact_at(&mut raw, offset)?;
-        ensure!(Digest::of(&raw).0 == footer[16..48], "corrupt header (digest mismatch)");
+        ensure!(
+            Digest::of(&raw).0 == footer[16..48],
+            "corrupt header (digest mismatch)"
+        );
         let json = zstd::stream::read::Decoder::new(&raw[..])?.take(MAX_HEADER_JSON);
         let header: Header = serde_json::from_reader(json).context("corrupt header")?;
         header.validate(offset).context("invalid header")?;
-        Ok(Reader { file, path: path.to_path_buf(), header, len })
+        Ok(Reader {
+            file,
+            path: path.to_path_buf(),
+            header,
+            len,
+        })
     }
 
     /// The header.
@@ -222,13 +274,22 @@ impl Reader {
 
     /// A reader over a blob's raw bytes.
     pub fn blob_reader(&self, offset: u64, length: u64) -> impl Read + '_ {
-        BlobReader { file: &self.file, pos: offset, end: offset + length }
+        BlobReader {
+            file: &self.file,
+            pos: offset,
+            end: offset + length,
+        }
     }
 
     /// The content of a `Full` file entry, decompressed and checked against the
     /// entry's size (the digest is checked by callers that need it).
     pub fn full_content(&self, entry: &Entry) -> Result<Vec<u8>> {
-        let Some(Data::Full { offset, length, compression }) = &entry.data else {
+        let Some(Data::Full {
+            offset,
+            length,
+            compression,
+        }) = &entry.data
+        else {
             bail!("{}: not stored in full", entry.path);
         };
         let size = entry.file_size();
@@ -239,11 +300,18 @@ impl Reader {
                 zstd::stream::read::Decoder::new(self.blob_reader(*offset, *length))?
                     .take(size + 1)
                     .read_to_end(&mut out)
-                    .with_context(|| format!("{}: corrupt blob of {}", self.path.display(), entry.path))?;
+                    .with_context(|| {
+                        format!("{}: corrupt blob of {}", self.path.display(), entry.path)
+                    })?;
                 out
             }
         };
-        ensure!(out.len() as u64 == size, "{}: blob of {} has the wrong size", self.path.display(), entry.path);
+        ensure!(
+            out.len() as u64 == size,
+            "{}: blob of {} has the wrong size",
+            self.path.display(),
+            entry.path
+        );
         Ok(out)
     }
 }
@@ -281,7 +349,10 @@ impl Writer {
     pub fn create(path: &Path) -> Result<Writer> {
         let mut out = std::io::BufWriter::with_capacity(1 << 20, AtomicFile::create(path)?);
         out.write_all(MAGIC)?;
-        Ok(Writer { out, pos: MAGIC.len() as u64 })
+        Ok(Writer {
+            out,
+            pos: MAGIC.len() as u64,
+        })
     }
 
     /// Appends a blob; returns its offset.
@@ -308,7 +379,11 @@ impl Writer {
         }
         let (bytes, compression) = compress(data, level)?;
         let offset = self.blob(&bytes)?;
-        Ok(Data::Full { offset, length: bytes.len() as u64, compression })
+        Ok(Data::Full {
+            offset,
+            length: bytes.len() as u64,
+            compression,
+        })
     }
 
     /// The offset the next blob will have.
@@ -318,7 +393,9 @@ impl Writer {
 
     /// Validates and writes the header and footer, and commits the file.
     pub fn finish(mut self, header: &Header) -> Result<u64> {
-        header.validate(self.pos).context("refusing to write an invalid header")?;
+        header
+            .validate(self.pos)
+            .context("refusing to write an invalid header")?;
         let json = serde_json::to_vec(header)?;
         let raw = zstd::bulk::compress(&json, 9)?;
         let offset = self.pos;
@@ -331,7 +408,10 @@ impl Writer {
         footer.extend_from_slice(MAGIC);
         self.out.write_all(&footer)?;
         let total = offset + raw.len() as u64 + FOOTER_LEN;
-        self.out.into_inner().map_err(|e| e.into_error())?.commit()?;
+        self.out
+            .into_inner()
+            .map_err(|e| e.into_error())?
+            .commit()?;
         Ok(total)
     }
 }
@@ -340,5 +420,9 @@ impl Writer {
 /// make it smaller.
 pub fn compress(data: &[u8], level: i32) -> Result<(Vec<u8>, Compression)> {
     let z = zstd::bulk::compress(data, level)?;
-    Ok(if z.len() < data.len() { (z, Compression::Zstd) } else { (data.to_vec(), Compression::None) })
+    Ok(if z.len() < data.len() {
+        (z, Compression::Zstd)
+    } else {
+        (data.to_vec(), Compression::None)
+    })
 }

@@ -39,8 +39,19 @@ pub struct TreeBuilder {
 impl Default for TreeBuilder {
     fn default() -> Self {
         let mut nodes = BTreeMap::new();
-        nodes.insert(String::new(), Node { entry: Entry::dir(""), inode: 0, layer: 0 });
-        TreeBuilder { nodes, next_inode: 1, layer: 0 }
+        nodes.insert(
+            String::new(),
+            Node {
+                entry: Entry::dir(""),
+                inode: 0,
+                layer: 0,
+            },
+        );
+        TreeBuilder {
+            nodes,
+            next_inode: 1,
+            layer: 0,
+        }
     }
 }
 
@@ -77,7 +88,8 @@ impl TreeBuilder {
             let mut te = item.context("reading a tar entry")?;
             let raw_path = te.path_bytes().into_owned();
             let path = normalize(&raw_path)?;
-            self.apply_entry(&mut te, path, sink).with_context(|| format!("entry {:?}", escape_path(&raw_path)))?;
+            self.apply_entry(&mut te, path, sink)
+                .with_context(|| format!("entry {:?}", escape_path(&raw_path)))?;
         }
         Ok(())
     }
@@ -98,7 +110,11 @@ impl TreeBuilder {
         }
         if let Some(target) = name.strip_prefix(WHITEOUT) {
             self.check_parents(&path)?;
-            let victim = if parent.is_empty() { target.to_string() } else { format!("{parent}/{target}") };
+            let victim = if parent.is_empty() {
+                target.to_string()
+            } else {
+                format!("{parent}/{target}")
+            };
             self.remove(&victim);
             return Ok(());
         }
@@ -146,7 +162,8 @@ impl TreeBuilder {
                 entry.link = Some(escape_path(&target));
             }
             EntryType::Link => {
-                let target = normalize(&te.link_name_bytes().context("hardlink without a target")?)?;
+                let target =
+                    normalize(&te.link_name_bytes().context("hardlink without a target")?)?;
                 let t = match self.nodes.get(&target) {
                     Some(n) if n.entry.kind == Kind::File => n,
                     Some(_) => bail!("hardlink to {target:?}, which is not a regular file"),
@@ -160,8 +177,15 @@ impl TreeBuilder {
                 entry = e;
             }
             EntryType::Char | EntryType::Block => {
-                entry.kind = if header.entry_type() == EntryType::Char { Kind::Char } else { Kind::Block };
-                entry.rdev = Some((header.device_major()?.unwrap_or(0), header.device_minor()?.unwrap_or(0)));
+                entry.kind = if header.entry_type() == EntryType::Char {
+                    Kind::Char
+                } else {
+                    Kind::Block
+                };
+                entry.rdev = Some((
+                    header.device_major()?.unwrap_or(0),
+                    header.device_minor()?.unwrap_or(0),
+                ));
             }
             EntryType::Fifo => entry.kind = Kind::Fifo,
             other => bail!("unsupported tar entry type {other:?}"),
@@ -172,7 +196,10 @@ impl TreeBuilder {
             }
             let layer = self.layer;
             let root = self.nodes.get_mut("").expect("root");
-            root.entry = Entry { path: String::new(), ..entry };
+            root.entry = Entry {
+                path: String::new(),
+                ..entry
+            };
             root.layer = layer;
             return Ok(());
         }
@@ -185,7 +212,14 @@ impl TreeBuilder {
             None => {}
         }
         let layer = self.layer;
-        self.nodes.insert(path, Node { entry, inode, layer });
+        self.nodes.insert(
+            path,
+            Node {
+                entry,
+                inode,
+                layer,
+            },
+        );
         Ok(())
     }
 
@@ -202,7 +236,10 @@ impl TreeBuilder {
             let prefix = &path[..at + i];
             if let Some(n) = self.nodes.get(prefix) {
                 if n.entry.kind != Kind::Dir {
-                    bail!("path goes through {prefix:?}, which is a {:?}, not a directory", n.entry.kind);
+                    bail!(
+                        "path goes through {prefix:?}, which is a {:?}, not a directory",
+                        n.entry.kind
+                    );
                 }
             }
             at += i + 1;
@@ -216,7 +253,14 @@ impl TreeBuilder {
             let prefix = &path[..at + i];
             if !self.nodes.contains_key(prefix) {
                 let layer = self.layer;
-                self.nodes.insert(prefix.to_string(), Node { entry: Entry::dir(prefix), inode: 0, layer });
+                self.nodes.insert(
+                    prefix.to_string(),
+                    Node {
+                        entry: Entry::dir(prefix),
+                        inode: 0,
+                        layer,
+                    },
+                );
             }
             at += i + 1;
         }
@@ -229,7 +273,11 @@ impl TreeBuilder {
     }
 
     fn remove_children(&mut self, dir: &str, pred: impl Fn(&Node) -> bool) {
-        let prefix = if dir.is_empty() { String::new() } else { format!("{dir}/") };
+        let prefix = if dir.is_empty() {
+            String::new()
+        } else {
+            format!("{dir}/")
+        };
         let doomed: Vec<String> = self
             .nodes
             .range(prefix.clone()..)
@@ -252,7 +300,13 @@ impl TreeBuilder {
             if e.kind == Kind::File {
                 match first_name.get(&node.inode) {
                     Some(first) => {
-                        e = Entry { kind: Kind::Hardlink, link: Some(first.clone()), size: None, digest: None, ..e };
+                        e = Entry {
+                            kind: Kind::Hardlink,
+                            link: Some(first.clone()),
+                            size: None,
+                            digest: None,
+                            ..e
+                        };
                     }
                     None => {
                         first_name.insert(node.inode, path.clone());

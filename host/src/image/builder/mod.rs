@@ -87,7 +87,10 @@ pub struct BuildOptions {
 
 impl Default for BuildOptions {
     fn default() -> Self {
-        BuildOptions { level: 19, threads: std::thread::available_parallelism().map_or(2, |n| n.get()) }
+        BuildOptions {
+            level: 19,
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        }
     }
 }
 
@@ -109,7 +112,8 @@ impl Spool {
             return Ok(());
         }
         self.file.write_all(data)?;
-        self.index.insert(digest, (self.pos, data.len() as u64, compression));
+        self.index
+            .insert(digest, (self.pos, data.len() as u64, compression));
         self.pos += data.len() as u64;
         Ok(())
     }
@@ -146,7 +150,9 @@ impl ContentSink for Sink<'_> {
             ensure!(data.len() as u64 == size, "file content is truncated");
             let digest = Digest::of(&data);
             if self.seen.insert(digest) {
-                self.work.send((digest, data)).context("compression workers stopped")?;
+                self.work
+                    .send((digest, data))
+                    .context("compression workers stopped")?;
             }
             return Ok(digest);
         }
@@ -157,7 +163,13 @@ impl ContentSink for Sink<'_> {
             let mut enc = zstd::stream::write::Encoder::new(&mut tmp, self.level)?;
             enc.set_pledged_src_size(Some(size))?;
             enc.include_contentsize(true)?;
-            let n = std::io::copy(&mut Tee { inner: r.take(size), hasher: &mut hasher }, &mut enc)?;
+            let n = std::io::copy(
+                &mut Tee {
+                    inner: r.take(size),
+                    hasher: &mut hasher,
+                },
+                &mut enc,
+            )?;
             ensure!(n == size, "file content is truncated");
             enc.finish()?;
         }
@@ -177,19 +189,30 @@ impl ContentSink for Sink<'_> {
 fn worker(rx: &Mutex<Receiver<(Digest, Vec<u8>)>>, spool: &Mutex<Spool>, level: i32) -> Result<()> {
     loop {
         let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
-        let Ok((digest, data)) = job else { return Ok(()) };
+        let Ok((digest, data)) = job else {
+            return Ok(());
+        };
         let (bytes, compression) = format::compress(&data, level)?;
-        spool.lock().unwrap_or_else(|p| p.into_inner()).append(digest, &bytes, compression)?;
+        spool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .append(digest, &bytes, compression)?;
     }
 }
 
 /// Opens a layer blob, checking its digest as it is read, and undoing gzip or
 /// zstd compression (detected by magic bytes).
 fn open_layer(path: &Path) -> Result<Box<dyn Read>> {
-    let mut f = BufReader::with_capacity(1 << 20, File::open(path).with_context(|| format!("opening layer {}", path.display()))?);
+    let mut f = BufReader::with_capacity(
+        1 << 20,
+        File::open(path).with_context(|| format!("opening layer {}", path.display()))?,
+    );
     let magic = {
         use std::io::BufRead;
-        f.fill_buf()?.get(..4).map(|m| m.to_vec()).unwrap_or_default()
+        f.fill_buf()?
+            .get(..4)
+            .map(|m| m.to_vec())
+            .unwrap_or_default()
     };
     Ok(match magic.as_slice() {
         [0x1f, 0x8b, ..] => Box::new(flate2::read::MultiGzDecoder::new(f)),
@@ -210,7 +233,11 @@ fn verify_layer(path: &Path, expected: &Digest) -> Result<()> {
         }
         h.update(&buf[..n]);
     }
-    ensure!(h.finish() == *expected, "layer {} does not match its digest {expected}", path.display());
+    ensure!(
+        h.finish() == *expected,
+        "layer {} does not match its digest {expected}",
+        path.display()
+    );
     Ok(())
 }
 
@@ -226,16 +253,27 @@ pub struct Converted {
 }
 
 /// Converts `source` into a full cdimg at `out`.
-pub fn convert(source: &Source, out: &Path, opts: BuildOptions, progress: &dyn Progress) -> Result<Converted> {
+pub fn convert(
+    source: &Source,
+    out: &Path,
+    opts: BuildOptions,
+    progress: &dyn Progress,
+) -> Result<Converted> {
     let dir = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
     let image = source.open(&dir)?;
-    serde_json::from_slice::<serde_json::Value>(&image.config).context("the image config is not JSON")?;
-    let config = String::from_utf8(image.config.clone()).context("the image config is not UTF-8")?;
+    serde_json::from_slice::<serde_json::Value>(&image.config)
+        .context("the image config is not JSON")?;
+    let config =
+        String::from_utf8(image.config.clone()).context("the image config is not UTF-8")?;
 
-    let total: u64 = image.layers.iter().map(|(p, _)| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)).sum();
+    let total: u64 = image
+        .layers
+        .iter()
+        .map(|(p, _)| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .sum();
     progress.start("reading layers", total);
     for (path, digest) in &image.layers {
         if let Some(d) = digest {
@@ -244,15 +282,27 @@ pub fn convert(source: &Source, out: &Path, opts: BuildOptions, progress: &dyn P
     }
     progress.finish();
 
-    let spool = Mutex::new(Spool { file: tempfile::tempfile_in(&dir)?, pos: 0, index: HashMap::new() });
+    let spool = Mutex::new(Spool {
+        file: tempfile::tempfile_in(&dir)?,
+        pos: 0,
+        index: HashMap::new(),
+    });
     let (tx, rx) = sync_channel::<(Digest, Vec<u8>)>(opts.threads * 2);
     let rx = Mutex::new(rx);
     let threads = opts.threads.max(1);
     let mut tree = TreeBuilder::default();
     progress.start("converting", 0);
     std::thread::scope(|s| -> Result<()> {
-        let workers: Vec<_> = (0..threads).map(|_| s.spawn(|| worker(&rx, &spool, opts.level))).collect();
-        let mut sink = Sink { spool: &spool, work: tx, seen: Default::default(), level: opts.level, progress };
+        let workers: Vec<_> = (0..threads)
+            .map(|_| s.spawn(|| worker(&rx, &spool, opts.level)))
+            .collect();
+        let mut sink = Sink {
+            spool: &spool,
+            work: tx,
+            seen: Default::default(),
+            level: opts.level,
+            progress,
+        };
         let mut result = Ok(());
         for (i, (path, _)) in image.layers.iter().enumerate() {
             result = open_layer(path)
@@ -264,7 +314,8 @@ pub fn convert(source: &Source, out: &Path, opts: BuildOptions, progress: &dyn P
         }
         drop(sink);
         for w in workers {
-            w.join().map_err(|_| anyhow::anyhow!("a compression worker panicked"))??;
+            w.join()
+                .map_err(|_| anyhow::anyhow!("a compression worker panicked"))??;
         }
         result
     })?;
@@ -284,11 +335,18 @@ pub fn convert(source: &Source, out: &Path, opts: BuildOptions, progress: &dyn P
             e.data = Some(d.clone());
             continue;
         }
-        let (at, len, compression) = *spool.index.get(&digest).context("content missing from the spool")?;
+        let (at, len, compression) = *spool
+            .index
+            .get(&digest)
+            .context("content missing from the spool")?;
         spool.file.seek(SeekFrom::Start(at))?;
         let (offset, length) = w.blob_from(&mut (&mut spool.file).take(len))?;
         ensure!(length == len, "spool truncated");
-        let data = Data::Full { offset, length, compression };
+        let data = Data::Full {
+            offset,
+            length,
+            compression,
+        };
         written.insert(digest, data.clone());
         e.data = Some(data);
     }
@@ -301,5 +359,9 @@ pub fn convert(source: &Source, out: &Path, opts: BuildOptions, progress: &dyn P
         entries,
     };
     let bytes = w.finish(&header)?;
-    Ok(Converted { image_id: header.image_id, entries: header.entries.len(), bytes })
+    Ok(Converted {
+        image_id: header.image_id,
+        entries: header.entries.len(),
+        bytes,
+    })
 }

@@ -82,7 +82,12 @@ enum Plan<'a> {
 enum Outcome {
     Data(Data),
     Copy,
-    Delta { source: Digest, codec: Codec, delta: Vec<u8>, digest: Digest },
+    Delta {
+        source: Digest,
+        codec: Codec,
+        delta: Vec<u8>,
+        digest: Digest,
+    },
 }
 
 /// Writes the delta from `old` to `new` (both full images) at `out`.
@@ -94,17 +99,24 @@ pub fn diff(
     progress: &dyn Progress,
 ) -> Result<DiffSummary> {
     for r in [old, new] {
-        ensure!(r.header().kind == ImageKind::Image, "{} is a delta; diff takes two full images", r.path().display());
+        ensure!(
+            r.header().kind == ImageKind::Image,
+            "{} is a delta; diff takes two full images",
+            r.path().display()
+        );
     }
     let old_entries = &old.header().entries;
-    let old_digests: std::collections::HashSet<Digest> = old_entries.iter().filter_map(|e| e.digest).collect();
+    let old_digests: std::collections::HashSet<Digest> =
+        old_entries.iter().filter_map(|e| e.digest).collect();
     let similar = Similar::new(old_entries);
 
     let new_entries = &new.header().entries;
     let plans: Vec<Plan> = new_entries
         .iter()
         .map(|e| {
-            let Some(digest) = e.digest else { return Plan::Keep(Data::Inline) };
+            let Some(digest) = e.digest else {
+                return Plan::Keep(Data::Inline);
+            };
             if e.file_size() == 0 {
                 Plan::Keep(Data::Inline)
             } else if old_digests.contains(&digest) {
@@ -122,7 +134,9 @@ pub fn diff(
         .sum();
     progress.start("diffing", work);
 
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(opts.threads.max(1)).build()?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(opts.threads.max(1))
+        .build()?;
     let outcomes: Vec<Result<Outcome>> = pool.install(|| {
         plans
             .into_par_iter()
@@ -131,7 +145,8 @@ pub fn diff(
                 Plan::Keep(d) => Ok(Outcome::Data(d)),
                 Plan::Copy => Ok(Outcome::Copy),
                 Plan::Encode(src) => {
-                    let r = encode(old, new, src, e, opts).with_context(|| format!("diffing {}", e.path));
+                    let r = encode(old, new, src, e, opts)
+                        .with_context(|| format!("diffing {}", e.path));
                     progress.advance(e.file_size());
                     r
                 }
@@ -156,11 +171,24 @@ pub fn diff(
             let data = match outcome? {
                 Outcome::Data(d) => d,
                 Outcome::Copy => copy_full(new, &e, &mut w)?,
-                Outcome::Delta { source, codec, delta, digest } => {
+                Outcome::Delta {
+                    source,
+                    codec,
+                    delta,
+                    digest,
+                } => {
                     let idx = header.codec_index(codec_ref(&codec));
                     let offset = w.blob(&delta)?;
-                    let step = Step { codec: idx, offset, length: delta.len() as u64, digest };
-                    Data::Delta { source, steps: vec![step] }
+                    let step = Step {
+                        codec: idx,
+                        offset,
+                        length: delta.len() as u64,
+                        digest,
+                    };
+                    Data::Delta {
+                        source,
+                        steps: vec![step],
+                    }
                 }
             };
             match data {
@@ -178,23 +206,45 @@ pub fn diff(
 
 /// The header's record of a codec.
 pub fn codec_ref(c: &Codec) -> CodecRef {
-    CodecRef { sha256: c.digest(), name: c.name().to_string(), version: c.info().version.clone() }
+    CodecRef {
+        sha256: c.digest(),
+        name: c.name().to_string(),
+        version: c.info().version.clone(),
+    }
 }
 
 /// Copies a file's compressed blob from `from` unchanged.
 pub fn copy_full(from: &Reader, e: &Entry, w: &mut Writer) -> Result<Data> {
     match e.data.as_ref() {
-        Some(Data::Full { offset, length, compression }) => {
+        Some(Data::Full {
+            offset,
+            length,
+            compression,
+        }) => {
             let (at, n) = w.blob_from(&mut from.blob_reader(*offset, *length))?;
             ensure!(n == *length, "{}: short blob", e.path);
-            Ok(Data::Full { offset: at, length: n, compression: *compression })
+            Ok(Data::Full {
+                offset: at,
+                length: n,
+                compression: *compression,
+            })
         }
         Some(Data::Inline) => Ok(Data::Inline),
-        _ => anyhow::bail!("{}: not stored in full in {}", e.path, from.path().display()),
+        _ => anyhow::bail!(
+            "{}: not stored in full in {}",
+            e.path,
+            from.path().display()
+        ),
     }
 }
 
-fn encode(old: &Reader, new: &Reader, src: &Entry, e: &Entry, opts: &DiffOptions) -> Result<Outcome> {
+fn encode(
+    old: &Reader,
+    new: &Reader,
+    src: &Entry,
+    e: &Entry,
+    opts: &DiffOptions,
+) -> Result<Outcome> {
     let full_cost = match e.data {
         Some(Data::Full { length, .. }) => length,
         _ => 0,
@@ -223,5 +273,10 @@ fn encode(old: &Reader, new: &Reader, src: &Entry, e: &Entry, opts: &DiffOptions
     // A delta that does not patch back is a codec bug; catch it here, not on a
     // user's machine. Patching costs little next to diffing.
     codec.patch_checked(&old_bytes, &delta, &digest)?;
-    Ok(Outcome::Delta { source: src.digest.expect("file"), codec, delta, digest })
+    Ok(Outcome::Delta {
+        source: src.digest.expect("file"),
+        codec,
+        delta,
+        digest,
+    })
 }

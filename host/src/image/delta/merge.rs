@@ -20,7 +20,11 @@ use crate::progress::Progress;
 enum StepFrom<'a> {
     Lower(&'a Step),
     Upper(&'a Step),
-    New { codec: crate::codec::Codec, delta: Vec<u8>, digest: Digest },
+    New {
+        codec: crate::codec::Codec,
+        delta: Vec<u8>,
+        digest: Digest,
+    },
 }
 
 enum Merged<'a> {
@@ -70,8 +74,16 @@ pub fn merge(
     progress: &dyn Progress,
 ) -> Result<MergeSummary> {
     let (lh, uh) = (lower.header(), upper.header());
-    ensure!(lh.kind == ImageKind::Delta, "{} is not a delta", lower.path().display());
-    ensure!(uh.kind == ImageKind::Delta, "{} is not a delta", upper.path().display());
+    ensure!(
+        lh.kind == ImageKind::Delta,
+        "{} is not a delta",
+        lower.path().display()
+    );
+    ensure!(
+        uh.kind == ImageKind::Delta,
+        "{} is not a delta",
+        upper.path().display()
+    );
     ensure!(
         uh.base_id == Some(lh.image_id),
         "{} applies to image {}, but {} yields image {}",
@@ -81,10 +93,17 @@ pub fn merge(
         lh.image_id.short()
     );
     let lower_by = index_by_digest(lh);
-    let find = |d: &Digest| lower_by.get(d).copied().with_context(|| format!("content {} is not in the lower delta", d.short()));
+    let find = |d: &Digest| {
+        lower_by
+            .get(d)
+            .copied()
+            .with_context(|| format!("content {} is not in the lower delta", d.short()))
+    };
 
     progress.start("merging", uh.entries.len() as u64);
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads.max(1)).build()?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .build()?;
     let plans: Vec<Result<Option<Merged>>> = pool.install(|| {
         uh.entries
             .par_iter()
@@ -111,22 +130,31 @@ pub fn merge(
                     Data::Delta { source, steps } => {
                         let l = find(source)?;
                         match l.data.as_ref().expect("file data") {
-                            Data::Same => Merged::Steps(*source, steps.iter().map(StepFrom::Upper).collect()),
+                            Data::Same => {
+                                Merged::Steps(*source, steps.iter().map(StepFrom::Upper).collect())
+                            }
                             Data::Inline | Data::Full { .. } => {
                                 // v2's content travels in full in the lower delta: rebuild
                                 // v3's now and store it, since v1 cannot provide it.
-                                let mut data = if l.file_size() == 0 { Vec::new() } else { lower.full_content(l)? };
+                                let mut data = if l.file_size() == 0 {
+                                    Vec::new()
+                                } else {
+                                    lower.full_content(l)?
+                                };
                                 for s in steps {
                                     let c = &uh.codecs[s.codec as usize];
                                     let delta = upper.blob(s.offset, s.length)?;
-                                    data = codecs.get(&c.sha256, &c.name)?.patch_checked(&data, &delta, &s.digest)?;
+                                    data = codecs
+                                        .get(&c.sha256, &c.name)?
+                                        .patch_checked(&data, &delta, &s.digest)?;
                                 }
                                 let (bytes, comp) = format::compress(&data, level)?;
                                 Merged::Rebuilt(bytes, comp)
                             }
-                            Data::Delta { source: s1, steps: lower_steps } => {
-                                compose(lower, upper, codecs, *s1, lower_steps, steps)?
-                            }
+                            Data::Delta {
+                                source: s1,
+                                steps: lower_steps,
+                            } => compose(lower, upper, codecs, *s1, lower_steps, steps)?,
                         }
                     }
                 };
@@ -154,7 +182,11 @@ pub fn merge(
                 Merged::Full(r, src) => copy_full(r, src, &mut w)?,
                 Merged::Rebuilt(bytes, compression) => {
                     let offset = w.blob(&bytes)?;
-                    Data::Full { offset, length: bytes.len() as u64, compression }
+                    Data::Full {
+                        offset,
+                        length: bytes.len() as u64,
+                        compression,
+                    }
                 }
                 Merged::Steps(source, parts) => {
                     let mut steps = Vec::with_capacity(parts.len());
@@ -167,11 +199,20 @@ pub fn merge(
                         steps.push(match p {
                             StepFrom::Lower(s) => copy_step(lower, s, &mut header, &mut w)?,
                             StepFrom::Upper(s) => copy_step(upper, s, &mut header, &mut w)?,
-                            StepFrom::New { codec, delta, digest } => {
+                            StepFrom::New {
+                                codec,
+                                delta,
+                                digest,
+                            } => {
                                 summary.merged += 1;
                                 let idx = header.codec_index(codec_ref(&codec));
                                 let offset = w.blob(&delta)?;
-                                Step { codec: idx, offset, length: delta.len() as u64, digest }
+                                Step {
+                                    codec: idx,
+                                    offset,
+                                    length: delta.len() as u64,
+                                    digest,
+                                }
                             }
                         });
                     }
@@ -188,7 +229,12 @@ pub fn merge(
 fn copy_step(from: &Reader, s: &Step, header: &mut Header, w: &mut Writer) -> Result<Step> {
     let idx = header.codec_index(from.header().codecs[s.codec as usize].clone());
     let (offset, length) = w.blob_from(&mut from.blob_reader(s.offset, s.length))?;
-    Ok(Step { codec: idx, offset, length, digest: s.digest })
+    Ok(Step {
+        codec: idx,
+        offset,
+        length,
+        digest: s.digest,
+    })
 }
 
 /// Two consecutive single-step deltas in the same mergeable codec become one step
@@ -202,11 +248,20 @@ fn compose<'a>(
     upper_steps: &'a [Step],
 ) -> Result<Merged<'a>> {
     let chained = || {
-        let parts = lower_steps.iter().map(StepFrom::Lower).chain(upper_steps.iter().map(StepFrom::Upper)).collect();
+        let parts = lower_steps
+            .iter()
+            .map(StepFrom::Lower)
+            .chain(upper_steps.iter().map(StepFrom::Upper))
+            .collect();
         Ok(Merged::Steps(source, parts))
     };
-    let ([l], [u]) = (lower_steps, upper_steps) else { return chained() };
-    let (lc, uc) = (&lower.header().codecs[l.codec as usize], &upper.header().codecs[u.codec as usize]);
+    let ([l], [u]) = (lower_steps, upper_steps) else {
+        return chained();
+    };
+    let (lc, uc) = (
+        &lower.header().codecs[l.codec as usize],
+        &upper.header().codecs[u.codec as usize],
+    );
     if lc.sha256 != uc.sha256 {
         return chained();
     }
@@ -214,11 +269,19 @@ fn compose<'a>(
     if !codec.info().merge {
         return chained();
     }
-    let (ld, ud) = (lower.blob(l.offset, l.length)?, upper.blob(u.offset, u.length)?);
+    let (ld, ud) = (
+        lower.blob(l.offset, l.length)?,
+        upper.blob(u.offset, u.length)?,
+    );
     match codec.merge(&ld, &ud) {
-        Ok(delta) if delta.len() <= ld.len() + ud.len() => {
-            Ok(Merged::Steps(source, vec![StepFrom::New { codec, delta, digest: u.digest }]))
-        }
+        Ok(delta) if delta.len() <= ld.len() + ud.len() => Ok(Merged::Steps(
+            source,
+            vec![StepFrom::New {
+                codec,
+                delta,
+                digest: u.digest,
+            }],
+        )),
         // A codec that declines (or errs) leaves the pair as two steps: still correct.
         _ => chained(),
     }

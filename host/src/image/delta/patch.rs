@@ -24,23 +24,33 @@ pub fn materialize(
     progress: &dyn Progress,
 ) -> Result<u64> {
     let top = chain.top();
-    let rebuild: u64 = top.entries.iter().filter(|e| chain.raw_source(e).is_none()).map(|e| e.file_size()).sum();
+    let rebuild: u64 = top
+        .entries
+        .iter()
+        .filter(|e| chain.raw_source(e).is_none())
+        .map(|e| e.file_size())
+        .sum();
     progress.start("patching", rebuild);
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads.max(1)).build()?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .build()?;
     // Rebuilt content, compressed, for the entries that need a codec.
-    let rebuilt: Vec<Option<Result<(Vec<u8>, crate::image::entry::Compression)>>> = pool.install(|| {
-        top.entries
-            .par_iter()
-            .map(|e| {
-                if e.kind != Kind::File || chain.raw_source(e).is_some() {
-                    return None;
-                }
-                let r = chain.content(codecs, e).and_then(|c| format::compress(&c, level));
-                progress.advance(e.file_size());
-                Some(r)
-            })
-            .collect()
-    });
+    let rebuilt: Vec<Option<Result<(Vec<u8>, crate::image::entry::Compression)>>> =
+        pool.install(|| {
+            top.entries
+                .par_iter()
+                .map(|e| {
+                    if e.kind != Kind::File || chain.raw_source(e).is_some() {
+                        return None;
+                    }
+                    let r = chain
+                        .content(codecs, e)
+                        .and_then(|c| format::compress(&c, level));
+                    progress.advance(e.file_size());
+                    Some(r)
+                })
+                .collect()
+        });
     progress.finish();
 
     let mut w = Writer::create(out)?;
@@ -57,9 +67,15 @@ pub fn materialize(
                     (Some(r), _) => {
                         let (bytes, compression) = r?;
                         let offset = w.blob(&bytes)?;
-                        Data::Full { offset, length: bytes.len() as u64, compression }
+                        Data::Full {
+                            offset,
+                            length: bytes.len() as u64,
+                            compression,
+                        }
                     }
-                    (None, Some(RawSource::Blob(reader, src))) => super::diff::copy_full(reader, src, &mut w)?,
+                    (None, Some(RawSource::Blob(reader, src))) => {
+                        super::diff::copy_full(reader, src, &mut w)?
+                    }
                     (None, _) => Data::Inline,
                 };
                 done.insert(digest, d.clone());

@@ -39,11 +39,24 @@ pub struct Similar<'a> {
 impl<'a> Similar<'a> {
     /// Indexes the non-empty regular files of `old`.
     pub fn new(old: &'a [Entry]) -> Similar<'a> {
-        let mut s = Similar { by_path: HashMap::new(), by_blind: HashMap::new(), by_base: HashMap::new() };
-        for e in old.iter().filter(|e| e.kind == Kind::File && e.file_size() > 0) {
+        let mut s = Similar {
+            by_path: HashMap::new(),
+            by_blind: HashMap::new(),
+            by_base: HashMap::new(),
+        };
+        for e in old
+            .iter()
+            .filter(|e| e.kind == Kind::File && e.file_size() > 0)
+        {
             s.by_path.insert(&e.path, e);
-            s.by_blind.entry(version_blind(&e.path)).or_default().push(e);
-            s.by_base.entry(version_blind(basename(&e.path))).or_default().push(e);
+            s.by_blind
+                .entry(version_blind(&e.path))
+                .or_default()
+                .push(e);
+            s.by_base
+                .entry(version_blind(basename(&e.path)))
+                .or_default()
+                .push(e);
         }
         s
     }
@@ -56,8 +69,17 @@ impl<'a> Similar<'a> {
             return Some(e);
         }
         let size = new.file_size();
-        let closest = |cands: &[&'a Entry]| cands.iter().copied().min_by_key(|e| (e.file_size().abs_diff(size), &e.path));
-        if let Some(c) = self.by_blind.get(&version_blind(&new.path)).and_then(|c| closest(c)) {
+        let closest = |cands: &[&'a Entry]| {
+            cands
+                .iter()
+                .copied()
+                .min_by_key(|e| (e.file_size().abs_diff(size), &e.path))
+        };
+        if let Some(c) = self
+            .by_blind
+            .get(&version_blind(&new.path))
+            .and_then(|c| closest(c))
+        {
             return Some(c);
         }
         let c = closest(self.by_base.get(&version_blind(basename(&new.path)))?)?;
@@ -72,12 +94,19 @@ mod tests {
     use super::*;
 
     fn file(path: &str, size: u64) -> Entry {
-        Entry { kind: Kind::File, size: Some(size), ..Entry::dir(path) }
+        Entry {
+            kind: Kind::File,
+            size: Some(size),
+            ..Entry::dir(path)
+        }
     }
 
     #[test]
     fn finds_renamed_versions() {
-        assert_eq!(version_blind("opt/yarn-v1.22.19/lib/cli.js"), "opt/yarn-v#.#.#/lib/cli.js");
+        assert_eq!(
+            version_blind("opt/yarn-v1.22.19/lib/cli.js"),
+            "opt/yarn-v#.#.#/lib/cli.js"
+        );
         let old = vec![
             file("opt/yarn-v1.22.19/lib/cli.js", 5000),
             file("usr/lib/libfoo.so.3.0.20", 1000),
@@ -86,8 +115,14 @@ mod tests {
         ];
         let s = Similar::new(&old);
         let src = |p: &str, n: u64| s.source(&file(p, n)).map(|e| e.path.clone());
-        assert_eq!(src("opt/yarn-v1.22.22/lib/cli.js", 5100).unwrap(), "opt/yarn-v1.22.19/lib/cli.js");
-        assert_eq!(src("usr/lib/libfoo.so.3.0.22", 1100).unwrap(), "usr/lib/libfoo.so.3.0.20");
+        assert_eq!(
+            src("opt/yarn-v1.22.22/lib/cli.js", 5100).unwrap(),
+            "opt/yarn-v1.22.19/lib/cli.js"
+        );
+        assert_eq!(
+            src("usr/lib/libfoo.so.3.0.22", 1100).unwrap(),
+            "usr/lib/libfoo.so.3.0.20"
+        );
         assert_eq!(
             src("usr/lib/python3/numpy-1.26.1.dist-info/RECORD", 310).unwrap(),
             "usr/lib/python3/numpy-1.26.0.dist-info/RECORD"

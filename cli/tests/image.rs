@@ -1,0 +1,532 @@
+//! The image pipeline as a user runs it, on a small real series (busybox and three
+//! libssl3 releases from Debian, layered by umoci) and on crafted edge cases:
+//! convert, diff, patch, merge, extract, inspect, and their errors.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use d4c_host::image::entry::Data;
+use d4c_host::image::format::Reader;
+use d4c_tests::{sh, tree_listing};
+
+struct Series {
+    dir: PathBuf,
+    home: PathBuf,
+}
+
+/// The series, converted once for all tests (level 3 keeps it quick).
+fn series() -> &'static Series {
+    static S: OnceLock<Series> = OnceLock::new();
+    S.get_or_init(|| {
+        // Fresh for every run; the Debian downloads are cached beside it.
+        let dir = d4c_tests::data_dir().join("image-tests");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let layout = d4c_tests::ssl_series(&dir);
+        let home = dir.join("home");
+        let s = Series { dir, home };
+        for v in ["v1", "v2", "v3"] {
+            s.ok(&[
+                "convert",
+                &format!("{}:{v}", layout.display()),
+                "-o",
+                &s.p(&format!("{v}.cdimg")),
+                "--level",
+                "3",
+            ]);
+        }
+        s.ok(&[
+            "diff",
+            "--old",
+            &s.p("v1.cdimg"),
+            "--new",
+            &s.p("v2.cdimg"),
+            "-o",
+            &s.p("d12.cdimg"),
+        ]);
+        s.ok(&[
+            "diff",
+            "--old",
+            &s.p("v2.cdimg"),
+            "--new",
+            &s.p("v3.cdimg"),
+            "-o",
+            &s.p("d23.cdimg"),
+        ]);
+        s
+    })
+}
+
+impl Series {
+    fn p(&self, name: &str) -> String {
+        self.dir.join(name).to_string_lossy().into_owned()
+    }
+
+    fn run(&self, args: &[&str]) -> (bool, String, String) {
+        d4c_tests::run_d4c(Path::new(env!("CARGO_BIN_EXE_d4c")), &self.home, args)
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.run(args);
+        assert!(ok, "d4c {args:?} failed: {err}");
+        out
+    }
+
+    /// Runs a failing command; returns its one-line error.
+    fn fails(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.run(args);
+        assert!(!ok, "d4c {args:?} should fail: {out}");
+        assert_eq!(
+            err.trim().lines().count(),
+            1,
+            "d4c {args:?}: not one line: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+        err
+    }
+
+    fn inspect(&self, name: &str) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["inspect", &self.p(name), "--json"])).unwrap()
+    }
+
+    /// umoci's own unpack of a tag, the reference for extract.
+    fn umoci_rootfs(&self, tag: &str) -> PathBuf {
+        let b = self.dir.join(format!("umoci-{tag}"));
+        if !b.exists() {
+            sh(Command::new("umoci")
+                .args(["unpack", "--image"])
+                .arg(format!("{}:{tag}", self.p("oci")))
+                .arg(&b))
+            .unwrap();
+        }
+        b.join("rootfs")
+    }
+}
+
+#[test]
+fn patch_gives_the_image_id_of_a_fresh_convert() {
+    let s = series();
+    s.ok(&[
+        "patch",
+        "--base",
+        &s.p("v1.cdimg"),
+        "--delta",
+        &s.p("d12.cdimg"),
+        "-o",
+        &s.p("p2.cdimg"),
+    ]);
+    assert_eq!(
+        s.inspect("p2.cdimg")["image_id"],
+        s.inspect("v2.cdimg")["image_id"]
+    );
+    assert_eq!(s.inspect("p2.cdimg")["base_id"], serde_json::Value::Null);
+    // Two deltas in one go.
+    s.ok(&[
+        "patch",
+        "--base",
+        &s.p("v1.cdimg"),
+        "--delta",
+        &s.p("d12.cdimg"),
+        &s.p("d23.cdimg"),
+        "-o",
+        &s.p("p3.cdimg"),
+    ]);
+    assert_eq!(
+        s.inspect("p3.cdimg")["image_id"],
+        s.inspect("v3.cdimg")["image_id"]
+    );
+}
+
+#[test]
+fn extract_equals_umoci_unpack() {
+    let s = series();
+    for (tag, chain) in [
+        ("v1", vec!["v1.cdimg"]),
+        ("v2", vec!["v1.cdimg", "d12.cdimg"]),
+        ("v3", vec!["v1.cdimg", "d12.cdimg", "d23.cdimg"]),
+    ] {
+        let out = s.p(&format!("x-{tag}-{}", chain.len()));
+        let mut args = vec!["extract".to_string()];
+        args.extend(chain.iter().map(|c| s.p(c)));
+        args.extend(["-o".to_string(), out.clone()]);
+        s.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(
+            tree_listing(Path::new(&out)),
+            tree_listing(&s.umoci_rootfs(tag)),
+            "{tag}"
+        );
+        let version =
+            sh(Command::new("chroot")
+                .arg(&out)
+                .args(["/bin/busybox", "cat", "/etc/app-version"]))
+            .unwrap();
+        assert!(version.starts_with("3.0."), "{version}");
+    }
+}
+
+#[test]
+fn merged_delta_patches_v1_to_v3() {
+    let s = series();
+    s.ok(&[
+        "merge",
+        "--lower",
+        &s.p("d12.cdimg"),
+        "--upper",
+        &s.p("d23.cdimg"),
+        "-o",
+        &s.p("d13.cdimg"),
+    ]);
+    let d13 = s.inspect("d13.cdimg");
+    assert_eq!(d13["base_id"], s.inspect("v1.cdimg")["image_id"]);
+    assert_eq!(d13["image_id"], s.inspect("v3.cdimg")["image_id"]);
+    s.ok(&[
+        "patch",
+        "--base",
+        &s.p("v1.cdimg"),
+        "--delta",
+        &s.p("d13.cdimg"),
+        "-o",
+        &s.p("m3.cdimg"),
+    ]);
+    assert_eq!(
+        s.inspect("m3.cdimg")["image_id"],
+        s.inspect("v3.cdimg")["image_id"]
+    );
+    let out = s.p("x-merged");
+    s.ok(&["extract", &s.p("v1.cdimg"), &s.p("d13.cdimg"), "-o", &out]);
+    assert_eq!(
+        tree_listing(Path::new(&out)),
+        tree_listing(&s.umoci_rootfs("v3"))
+    );
+}
+
+#[test]
+fn diff_encodes_changed_and_renamed_files_as_deltas() {
+    let s = series();
+    let d = s.inspect("d12.cdimg");
+    assert_eq!(d["base_id"], s.inspect("v1.cdimg")["image_id"]);
+    assert!(d["files"]["delta"].as_u64().unwrap() >= 2, "{d}");
+    assert!(
+        d["files"]["same"].as_u64().unwrap() >= 10,
+        "busybox and unchanged files: {d}"
+    );
+    let codecs = d["codecs"].as_array().unwrap();
+    assert!(codecs
+        .iter()
+        .all(|c| c["sha256"].as_str().unwrap().len() == 64));
+    // The delta is a fraction of the new image.
+    let (db, vb) = (
+        d["bytes"].as_u64().unwrap(),
+        s.inspect("v2.cdimg")["bytes"].as_u64().unwrap(),
+    );
+    assert!(db * 3 < vb, "delta {db} bytes vs image {vb}");
+    // libcrypto moved from /opt/app-<v1> to /opt/app-<v2>: a delta, not a new file.
+    let r = Reader::open(Path::new(&s.p("d12.cdimg"))).unwrap();
+    let moved = r
+        .header()
+        .entries
+        .iter()
+        .find(|e| e.path.starts_with("opt/app-") && e.path.ends_with("libcrypto.so.3"))
+        .unwrap();
+    assert!(
+        matches!(moved.data, Some(Data::Delta { .. })),
+        "{:?}",
+        moved.data
+    );
+}
+
+#[test]
+fn same_input_gives_the_same_bytes() {
+    let s = series();
+    let layout = s.p("oci");
+    s.ok(&[
+        "convert",
+        &format!("{layout}:v2"),
+        "-o",
+        &s.p("again-v2.cdimg"),
+        "--level",
+        "3",
+        "--threads",
+        "1",
+    ]);
+    assert_eq!(
+        std::fs::read(s.p("again-v2.cdimg")).unwrap(),
+        std::fs::read(s.p("v2.cdimg")).unwrap()
+    );
+    s.ok(&[
+        "diff",
+        "--old",
+        &s.p("v1.cdimg"),
+        "--new",
+        &s.p("v2.cdimg"),
+        "-o",
+        &s.p("again-d12.cdimg"),
+        "--threads",
+        "1",
+    ]);
+    assert_eq!(
+        std::fs::read(s.p("again-d12.cdimg")).unwrap(),
+        std::fs::read(s.p("d12.cdimg")).unwrap()
+    );
+}
+
+#[test]
+fn bad_inputs_are_clear_errors_and_write_nothing() {
+    let s = series();
+    let out = s.p("never.cdimg");
+    // A delta applied to the wrong base.
+    let e = s.fails(&[
+        "patch",
+        "--base",
+        &s.p("v2.cdimg"),
+        "--delta",
+        &s.p("d12.cdimg"),
+        "-o",
+        &out,
+    ]);
+    assert!(e.contains("applies to image"), "{e}");
+    // A truncated file, and one with a flipped byte in a blob.
+    let data = std::fs::read(s.p("d12.cdimg")).unwrap();
+    std::fs::write(s.p("trunc.cdimg"), &data[..data.len() - 10]).unwrap();
+    let e = s.fails(&[
+        "patch",
+        "--base",
+        &s.p("v1.cdimg"),
+        "--delta",
+        &s.p("trunc.cdimg"),
+        "-o",
+        &out,
+    ]);
+    assert!(e.contains("trunc.cdimg"), "{e}");
+    let r = Reader::open(Path::new(&s.p("d12.cdimg"))).unwrap();
+    let (offset, e_path) = r
+        .header()
+        .entries
+        .iter()
+        .find_map(|e| match &e.data {
+            Some(Data::Delta { steps, .. }) => {
+                Some((steps[0].offset + steps[0].length / 2, e.path.clone()))
+            }
+            _ => None,
+        })
+        .unwrap();
+    let mut bad = data.clone();
+    bad[offset as usize] ^= 0x5a;
+    std::fs::write(s.p("flipped.cdimg"), &bad).unwrap();
+    let e = s.fails(&[
+        "extract",
+        &s.p("v1.cdimg"),
+        &s.p("flipped.cdimg"),
+        "-o",
+        &s.p("never-dir"),
+    ]);
+    assert!(e.contains(&e_path), "error should name {e_path}: {e}");
+    // Not a cdimg at all; a delta given as the base.
+    let e = s.fails(&["inspect", &s.p("oci/index.json")]);
+    assert!(e.contains("not a cdimg"), "{e}");
+    let e = s.fails(&["extract", &s.p("d12.cdimg"), "-o", &s.p("never-dir")]);
+    assert!(e.contains("delta"), "{e}");
+    assert!(!Path::new(&out).exists() && !Path::new(&s.p("never-dir")).exists());
+    let leftovers: Vec<_> = std::fs::read_dir(&s.dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".d4c-"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}
+
+#[test]
+fn a_codec_the_machine_lacks_is_named() {
+    let s = series();
+    let dir = s.dir.join("third-party");
+    std::fs::create_dir_all(&dir).unwrap();
+    let wasm = dir.join("template.wasm");
+    std::fs::write(&wasm, d4c_tests::components::TEMPLATE).unwrap();
+    let delta = s.p("third-party/d12-template.cdimg");
+    s.ok(&[
+        "diff",
+        "--old",
+        &s.p("v1.cdimg"),
+        "--new",
+        &s.p("v2.cdimg"),
+        "--codec",
+        &wasm.to_string_lossy(),
+        "-o",
+        &delta,
+    ]);
+    // Another machine (a fresh D4C_HOME) without the component.
+    let other = d4c_tests::run_d4c(
+        Path::new(env!("CARGO_BIN_EXE_d4c")),
+        &dir.join("fresh-home"),
+        &[
+            "patch",
+            "--base",
+            &s.p("v1.cdimg"),
+            "--delta",
+            &delta,
+            "-o",
+            &s.p("third-party/out.cdimg"),
+        ],
+    );
+    assert!(!other.0);
+    let sha = d4c_host::digest::Digest::of(d4c_tests::components::TEMPLATE).hex();
+    assert!(
+        other.2.contains("template") && other.2.contains(&sha),
+        "{}",
+        other.2
+    );
+    // The machine that ran the diff stored the codec and can patch.
+    s.ok(&[
+        "patch",
+        "--base",
+        &s.p("v1.cdimg"),
+        "--delta",
+        &delta,
+        "-o",
+        &s.p("third-party/out.cdimg"),
+    ]);
+}
+
+/// A tar stream from (header, data) pairs.
+fn tar(entries: Vec<(tar::Header, &[u8], &[u8])>) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (mut h, path, data) in entries {
+        // Raw name bytes: the tar crate's path setters refuse the hostile names
+        // these tests need (`..`).
+        let name = &mut h.as_old_mut().name;
+        name.fill(0);
+        name[..path.len()].copy_from_slice(path);
+        h.set_cksum();
+        b.append(&h, data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+fn hdr(kind: tar::EntryType, mode: u32, size: u64, link: Option<&str>) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_size(size);
+    h.set_uid(1000);
+    h.set_gid(100);
+    h.set_mtime(1_700_000_000);
+    if let Some(l) = link {
+        h.set_link_name(l).unwrap();
+    }
+    h
+}
+
+#[test]
+fn layer_edge_cases_match_umoci() {
+    use tar::EntryType as T;
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("oci");
+    let mut dev = hdr(T::Char, 0o600, 0, None);
+    dev.set_device_major(1).unwrap();
+    dev.set_device_minor(3).unwrap();
+    let mut blk = hdr(T::Block, 0o600, 0, None);
+    blk.set_device_major(7).unwrap();
+    blk.set_device_minor(0).unwrap();
+    let l1 = tar(vec![
+        (hdr(T::Directory, 0o755, 0, None), b"etc/", b""),
+        (hdr(T::Regular, 0o644, 5, None), b"etc/a", b"hello"),
+        (hdr(T::Link, 0o644, 0, Some("etc/a")), b"etc/hard", b""),
+        (hdr(T::Regular, 0o4755, 3, None), b"etc/suid", b"abc"),
+        (hdr(T::Symlink, 0o777, 0, Some("a")), b"etc/sym", b""),
+        (hdr(T::Symlink, 0o777, 0, Some("loop2")), b"etc/loop1", b""),
+        (hdr(T::Symlink, 0o777, 0, Some("loop1")), b"etc/loop2", b""),
+        (hdr(T::Regular, 0o644, 0, None), b"etc/empty", b""),
+        (
+            hdr(T::Regular, 0o644, 4, None),
+            b"etc/odd\xff\xfe name",
+            b"odd!",
+        ),
+        (dev, b"dev/null", b""),
+        (blk, b"dev/loop0", b""),
+        (hdr(T::Fifo, 0o644, 0, None), b"run/pipe", b""),
+        (hdr(T::Regular, 0o644, 2, None), b"opq/x", b"xx"),
+        (hdr(T::Regular, 0o644, 2, None), b"opq/sub/y", b"yy"),
+        (hdr(T::Regular, 0o644, 2, None), b"keep/k1", b"k1"),
+        (hdr(T::Regular, 0o644, 2, None), b"keep/k2", b"k2"),
+        (
+            hdr(T::Regular, 0o600, 4, None),
+            b"nested/deep/dir/file",
+            b"deep",
+        ),
+    ]);
+    let l2 = tar(vec![
+        // The hardlink's target is replaced: the link keeps the old content.
+        (hdr(T::Regular, 0o640, 7, None), b"etc/a", b"goodbye"),
+        (hdr(T::Regular, 0o644, 0, None), b"opq/.wh..wh..opq", b""),
+        (hdr(T::Regular, 0o644, 2, None), b"opq/z", b"zz"),
+        (hdr(T::Regular, 0o644, 0, None), b"keep/.wh.k1", b""),
+        (hdr(T::Regular, 0o644, 0, None), b".wh.nested", b""),
+    ]);
+    d4c_tests::write_layout(&layout, "edge", &[l1, l2]).unwrap();
+    let home = dir.path().join("home");
+    let d4c = |args: &[&str]| d4c_tests::run_d4c(Path::new(env!("CARGO_BIN_EXE_d4c")), &home, args);
+    let img = dir.path().join("edge.cdimg").to_string_lossy().into_owned();
+    let (ok, _, err) = d4c(&["convert", &format!("{}:edge", layout.display()), "-o", &img]);
+    assert!(ok, "{err}");
+    let out = dir.path().join("x");
+    let (ok, _, err) = d4c(&["extract", &img, "-o", &out.to_string_lossy()]);
+    assert!(ok, "{err}");
+    let bundle = dir.path().join("umoci");
+    sh(Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:edge", layout.display()))
+        .arg(&bundle))
+    .unwrap();
+    assert_eq!(tree_listing(&out), tree_listing(&bundle.join("rootfs")));
+    assert_eq!(std::fs::read(out.join("etc/hard")).unwrap(), b"hello");
+    assert_eq!(std::fs::read(out.join("etc/a")).unwrap(), b"goodbye");
+    assert!(
+        !out.join("opq/x").exists() && out.join("opq/z").exists() && !out.join("nested").exists()
+    );
+}
+
+#[test]
+fn entries_escaping_the_root_are_rejected_by_name() {
+    use tar::EntryType as T;
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    for (name, layer) in [
+        (
+            "dotdot",
+            tar(vec![(
+                hdr(T::Regular, 0o644, 1, None),
+                b"a/../../evil",
+                b"x",
+            )]),
+        ),
+        (
+            "through-symlink",
+            tar(vec![
+                (hdr(T::Symlink, 0o777, 0, Some("/etc")), b"ln", b""),
+                (hdr(T::Regular, 0o644, 1, None), b"ln/passwd", b"x"),
+            ]),
+        ),
+    ] {
+        let layout = dir.path().join(name);
+        d4c_tests::write_layout(&layout, "t", &[layer]).unwrap();
+        let out = dir.path().join(format!("{name}.cdimg"));
+        let (ok, _, err) = d4c_tests::run_d4c(
+            Path::new(env!("CARGO_BIN_EXE_d4c")),
+            &home,
+            &[
+                "convert",
+                &layout.to_string_lossy(),
+                "-o",
+                &out.to_string_lossy(),
+            ],
+        );
+        assert!(!ok, "{name} accepted");
+        assert!(
+            err.contains("evil") || err.contains("ln/passwd"),
+            "{name}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(!out.exists());
+    }
+}
