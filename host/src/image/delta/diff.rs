@@ -36,7 +36,7 @@ pub enum CodecChoice {
 pub const AUTO_BOTH_LIMIT: u64 = 16 << 20;
 
 /// The codecs `auto` tries for a file of `size` bytes (docs/FORMAT.md).
-pub fn auto_codecs<'a>(choice: &'a CodecChoice, old_size: u64, new_size: u64) -> Vec<&'a Codec> {
+pub fn auto_codecs(choice: &CodecChoice, old_size: u64, new_size: u64) -> Vec<&Codec> {
     match choice {
         CodecChoice::Fixed(c) => vec![c],
         CodecChoice::Auto { bsdiff, zstd_dict } => {

@@ -13,6 +13,9 @@ use crate::image::entry::{Data, Kind};
 use crate::image::format::{self, Header, ImageKind, Writer};
 use crate::progress::Progress;
 
+/// Rebuilt content, compressed, and how.
+type Compressed = (Vec<u8>, crate::image::entry::Compression);
+
 /// Writes the full image that `chain` yields to `out`; `level` compresses rebuilt
 /// content. Returns the file size.
 pub fn materialize(
@@ -35,22 +38,21 @@ pub fn materialize(
         .num_threads(threads.max(1))
         .build()?;
     // Rebuilt content, compressed, for the entries that need a codec.
-    let rebuilt: Vec<Option<Result<(Vec<u8>, crate::image::entry::Compression)>>> =
-        pool.install(|| {
-            top.entries
-                .par_iter()
-                .map(|e| {
-                    if e.kind != Kind::File || chain.raw_source(e).is_some() {
-                        return None;
-                    }
-                    let r = chain
-                        .content(codecs, e)
-                        .and_then(|c| format::compress(&c, level));
-                    progress.advance(e.file_size());
-                    Some(r)
-                })
-                .collect()
-        });
+    let rebuilt: Vec<Option<Result<Compressed>>> = pool.install(|| {
+        top.entries
+            .par_iter()
+            .map(|e| {
+                if e.kind != Kind::File || chain.raw_source(e).is_some() {
+                    return None;
+                }
+                let r = chain
+                    .content(codecs, e)
+                    .and_then(|c| format::compress(&c, level));
+                progress.advance(e.file_size());
+                Some(r)
+            })
+            .collect()
+    });
     progress.finish();
 
     let mut w = Writer::create(out)?;
