@@ -77,11 +77,14 @@ enum Plan<'a> {
     Keep(Data),
     Copy,
     Encode(&'a Entry),
+    /// Content another entry of the new image already carries: share its blob.
+    Dup,
 }
 
 enum Outcome {
     Data(Data),
     Copy,
+    Dup,
     Delta {
         source: Digest,
         codec: Codec,
@@ -111,6 +114,7 @@ pub fn diff(
     let similar = Similar::new(old_entries);
 
     let new_entries = &new.header().entries;
+    let mut planned = std::collections::HashSet::new();
     let plans: Vec<Plan> = new_entries
         .iter()
         .map(|e| {
@@ -121,6 +125,8 @@ pub fn diff(
                 Plan::Keep(Data::Inline)
             } else if old_digests.contains(&digest) {
                 Plan::Keep(Data::Same)
+            } else if !planned.insert(digest) {
+                Plan::Dup
             } else {
                 similar.source(e).map_or(Plan::Copy, Plan::Encode)
             }
@@ -144,6 +150,7 @@ pub fn diff(
             .map(|(plan, e)| match plan {
                 Plan::Keep(d) => Ok(Outcome::Data(d)),
                 Plan::Copy => Ok(Outcome::Copy),
+                Plan::Dup => Ok(Outcome::Dup),
                 Plan::Encode(src) => {
                     let r = encode(old, new, src, e, opts)
                         .with_context(|| format!("diffing {}", e.path));
@@ -165,11 +172,16 @@ pub fn diff(
     };
     let mut w = Writer::create(out)?;
     let mut summary = DiffSummary::default();
+    let mut stored: std::collections::HashMap<Digest, Data> = std::collections::HashMap::new();
     for (e, outcome) in new_entries.iter().zip(outcomes) {
         let mut e = e.clone();
         if e.kind == Kind::File {
             let data = match outcome? {
                 Outcome::Data(d) => d,
+                Outcome::Dup => stored
+                    .get(&e.digest.expect("file"))
+                    .cloned()
+                    .context("duplicate before its first")?,
                 Outcome::Copy => copy_full(new, &e, &mut w)?,
                 Outcome::Delta {
                     source,
@@ -191,6 +203,7 @@ pub fn diff(
                     }
                 }
             };
+            stored.insert(e.digest.expect("file"), data.clone());
             match data {
                 Data::Same => summary.same += 1,
                 Data::Delta { .. } => summary.delta += 1,

@@ -174,8 +174,15 @@ pub fn merge(
     };
     let mut summary = MergeSummary::default();
     let mut w = Writer::create(out)?;
+    // Entries with equal content share one blob, as in the inputs.
+    let mut stored: HashMap<Digest, Data> = HashMap::new();
     for (e, plan) in uh.entries.iter().zip(plans) {
         let mut e = e.clone();
+        if let Some(d) = e.digest.and_then(|d| stored.get(&d)) {
+            e.data = Some(d.clone());
+            header.entries.push(e);
+            continue;
+        }
         if let Some(plan) = plan.with_context(|| format!("merging {}", e.path))? {
             e.data = Some(match plan {
                 Merged::Data(d) => d,
@@ -219,6 +226,9 @@ pub fn merge(
                     Data::Delta { source, steps }
                 }
             });
+            if let (Some(d), Some(data)) = (e.digest, &e.data) {
+                stored.insert(d, data.clone());
+            }
         }
         header.entries.push(e);
     }
