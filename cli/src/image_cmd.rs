@@ -23,6 +23,14 @@ fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
+/// How many threads to use.
+#[derive(Args)]
+pub struct Jobs {
+    /// Worker threads (compression, codec calls, rebuilding files).
+    #[arg(long, default_value_t = default_threads())]
+    threads: usize,
+}
+
 /// `d4c convert`.
 #[derive(Args)]
 pub struct ConvertArgs {
@@ -34,9 +42,8 @@ pub struct ConvertArgs {
     /// zstd level for file content (1..22).
     #[arg(long, default_value_t = 19)]
     level: i32,
-    /// Compression threads.
-    #[arg(long, default_value_t = default_threads())]
-    threads: usize,
+    #[command(flatten)]
+    jobs: Jobs,
 }
 
 /// `d4c diff`.
@@ -57,9 +64,8 @@ pub struct DiffArgs {
     /// The delta to write.
     #[arg(short, long)]
     output: PathBuf,
-    /// Worker threads.
-    #[arg(long, default_value_t = default_threads())]
-    threads: usize,
+    #[command(flatten)]
+    jobs: Jobs,
 }
 
 /// `d4c patch`.
@@ -77,9 +83,8 @@ pub struct PatchArgs {
     /// zstd level for rebuilt content.
     #[arg(long, default_value_t = 19)]
     level: i32,
-    /// Worker threads.
-    #[arg(long, default_value_t = default_threads())]
-    threads: usize,
+    #[command(flatten)]
+    jobs: Jobs,
 }
 
 /// `d4c merge`.
@@ -97,9 +102,8 @@ pub struct MergeArgs {
     /// zstd level for content rebuilt while merging.
     #[arg(long, default_value_t = 19)]
     level: i32,
-    /// Worker threads.
-    #[arg(long, default_value_t = default_threads())]
-    threads: usize,
+    #[command(flatten)]
+    jobs: Jobs,
 }
 
 /// `d4c extract`.
@@ -111,9 +115,8 @@ pub struct ExtractArgs {
     /// The directory to create.
     #[arg(short, long)]
     output: PathBuf,
-    /// Worker threads.
-    #[arg(long, default_value_t = default_threads())]
-    threads: usize,
+    #[command(flatten)]
+    jobs: Jobs,
 }
 
 /// `d4c inspect`.
@@ -130,7 +133,7 @@ pub fn convert(a: &ConvertArgs) -> Result<()> {
     let source = Source::parse(&a.source)?;
     let opts = BuildOptions {
         level: a.level,
-        threads: a.threads,
+        threads: a.jobs.threads,
     };
     let c = builder::convert(&source, &a.output, opts, &Bar::new())?;
     println!(
@@ -158,7 +161,7 @@ pub fn diff(cli: &Cli, a: &DiffArgs) -> Result<()> {
     let opts = DiffOptions {
         codec: choice,
         level: a.level,
-        threads: a.threads,
+        threads: a.jobs.threads,
     };
     let s = diff::diff(&old, &new, &opts, &a.output, &Bar::new())?;
     println!(
@@ -179,7 +182,14 @@ pub fn patch(cli: &Cli, a: &PatchArgs) -> Result<()> {
     let mut paths = vec![a.base.clone()];
     paths.extend(a.delta.iter().cloned());
     let chain = Chain::open(&paths)?;
-    let bytes = patch::materialize(&chain, &codecs, &a.output, a.level, a.threads, &Bar::new())?;
+    let bytes = patch::materialize(
+        &chain,
+        &codecs,
+        &a.output,
+        a.level,
+        a.jobs.threads,
+        &Bar::new(),
+    )?;
     println!(
         "{}: image {} ({})",
         a.output.display(),
@@ -210,7 +220,7 @@ pub fn merge(cli: &Cli, a: &MergeArgs) -> Result<()> {
         };
         let l = Reader::open(&lower)?;
         let u = Reader::open(upper)?;
-        let s = merge::merge(&l, &u, &codecs, &out, a.level, a.threads, &Bar::new())?;
+        let s = merge::merge(&l, &u, &codecs, &out, a.level, a.jobs.threads, &Bar::new())?;
         if last {
             println!(
                 "{}: delta {} -> {} ({} merged by codec, {} kept as two steps; {})",
@@ -230,7 +240,7 @@ pub fn merge(cli: &Cli, a: &MergeArgs) -> Result<()> {
 pub fn extract(cli: &Cli, a: &ExtractArgs) -> Result<()> {
     let codecs = cli.codecs()?;
     let chain = Chain::open(&a.images)?;
-    extract::extract(&chain, &codecs, &a.output, a.threads, &Bar::new())?;
+    extract::extract(&chain, &codecs, &a.output, a.jobs.threads, &Bar::new())?;
     println!(
         "{}: image {} ({} entries)",
         a.output.display(),
