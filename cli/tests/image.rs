@@ -90,6 +90,15 @@ impl Series {
         serde_json::from_str(&self.ok(&["inspect", &self.p(name), "--json"])).unwrap()
     }
 
+    /// Asserts two cdimgs yield the same image.
+    fn same_image(&self, a: &str, b: &str) {
+        assert_eq!(
+            self.inspect(a)["image_id"],
+            self.inspect(b)["image_id"],
+            "{a} vs {b}"
+        );
+    }
+
     /// umoci's own unpack of a tag, the reference for extract.
     fn umoci_rootfs(&self, tag: &str) -> PathBuf {
         let b = self.dir.join(format!("umoci-{tag}"));
@@ -116,10 +125,7 @@ fn patch_gives_the_image_id_of_a_fresh_convert() {
         "-o",
         &s.p("p2.cdimg"),
     ]);
-    assert_eq!(
-        s.inspect("p2.cdimg")["image_id"],
-        s.inspect("v2.cdimg")["image_id"]
-    );
+    s.same_image("p2.cdimg", "v2.cdimg");
     assert_eq!(s.inspect("p2.cdimg")["base_id"], serde_json::Value::Null);
     // Two deltas in one go.
     s.ok(&[
@@ -132,10 +138,7 @@ fn patch_gives_the_image_id_of_a_fresh_convert() {
         "-o",
         &s.p("p3.cdimg"),
     ]);
-    assert_eq!(
-        s.inspect("p3.cdimg")["image_id"],
-        s.inspect("v3.cdimg")["image_id"]
-    );
+    s.same_image("p3.cdimg", "v3.cdimg");
 }
 
 #[test]
@@ -189,10 +192,7 @@ fn merged_delta_patches_v1_to_v3() {
         "-o",
         &s.p("m3.cdimg"),
     ]);
-    assert_eq!(
-        s.inspect("m3.cdimg")["image_id"],
-        s.inspect("v3.cdimg")["image_id"]
-    );
+    s.same_image("m3.cdimg", "v3.cdimg");
     let out = s.p("x-merged");
     s.ok(&["extract", &s.p("v1.cdimg"), &s.p("d13.cdimg"), "-o", &out]);
     assert_eq!(
