@@ -200,12 +200,37 @@ fn worker(rx: &Mutex<Receiver<(Digest, Vec<u8>)>>, spool: &Mutex<Spool>, level: 
     }
 }
 
-/// Opens a layer blob, checking its digest as it is read, and undoing gzip or
-/// zstd compression (detected by magic bytes).
-fn open_layer(path: &Path) -> Result<Box<dyn Read>> {
+/// Hashes the compressed bytes of a layer as they are read, so its digest is
+/// checked in the same pass that unpacks it.
+struct Hashing<R> {
+    inner: R,
+    hasher: std::rc::Rc<std::cell::RefCell<Hasher>>,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.borrow_mut().update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Applies one layer blob to `tree`: undoes gzip or zstd (detected by magic
+/// bytes) and, if `expected` is given, checks the blob's digest in the same pass.
+fn apply_layer_file(
+    tree: &mut TreeBuilder,
+    path: &Path,
+    expected: Option<&Digest>,
+    sink: &mut dyn ContentSink,
+) -> Result<()> {
+    let file = File::open(path).with_context(|| format!("opening layer {}", path.display()))?;
+    let hasher = std::rc::Rc::new(std::cell::RefCell::new(Hasher::default()));
     let mut f = BufReader::with_capacity(
         1 << 20,
-        File::open(path).with_context(|| format!("opening layer {}", path.display()))?,
+        Hashing {
+            inner: file,
+            hasher: hasher.clone(),
+        },
     );
     let magic = {
         use std::io::BufRead;
@@ -214,30 +239,23 @@ fn open_layer(path: &Path) -> Result<Box<dyn Read>> {
             .map(|m| m.to_vec())
             .unwrap_or_default()
     };
-    Ok(match magic.as_slice() {
+    let mut r: Box<dyn Read> = match magic.as_slice() {
         [0x1f, 0x8b, ..] => Box::new(flate2::read::MultiGzDecoder::new(f)),
         [0x28, 0xb5, 0x2f, 0xfd] => Box::new(zstd::stream::read::Decoder::with_buffer(f)?),
         _ => Box::new(f),
-    })
-}
-
-/// Checks a layer file against its expected digest.
-fn verify_layer(path: &Path, expected: &Digest) -> Result<()> {
-    let mut h = Hasher::default();
-    let mut f = File::open(path)?;
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
+    };
+    tree.apply_layer(&mut r, sink)?;
+    // The tar end marker may come before the end of the blob: read the rest too.
+    std::io::copy(&mut r, &mut std::io::sink())?;
+    drop(r);
+    if let Some(d) = expected {
+        let got = std::rc::Rc::try_unwrap(hasher)
+            .map_err(|_| anyhow::anyhow!("layer reader still shared"))?;
+        ensure!(
+            got.into_inner().finish() == *d,
+            "layer does not match its digest {d}"
+        );
     }
-    ensure!(
-        h.finish() == *expected,
-        "layer {} does not match its digest {expected}",
-        path.display()
-    );
     Ok(())
 }
 
@@ -269,19 +287,6 @@ pub fn convert(
     let config =
         String::from_utf8(image.config.clone()).context("the image config is not UTF-8")?;
 
-    let total: u64 = image
-        .layers
-        .iter()
-        .map(|(p, _)| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
-        .sum();
-    progress.start("reading layers", total);
-    for (path, digest) in &image.layers {
-        if let Some(d) = digest {
-            verify_layer(path, d)?;
-        }
-    }
-    progress.finish();
-
     let spool = Mutex::new(Spool {
         file: tempfile::tempfile_in(&dir)?,
         pos: 0,
@@ -304,9 +309,8 @@ pub fn convert(
             progress,
         };
         let mut result = Ok(());
-        for (i, (path, _)) in image.layers.iter().enumerate() {
-            result = open_layer(path)
-                .and_then(|r| tree.apply_layer(r, &mut sink))
+        for (i, (path, digest)) in image.layers.iter().enumerate() {
+            result = apply_layer_file(&mut tree, path, digest.as_ref(), &mut sink)
                 .with_context(|| format!("layer {} ({})", i + 1, path.display()));
             if result.is_err() {
                 break;
