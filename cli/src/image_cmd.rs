@@ -1,4 +1,4 @@
-//! The image commands: convert, diff, patch, merge, extract, inspect.
+//! The image commands: convert, diff, patch, merge, extract, export, inspect.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,8 +11,8 @@ use d4c_host::image::chain::Chain;
 use d4c_host::image::delta::diff::{self, CodecChoice, DiffOptions};
 use d4c_host::image::delta::{merge, patch};
 use d4c_host::image::entry::Data;
-use d4c_host::image::extract;
 use d4c_host::image::format::Reader;
+use d4c_host::image::{export, extract};
 use serde::Serialize;
 
 use crate::bar::Bar;
@@ -115,6 +115,20 @@ pub struct ExtractArgs {
     /// The directory to create.
     #[arg(short, long)]
     output: PathBuf,
+    #[command(flatten)]
+    jobs: Jobs,
+}
+
+/// `d4c export`.
+#[derive(Args)]
+pub struct ExportArgs {
+    /// A full image, then deltas in order.
+    #[arg(required = true, num_args = 1..)]
+    images: Vec<PathBuf>,
+    /// The OCI image layout to write to, `DIR` or `DIR:TAG` (created if missing;
+    /// other images in it are kept).
+    #[arg(short, long)]
+    output: String,
     #[command(flatten)]
     jobs: Jobs,
 }
@@ -246,6 +260,29 @@ pub fn extract(cli: &Cli, a: &ExtractArgs) -> Result<()> {
         a.output.display(),
         chain.top().image_id,
         chain.top().entries.len()
+    );
+    Ok(())
+}
+
+pub fn export(cli: &Cli, a: &ExportArgs) -> Result<()> {
+    let codecs = cli.codecs()?;
+    let chain = Chain::open(&a.images)?;
+    let (dir, tag) = export::parse_target(&a.output)?;
+    let s = export::export(
+        &chain,
+        &codecs,
+        &dir,
+        tag.as_deref(),
+        a.jobs.threads,
+        &Bar::new(),
+    )?;
+    println!(
+        "{}{}: manifest {}, layer {} ({})",
+        dir.display(),
+        tag.map(|t| format!(":{t}")).unwrap_or_default(),
+        s.manifest.oci(),
+        s.layer.oci(),
+        human_bytes(s.layer_size)
     );
     Ok(())
 }

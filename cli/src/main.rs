@@ -50,6 +50,8 @@ enum Command {
     Merge(image_cmd::MergeArgs),
     /// Write an image's root filesystem (from an image and deltas) to a directory.
     Extract(image_cmd::ExtractArgs),
+    /// Write an image (from an image and deltas) into an OCI image layout.
+    Export(image_cmd::ExportArgs),
     /// Show what a cdimg holds.
     Inspect(image_cmd::InspectArgs),
 }
@@ -77,6 +79,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Patch(a) => image_cmd::patch(&cli, a),
         Command::Merge(a) => image_cmd::merge(&cli, a),
         Command::Extract(a) => image_cmd::extract(&cli, a),
+        Command::Export(a) => image_cmd::export(&cli, a),
         Command::Inspect(a) => image_cmd::inspect(a),
     }
 }

@@ -169,6 +169,64 @@ fn extract_equals_umoci_unpack() {
 }
 
 #[test]
+fn export_writes_a_layout_oci_tools_read_with_stable_digests() {
+    let s = series();
+    let layout = s.p("exported");
+    let target = |tag: &str| format!("{layout}:{tag}");
+    let manifest = |out: &str| out.split("manifest ").nth(1).unwrap()[..71].to_string();
+    // v3 from a chain, then from its full image: the same content, the same digests.
+    let a = s.ok(&[
+        "export",
+        &s.p("v1.cdimg"),
+        &s.p("d12.cdimg"),
+        &s.p("d23.cdimg"),
+        "-o",
+        &target("v3"),
+    ]);
+    let b = s.ok(&["export", &s.p("v3.cdimg"), "-o", &target("v3-again")]);
+    assert_eq!(manifest(&a), manifest(&b));
+    s.ok(&["export", &s.p("v2.cdimg"), "-o", &target("v2")]);
+    // Re-exporting a tag replaces it; the other tags stay.
+    s.ok(&["export", &s.p("v1.cdimg"), "-o", &target("v2")]);
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(Path::new(&layout).join("index.json")).unwrap())
+            .unwrap();
+    assert_eq!(index["manifests"].as_array().unwrap().len(), 3);
+
+    let inspect =
+        sh(Command::new("skopeo").args(["inspect", &format!("oci:{}", target("v3"))])).unwrap();
+    let inspect: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+    assert_eq!(inspect["Digest"].as_str().unwrap(), manifest(&a));
+    assert_eq!(inspect["Layers"].as_array().unwrap().len(), 1);
+    // skopeo copies it (checking every blob's digest) ...
+    let copy = s.p("exported-copy");
+    sh(Command::new("skopeo").args([
+        "copy",
+        &format!("oci:{}", target("v3")),
+        &format!("oci:{copy}:v3"),
+    ]))
+    .unwrap();
+    // ... umoci unpacks the same tree as the original image's ...
+    let bundle = s.p("umoci-exported-v3");
+    sh(Command::new("umoci").args(["unpack", "--image", &target("v3"), &bundle])).unwrap();
+    assert_eq!(
+        tree_listing(&Path::new(&bundle).join("rootfs")),
+        tree_listing(&s.umoci_rootfs("v3"))
+    );
+    // ... and converting it back gives the same image id.
+    s.ok(&["convert", &target("v3"), "-o", &s.p("re-v3.cdimg")]);
+    s.same_image("re-v3.cdimg", "v3.cdimg");
+
+    // A directory that is not a layout is left alone.
+    let junk = s.p("not-a-layout");
+    std::fs::create_dir_all(&junk).unwrap();
+    std::fs::write(Path::new(&junk).join("precious"), b"keep").unwrap();
+    let err = s.fails(&["export", &s.p("v3.cdimg"), "-o", &junk]);
+    assert!(err.contains("not an OCI image layout"), "{err}");
+    assert_eq!(std::fs::read_dir(&junk).unwrap().count(), 1);
+}
+
+#[test]
 fn merged_delta_patches_v1_to_v3() {
     let s = series();
     s.ok(&[
@@ -322,6 +380,63 @@ fn bad_inputs_are_clear_errors_and_write_nothing() {
         &s.p("never-dir"),
     ]);
     assert!(e.contains(&e_path), "error should name {e_path}: {e}");
+    // A flipped byte in a full image's stored (uncompressed) blob: the file is named.
+    let v1 = std::fs::read(s.p("v1.cdimg")).unwrap();
+    let r = Reader::open(Path::new(&s.p("v1.cdimg"))).unwrap();
+    let (offset, e_path) = r
+        .header()
+        .entries
+        .iter()
+        .filter(|e| e.file_size() > 1000)
+        .find_map(|e| match &e.data {
+            Some(Data::Full { offset, length, .. }) => Some((offset + length / 2, e.path.clone())),
+            _ => None,
+        })
+        .unwrap();
+    let mut bad = v1;
+    bad[offset as usize] ^= 0x01;
+    std::fs::write(s.p("flipped-v1.cdimg"), &bad).unwrap();
+    let e = s.fails(&["extract", &s.p("flipped-v1.cdimg"), "-o", &s.p("never-dir")]);
+    assert!(e.contains(&e_path), "error should name {e_path}: {e}");
+    // A tampered layer blob in an OCI layout: convert names the blob's digest.
+    let tampered = s.dir.join("oci-tampered");
+    sh(Command::new("cp").arg("-a").arg(s.p("oci")).arg(&tampered)).unwrap();
+    let blobs = tampered.join("blobs/sha256");
+    let json = |digest: &str| -> serde_json::Value {
+        let hex = digest.trim_start_matches("sha256:");
+        serde_json::from_slice(&std::fs::read(blobs.join(hex)).unwrap()).unwrap()
+    };
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tampered.join("index.json")).unwrap()).unwrap();
+    let v1_manifest = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == "v1")
+        .unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let last_layer = json(&v1_manifest)["layers"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let layer = blobs.join(last_layer.trim_start_matches("sha256:"));
+    let mut data = std::fs::read(&layer).unwrap();
+    let mid = data.len() / 2;
+    data[mid] ^= 0x01;
+    std::fs::remove_file(&layer).unwrap();
+    std::fs::write(&layer, &data).unwrap();
+    let name = layer.file_name().unwrap().to_string_lossy().into_owned();
+    let e = s.fails(&["convert", &format!("{}:v1", tampered.display()), "-o", &out]);
+    assert!(
+        e.contains(&name[..12]),
+        "error should name blob {name}: {e}"
+    );
     // Not a cdimg at all; a delta given as the base.
     let e = s.fails(&["inspect", &s.p("oci/index.json")]);
     assert!(e.contains("not a cdimg"), "{e}");
@@ -428,8 +543,23 @@ fn layer_edge_cases_match_umoci() {
     let mut blk = hdr(T::Block, 0o600, 0, None);
     blk.set_device_major(7).unwrap();
     blk.set_device_minor(0).unwrap();
+    let xattr = pax_record("SCHILY.xattr.user.d4c", b"\x00binary\xff");
+    let long_name = format!("long/{}/{}", "n".repeat(120), "m".repeat(150));
+    let long = pax_record("path", long_name.as_bytes());
     let l1 = tar(vec![
         (hdr(T::Directory, 0o755, 0, None), b"etc/", b""),
+        (
+            hdr(T::XHeader, 0o644, xattr.len() as u64, None),
+            b"pax",
+            &xattr,
+        ),
+        (hdr(T::Regular, 0o644, 5, None), b"etc/xattr", b"attrs"),
+        (
+            hdr(T::XHeader, 0o644, long.len() as u64, None),
+            b"pax",
+            &long,
+        ),
+        (hdr(T::Regular, 0o644, 4, None), b"placeholder", b"long"),
         (hdr(T::Regular, 0o644, 5, None), b"etc/a", b"hello"),
         (hdr(T::Link, 0o644, 0, Some("etc/a")), b"etc/hard", b""),
         (hdr(T::Regular, 0o4755, 3, None), b"etc/suid", b"abc"),
@@ -484,6 +614,51 @@ fn layer_edge_cases_match_umoci() {
     assert!(
         !out.join("opq/x").exists() && out.join("opq/z").exists() && !out.join("nested").exists()
     );
+    assert_eq!(std::fs::read(out.join(&long_name)).unwrap(), b"long");
+    assert!(tree_listing(&out).iter().any(|l| l.contains("user.d4c=00")));
+
+    // Exported, the same tree comes back: through umoci, and through convert.
+    let exported = dir.path().join("exported");
+    let (ok, _, err) = d4c(&["export", &img, "-o", &format!("{}:e", exported.display())]);
+    assert!(ok, "{err}");
+    let bundle = dir.path().join("umoci-export");
+    sh(Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:e", exported.display()))
+        .arg(&bundle))
+    .unwrap();
+    assert_eq!(tree_listing(&out), tree_listing(&bundle.join("rootfs")));
+    let again = dir
+        .path()
+        .join("again.cdimg")
+        .to_string_lossy()
+        .into_owned();
+    let (ok, _, err) = d4c(&[
+        "convert",
+        &format!("{}:e", exported.display()),
+        "-o",
+        &again,
+    ]);
+    assert!(ok, "{err}");
+    let id = |p: &str| -> serde_json::Value {
+        let (ok, out, err) = d4c(&["inspect", p, "--json"]);
+        assert!(ok, "{err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["image_id"].clone()
+    };
+    assert_eq!(id(&img), id(&again));
+}
+
+/// One PAX extended header record.
+fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
+    let rest = key.len() + value.len() + 3;
+    let mut len = rest + 1;
+    while len != rest + len.to_string().len() {
+        len = rest + len.to_string().len();
+    }
+    let mut r = format!("{len} {key}=").into_bytes();
+    r.extend_from_slice(value);
+    r.push(b'\n');
+    r
 }
 
 #[test]
@@ -529,4 +704,128 @@ fn entries_escaping_the_root_are_rejected_by_name() {
         assert_eq!(err.trim().lines().count(), 1, "{err}");
         assert!(!out.exists());
     }
+}
+
+/// An uncompressed layer holding one sparse file of `size` bytes, zero but for
+/// `head` at its start and `tail` at its end; the tar itself is sparse on disk.
+fn sparse_layer(path: &Path, name: &str, size: u64, head: &[u8], tail: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let mut h = tar::Header::new_gnu();
+    h.set_path(name).unwrap();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o644);
+    h.set_size(size);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1_700_000_000);
+    h.set_cksum();
+    let f = std::fs::File::create(path).unwrap();
+    f.write_all_at(h.as_bytes(), 0).unwrap();
+    f.write_all_at(head, 512).unwrap();
+    f.write_all_at(tail, 512 + size - tail.len() as u64)
+        .unwrap();
+    // Data padded to 512, then two zero blocks end the archive.
+    f.set_len(512 + size.div_ceil(512) * 512 + 1024).unwrap();
+}
+
+/// sha256 of the content [`sparse_layer`] describes.
+fn sparse_digest(size: u64, head: &[u8], tail: &[u8]) -> d4c_host::digest::Digest {
+    let mut h = d4c_host::digest::Hasher::default();
+    h.update(head);
+    let zeros = vec![0u8; 1 << 20];
+    let mut left = size - head.len() as u64 - tail.len() as u64;
+    while left > 0 {
+        let n = left.min(zeros.len() as u64) as usize;
+        h.update(&zeros[..n]);
+        left -= n as u64;
+    }
+    h.update(tail);
+    h.finish()
+}
+
+#[test]
+fn a_file_over_4_gib_streams_through_convert_diff_patch_extract_export() {
+    use std::io::Read;
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    const SIZE: u64 = (4 << 30) + (1 << 20) + 7;
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let d4c = |args: &[&str]| {
+        let (ok, out, err) = d4c_tests::run_d4c(Path::new(env!("CARGO_BIN_EXE_d4c")), &home, args);
+        assert!(ok, "d4c {args:?}: {err}");
+        out
+    };
+    let p = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
+    for (v, tail) in [("v1", b"tail-one"), ("v2", b"tail-two")] {
+        let tar = dir.path().join(format!("{v}.tar"));
+        sparse_layer(&tar, "big/sparse.bin", SIZE, b"head", tail);
+        d4c_tests::write_layout_files(&dir.path().join(v), v, &[tar]).unwrap();
+        d4c(&[
+            "convert",
+            &format!("{}:{v}", p(v)),
+            "-o",
+            &p(&format!("{v}.cdimg")),
+        ]);
+    }
+    d4c(&[
+        "diff",
+        "--old",
+        &p("v1.cdimg"),
+        "--new",
+        &p("v2.cdimg"),
+        "-o",
+        &p("d.cdimg"),
+    ]);
+    d4c(&[
+        "patch",
+        "--base",
+        &p("v1.cdimg"),
+        "--delta",
+        &p("d.cdimg"),
+        "-o",
+        &p("p2.cdimg"),
+    ]);
+    d4c(&["extract", &p("p2.cdimg"), "-o", &p("x")]);
+
+    let big = dir.path().join("x/big/sparse.bin");
+    let meta = std::fs::metadata(&big).unwrap();
+    assert_eq!(meta.len(), SIZE);
+    // Written sparse: far fewer blocks than bytes.
+    assert!(meta.blocks() * 512 < 64 << 20, "{} blocks", meta.blocks());
+    let f = std::fs::File::open(&big).unwrap();
+    let mut end = [0u8; 8];
+    f.read_exact_at(&mut end, SIZE - 8).unwrap();
+    assert_eq!(&end, b"tail-two");
+    let mut h = d4c_host::digest::Hasher::default();
+    let mut r = std::io::BufReader::with_capacity(1 << 20, f);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = r.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    assert_eq!(h.finish(), sparse_digest(SIZE, b"head", b"tail-two"));
+
+    // Exported from the chain and converted back: the same image.
+    d4c(&[
+        "export",
+        &p("v1.cdimg"),
+        &p("d.cdimg"),
+        "-o",
+        &format!("{}:v2", p("exp")),
+    ]);
+    d4c(&[
+        "convert",
+        &format!("{}:v2", p("exp")),
+        "-o",
+        &p("re2.cdimg"),
+    ]);
+    let id = |img: &str| {
+        serde_json::from_str::<serde_json::Value>(&d4c(&["inspect", img, "--json"])).unwrap()
+            ["image_id"]
+            .clone()
+    };
+    assert_eq!(id(&p("re2.cdimg")), id(&p("v2.cdimg")));
 }

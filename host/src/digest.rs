@@ -47,6 +47,103 @@ impl Hasher {
     }
 }
 
+/// A reader that hashes what passes through it and, at end of input, fails with
+/// `InvalidData` unless exactly `size` bytes with sha256 `digest` went by. So a
+/// consumer that reads to the end never finishes on wrong content.
+pub struct CheckedReader<R> {
+    inner: R,
+    hasher: Hasher,
+    seen: u64,
+    size: u64,
+    digest: Digest,
+    what: String,
+}
+
+impl<R> CheckedReader<R> {
+    /// Wraps `inner`, whose content should be `size` bytes hashing to `digest`;
+    /// `what` names the content in errors.
+    pub fn new(inner: R, size: u64, digest: Digest, what: impl Into<String>) -> Self {
+        CheckedReader {
+            inner,
+            hasher: Hasher::default(),
+            seen: 0,
+            size,
+            digest,
+            what: what.into(),
+        }
+    }
+
+    fn fail(&self, why: String) -> std::io::Error {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{}: {why}", self.what),
+        )
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for CheckedReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let n = self.inner.read(buf)?;
+        self.seen += n as u64;
+        if self.seen > self.size {
+            return Err(self.fail(format!("longer than its size {}", self.size)));
+        }
+        self.hasher.update(&buf[..n]);
+        if n == 0 {
+            if self.seen != self.size {
+                return Err(self.fail(format!("{} bytes, expected {}", self.seen, self.size)));
+            }
+            let got = self.hasher.clone().finish();
+            if got != self.digest {
+                return Err(self.fail(format!(
+                    "content has sha256 {}, expected {}",
+                    got.short(),
+                    self.digest.short()
+                )));
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// A writer that hashes and counts what passes through it.
+pub struct HashWriter<W> {
+    inner: W,
+    hasher: Hasher,
+    len: u64,
+}
+
+impl<W> HashWriter<W> {
+    /// Wraps `inner`.
+    pub fn new(inner: W) -> Self {
+        HashWriter {
+            inner,
+            hasher: Hasher::default(),
+            len: 0,
+        }
+    }
+
+    /// The inner writer, the digest and the length of everything written.
+    pub fn finish(self) -> (W, Digest, u64) {
+        (self.inner, self.hasher.finish(), self.len)
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for HashWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.hex())
@@ -105,5 +202,24 @@ mod tests {
         h.update(b"a");
         h.update(b"bc");
         assert_eq!(h.finish(), d);
+    }
+
+    fn read_all(r: impl std::io::Read) -> std::io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        std::io::copy(&mut std::io::BufReader::with_capacity(2, r), &mut out)?;
+        Ok(out)
+    }
+
+    #[test]
+    fn checked_reader() {
+        let d = Digest::of(b"abcdef");
+        assert_eq!(
+            read_all(CheckedReader::new(&b"abcdef"[..], 6, d, "x")).unwrap(),
+            b"abcdef"
+        );
+        let e = read_all(CheckedReader::new(&b"abcdeg"[..], 6, d, "x")).unwrap_err();
+        assert!(e.to_string().contains("sha256"), "{e}");
+        assert!(read_all(CheckedReader::new(&b"abcde"[..], 6, d, "x")).is_err());
+        assert!(read_all(CheckedReader::new(&b"abcdefg"[..], 6, d, "x")).is_err());
     }
 }

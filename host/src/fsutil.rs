@@ -38,16 +38,22 @@ impl AtomicFile {
 
     /// Flushes, syncs and renames the file into place.
     pub fn commit(self) -> Result<()> {
-        let path = self.path;
+        let path = self.path.clone();
+        self.commit_as(&path)
+    }
+
+    /// Like [`AtomicFile::commit`], to a path chosen only now (in the same
+    /// directory), e.g. a name that is the content's digest.
+    pub fn commit_as(self, path: &Path) -> Result<()> {
         self.tmp
             .as_file()
             .sync_all()
             .with_context(|| format!("syncing {}", path.display()))?;
         self.tmp
-            .persist(&path)
+            .persist(path)
             .map_err(|e| e.error)
             .with_context(|| format!("renaming into {}", path.display()))?;
-        sync_dir(parent_dir(&path))
+        sync_dir(parent_dir(path))
     }
 }
 
@@ -82,6 +88,39 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     f.commit()
 }
 
+/// Copies `r` into the empty file `f`, leaving holes where a whole block is zero
+/// (so a sparse file stays sparse); returns the length written.
+pub fn copy_sparse(r: &mut dyn io::Read, f: &File) -> io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    const BLOCK: usize = 64 << 10;
+    let mut buf = vec![0u8; BLOCK];
+    let mut pos = 0u64;
+    loop {
+        // Fill the block, so holes stay block-aligned whatever the reader returns.
+        let mut n = 0;
+        while n < BLOCK {
+            match r.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if n == 0 {
+            break;
+        }
+        if buf[..n].iter().any(|&b| b != 0) {
+            f.write_all_at(&buf[..n], pos)?;
+        }
+        pos += n as u64;
+        if n < BLOCK {
+            break;
+        }
+    }
+    f.set_len(pos)?;
+    Ok(pos)
+}
+
 /// Creates `dir` and its parents.
 pub fn create_dir_all(dir: &Path) -> Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("creating directory {}", dir.display()))
@@ -104,5 +143,26 @@ mod tests {
         }
         assert_eq!(fs::read(&p).unwrap(), b"two");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn sparse_copy_keeps_content_and_holes() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mut data = vec![0u8; 8 << 20];
+        data[5] = 1;
+        data[(8 << 20) - 1] = 2;
+        let p = dir.path().join("s");
+        let f = File::create(&p).unwrap();
+        assert_eq!(copy_sparse(&mut &data[..], &f).unwrap(), data.len() as u64);
+        assert_eq!(fs::read(&p).unwrap(), data);
+        // Two 64 KiB blocks hold data; the rest is holes (where the file system
+        // supports them: allow generous slack for block sizes).
+        assert!(fs::metadata(&p).unwrap().blocks() * 512 < 1 << 20);
+        // A zero tail still sets the length.
+        let z = vec![0u8; 100_000];
+        let p2 = dir.path().join("z");
+        copy_sparse(&mut &z[..], &File::create(&p2).unwrap()).unwrap();
+        assert_eq!(fs::read(&p2).unwrap(), z);
     }
 }

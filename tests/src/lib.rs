@@ -212,8 +212,38 @@ pub fn ssl_series(dir: &Path) -> PathBuf {
     layout
 }
 
-/// One line per path below `root`: type, mode, owner, size, mtime, link target
-/// and content sha256; what two extracted trees must agree on.
+/// A path's extended attributes, as ` name=hex` in name order.
+fn xattrs(p: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    let mut names = vec![0u8; 65536];
+    // SAFETY: valid path and buffer of the given length.
+    let n = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    assert!(n >= 0, "listxattr {}", p.display());
+    let mut out: Vec<String> = Vec::new();
+    for name in names[..n as usize]
+        .split(|&b| b == 0)
+        .filter(|n| !n.is_empty())
+    {
+        let key = std::ffi::CString::new(name).unwrap();
+        let mut val = vec![0u8; 65536];
+        // SAFETY: as above.
+        let len = unsafe {
+            libc::lgetxattr(c.as_ptr(), key.as_ptr(), val.as_mut_ptr().cast(), val.len())
+        };
+        assert!(len >= 0, "getxattr {}", p.display());
+        out.push(format!(
+            " {}={}",
+            String::from_utf8_lossy(name),
+            hex::encode(&val[..len as usize])
+        ));
+    }
+    out.sort();
+    out.concat()
+}
+
+/// One line per path below `root`: type, mode, owner, size, mtime, link target,
+/// content sha256 and xattrs; what two extracted trees must agree on.
 pub fn tree_listing(root: &Path) -> Vec<String> {
     use std::os::unix::fs::MetadataExt;
     let mut out = Vec::new();
@@ -236,12 +266,13 @@ pub fn tree_listing(root: &Path) -> Vec<String> {
         };
         let mtime = if ft.is_dir() { 0 } else { m.mtime() };
         out.push(format!(
-            "{rel:?} {:o} {}:{} size={} mtime={mtime} nlink={} {extra}",
+            "{rel:?} {:o} {}:{} size={} mtime={mtime} nlink={} {extra}{}",
             m.mode(),
             m.uid(),
             m.gid(),
             if ft.is_file() { m.size() } else { 0 },
             if ft.is_dir() { 0 } else { m.nlink() },
+            xattrs(&p),
         ));
     }
     out.sort();
@@ -254,20 +285,77 @@ pub fn write_layout(dir: &Path, tag: &str, layers: &[Vec<u8>]) -> Result<()> {
     use std::io::Write;
     let blobs = dir.join("blobs/sha256");
     std::fs::create_dir_all(&blobs)?;
+    let mut descs = Vec::new();
+    for l in layers {
+        let diff_id = d4c_host::digest::Digest::of(l);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(l)?;
+        let gz = gz.finish()?;
+        let d = d4c_host::digest::Digest::of(&gz);
+        std::fs::write(blobs.join(d.hex()), &gz)?;
+        descs.push(LayerDesc {
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip",
+            digest: d,
+            size: gz.len() as u64,
+            diff_id,
+        });
+    }
+    finish_layout(dir, tag, &descs)
+}
+
+/// Like [`write_layout`] for layers that are uncompressed tar files (moved into
+/// the layout as they are, holes and all): for layers too big to hold in memory.
+pub fn write_layout_files(dir: &Path, tag: &str, layers: &[PathBuf]) -> Result<()> {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs)?;
+    let mut descs = Vec::new();
+    for l in layers {
+        let mut h = d4c_host::digest::Hasher::default();
+        let mut f = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(l)?);
+        let mut size = 0u64;
+        loop {
+            use std::io::BufRead;
+            let buf = f.fill_buf()?;
+            if buf.is_empty() {
+                break;
+            }
+            h.update(buf);
+            let n = buf.len();
+            size += n as u64;
+            f.consume(n);
+        }
+        let d = h.finish();
+        std::fs::rename(l, blobs.join(d.hex()))?;
+        descs.push(LayerDesc {
+            media_type: "application/vnd.oci.image.layer.v1.tar",
+            digest: d,
+            size,
+            diff_id: d,
+        });
+    }
+    finish_layout(dir, tag, &descs)
+}
+
+struct LayerDesc {
+    media_type: &'static str,
+    digest: d4c_host::digest::Digest,
+    size: u64,
+    diff_id: d4c_host::digest::Digest,
+}
+
+/// Config, manifest and index for layers already in `dir/blobs`.
+fn finish_layout(dir: &Path, tag: &str, layers: &[LayerDesc]) -> Result<()> {
+    let blobs = dir.join("blobs/sha256");
     let put = |data: &[u8]| -> Result<(String, usize)> {
         let d = d4c_host::digest::Digest::of(data);
         std::fs::write(blobs.join(d.hex()), data)?;
         Ok((d.oci(), data.len()))
     };
-    let mut descs = Vec::new();
-    let mut diff_ids = Vec::new();
-    for l in layers {
-        diff_ids.push(d4c_host::digest::Digest::of(l).oci());
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        gz.write_all(l)?;
-        let (d, n) = put(&gz.finish()?)?;
-        descs.push(serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d, "size": n}));
-    }
+    let descs: Vec<_> = layers
+        .iter()
+        .map(|l| serde_json::json!({"mediaType": l.media_type, "digest": l.digest.oci(), "size": l.size}))
+        .collect();
+    let diff_ids: Vec<_> = layers.iter().map(|l| l.diff_id.oci()).collect();
     let config = serde_json::json!({
         "architecture": "amd64", "os": "linux",
         "config": {"Cmd": ["/bin/sh"]},

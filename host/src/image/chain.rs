@@ -4,6 +4,7 @@
 //! below), checking every step's sha256.
 
 use std::collections::HashMap;
+use std::io::Read;
 use std::path::PathBuf;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -11,7 +12,7 @@ use anyhow::{bail, ensure, Context, Result};
 use super::entry::{Data, Entry};
 use super::format::{Header, ImageKind, Reader};
 use crate::codec::Codecs;
-use crate::digest::Digest;
+use crate::digest::{CheckedReader, Digest};
 
 /// An opened, checked chain of cdimg files.
 pub struct Chain {
@@ -100,6 +101,30 @@ impl Chain {
         let top = self.layers.len() - 1;
         self.resolve(codecs, top, entry)
             .with_context(|| format!("rebuilding {}", entry.path))
+    }
+
+    /// A reader over the content of `entry` of the top image. Content stored in
+    /// full somewhere in the chain streams from its blob, whatever its size;
+    /// content that needs a codec is rebuilt in memory (codec inputs are bounded).
+    /// The reader fails at end of input unless the content matched its digest, so
+    /// whoever reads to the end never accepts wrong bytes.
+    pub fn open_content<'a>(
+        &'a self,
+        codecs: &Codecs,
+        entry: &'a Entry,
+    ) -> Result<Box<dyn Read + Send + 'a>> {
+        let digest = entry.digest.context("not a regular file")?;
+        let inner: Box<dyn Read + Send + 'a> = match self.raw_source(entry) {
+            Some(RawSource::Empty) => Box::new(std::io::empty()),
+            Some(RawSource::Blob(reader, e)) => reader.content_reader(e)?,
+            None => Box::new(std::io::Cursor::new(self.content(codecs, entry)?)),
+        };
+        Ok(Box::new(CheckedReader::new(
+            inner,
+            entry.file_size(),
+            digest,
+            entry.path.clone(),
+        )))
     }
 
     /// Where the top entry's bytes lie without patching (following `same` down),

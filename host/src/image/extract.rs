@@ -106,8 +106,13 @@ pub fn extract(
             .filter(|e| e.kind == Kind::File)
             .try_for_each(|e| -> Result<()> {
                 let p = target(root, e)?;
-                let data = chain.content(codecs, e)?;
-                std::fs::write(&p, &data).with_context(|| format!("writing {}", p.display()))?;
+                let f = std::fs::File::create(&p)
+                    .with_context(|| format!("creating {}", p.display()))?;
+                let mut content = chain
+                    .open_content(codecs, e)
+                    .with_context(|| format!("rebuilding {}", e.path))?;
+                crate::fsutil::copy_sparse(&mut content, &f)
+                    .with_context(|| format!("writing {}", p.display()))?;
                 progress.advance(e.file_size());
                 Ok(())
             })

@@ -281,9 +281,9 @@ impl Reader {
         }
     }
 
-    /// The content of a `Full` file entry, decompressed and checked against the
-    /// entry's size (the digest is checked by callers that need it).
-    pub fn full_content(&self, entry: &Entry) -> Result<Vec<u8>> {
+    /// A reader over the content of a `Full` file entry, decompressed (neither
+    /// size nor digest checked: see [`crate::digest::CheckedReader`]).
+    pub fn content_reader(&self, entry: &Entry) -> Result<Box<dyn Read + Send + '_>> {
         let Some(Data::Full {
             offset,
             length,
@@ -292,20 +292,22 @@ impl Reader {
         else {
             bail!("{}: not stored in full", entry.path);
         };
+        let raw = self.blob_reader(*offset, *length);
+        Ok(match compression {
+            Compression::None => Box::new(raw),
+            Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(raw)?),
+        })
+    }
+
+    /// The content of a `Full` file entry, decompressed and checked against the
+    /// entry's size (the digest is checked by callers that need it).
+    pub fn full_content(&self, entry: &Entry) -> Result<Vec<u8>> {
         let size = entry.file_size();
-        let out = match compression {
-            Compression::None => self.blob(*offset, *length)?,
-            Compression::Zstd => {
-                let mut out = Vec::with_capacity(usize::try_from(size)?);
-                zstd::stream::read::Decoder::new(self.blob_reader(*offset, *length))?
-                    .take(size + 1)
-                    .read_to_end(&mut out)
-                    .with_context(|| {
-                        format!("{}: corrupt blob of {}", self.path.display(), entry.path)
-                    })?;
-                out
-            }
-        };
+        let mut out = Vec::with_capacity(usize::try_from(size)?);
+        self.content_reader(entry)?
+            .take(size + 1)
+            .read_to_end(&mut out)
+            .with_context(|| format!("{}: corrupt blob of {}", self.path.display(), entry.path))?;
         ensure!(
             out.len() as u64 == size,
             "{}: blob of {} has the wrong size",

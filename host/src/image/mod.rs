@@ -8,5 +8,6 @@ pub mod builder;
 pub mod chain;
 pub mod delta;
 pub mod entry;
+pub mod export;
 pub mod extract;
 pub mod format;
