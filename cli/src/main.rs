@@ -4,6 +4,7 @@
 mod bar;
 mod codec_cmd;
 mod image_cmd;
+mod mount_cmd;
 mod output;
 
 use std::path::PathBuf;
@@ -54,6 +55,11 @@ enum Command {
     Export(image_cmd::ExportArgs),
     /// Show what a cdimg holds.
     Inspect(image_cmd::InspectArgs),
+    /// Serve an image (from an image and deltas) as a read-only FUSE file system,
+    /// rebuilding each file on first read.
+    Mount(mount_cmd::MountArgs),
+    /// Unmount a d4c mount.
+    Umount(mount_cmd::UmountArgs),
 }
 
 impl Cli {
@@ -81,6 +87,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Extract(a) => image_cmd::extract(&cli, a),
         Command::Export(a) => image_cmd::export(&cli, a),
         Command::Inspect(a) => image_cmd::inspect(a),
+        Command::Mount(a) => mount_cmd::run(&cli, a),
+        Command::Umount(a) => mount_cmd::umount(a),
     }
 }
 

@@ -2,115 +2,19 @@
 //! libssl3 releases from Debian, layered by umoci) and on crafted edge cases:
 //! convert, diff, patch, merge, extract, inspect, and their errors.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
 
 use d4c_host::image::entry::Data;
 use d4c_host::image::format::Reader;
+use d4c_tests::series::Series;
 use d4c_tests::{sh, tree_listing};
 
-struct Series {
-    dir: PathBuf,
-    home: PathBuf,
-}
-
-/// The series, converted once for all tests (level 3 keeps it quick).
+/// The series, converted and diffed once for all tests of this binary.
 fn series() -> &'static Series {
     static S: OnceLock<Series> = OnceLock::new();
-    S.get_or_init(|| {
-        // Fresh for every run; the Debian downloads are cached beside it.
-        let dir = d4c_tests::data_dir().join("image-tests");
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let layout = d4c_tests::ssl_series(&dir);
-        let home = dir.join("home");
-        let s = Series { dir, home };
-        for v in ["v1", "v2", "v3"] {
-            s.ok(&[
-                "convert",
-                &format!("{}:{v}", layout.display()),
-                "-o",
-                &s.p(&format!("{v}.cdimg")),
-                "--level",
-                "3",
-            ]);
-        }
-        s.ok(&[
-            "diff",
-            "--old",
-            &s.p("v1.cdimg"),
-            "--new",
-            &s.p("v2.cdimg"),
-            "-o",
-            &s.p("d12.cdimg"),
-        ]);
-        s.ok(&[
-            "diff",
-            "--old",
-            &s.p("v2.cdimg"),
-            "--new",
-            &s.p("v3.cdimg"),
-            "-o",
-            &s.p("d23.cdimg"),
-        ]);
-        s
-    })
-}
-
-impl Series {
-    fn p(&self, name: &str) -> String {
-        self.dir.join(name).to_string_lossy().into_owned()
-    }
-
-    fn run(&self, args: &[&str]) -> (bool, String, String) {
-        d4c_tests::run_d4c(Path::new(env!("CARGO_BIN_EXE_d4c")), &self.home, args)
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let (ok, out, err) = self.run(args);
-        assert!(ok, "d4c {args:?} failed: {err}");
-        out
-    }
-
-    /// Runs a failing command; returns its one-line error.
-    fn fails(&self, args: &[&str]) -> String {
-        let (ok, out, err) = self.run(args);
-        assert!(!ok, "d4c {args:?} should fail: {out}");
-        assert_eq!(
-            err.trim().lines().count(),
-            1,
-            "d4c {args:?}: not one line: {err}"
-        );
-        assert!(!err.contains("panicked"), "{err}");
-        err
-    }
-
-    fn inspect(&self, name: &str) -> serde_json::Value {
-        serde_json::from_str(&self.ok(&["inspect", &self.p(name), "--json"])).unwrap()
-    }
-
-    /// Asserts two cdimgs yield the same image.
-    fn same_image(&self, a: &str, b: &str) {
-        assert_eq!(
-            self.inspect(a)["image_id"],
-            self.inspect(b)["image_id"],
-            "{a} vs {b}"
-        );
-    }
-
-    /// umoci's own unpack of a tag, the reference for extract.
-    fn umoci_rootfs(&self, tag: &str) -> PathBuf {
-        let b = self.dir.join(format!("umoci-{tag}"));
-        if !b.exists() {
-            sh(Command::new("umoci")
-                .args(["unpack", "--image"])
-                .arg(format!("{}:{tag}", self.p("oci")))
-                .arg(&b))
-            .unwrap();
-        }
-        b.join("rootfs")
-    }
+    S.get_or_init(|| Series::build(Path::new(env!("CARGO_BIN_EXE_d4c")), "image-tests"))
 }
 
 #[test]
@@ -357,18 +261,7 @@ fn bad_inputs_are_clear_errors_and_write_nothing() {
         &out,
     ]);
     assert!(e.contains("trunc.cdimg"), "{e}");
-    let r = Reader::open(Path::new(&s.p("d12.cdimg"))).unwrap();
-    let (offset, e_path) = r
-        .header()
-        .entries
-        .iter()
-        .find_map(|e| match &e.data {
-            Some(Data::Delta { steps, .. }) => {
-                Some((steps[0].offset + steps[0].length / 2, e.path.clone()))
-            }
-            _ => None,
-        })
-        .unwrap();
+    let (offset, e_path) = d4c_tests::series::first_delta_byte(Path::new(&s.p("d12.cdimg")));
     let mut bad = data.clone();
     bad[offset as usize] ^= 0x5a;
     std::fs::write(s.p("flipped.cdimg"), &bad).unwrap();

@@ -1,6 +1,7 @@
 //! Where d4c keeps its data on this machine: `$D4C_HOME`, else
 //! `$XDG_DATA_HOME/d4c`, else `~/.local/share/d4c`. Below it:
-//! `codecs/` (the codec store) and `cache/compiled/` (compiled components).
+//! `codecs/` (the codec store), `cache/compiled/` (compiled components) and
+//! `cache/content/` (file contents rebuilt by mounts).
 
 use std::path::PathBuf;
 
@@ -26,4 +27,9 @@ pub fn codec_dir() -> PathBuf {
 /// The default cache of compiled components.
 pub fn compiled_cache_dir() -> PathBuf {
     data_dir().join("cache").join("compiled")
+}
+
+/// The default cache of file contents rebuilt by mounts.
+pub fn content_cache_dir() -> PathBuf {
+    data_dir().join("cache").join("content")
 }

@@ -7,6 +7,7 @@
 //! - [`fsutil`]: atomic file writes.
 //! - [`home`]: where d4c keeps its data on this machine.
 //! - [`image`]: the cdimg format; convert, diff, patch, merge, extract, export.
+//! - [`mount`]: the lazy FUSE file system over an image chain.
 //! - [`progress`]: progress reporting.
 
 pub mod codec;
@@ -14,4 +15,5 @@ pub mod digest;
 pub mod fsutil;
 pub mod home;
 pub mod image;
+pub mod mount;
 pub mod progress;

@@ -253,6 +253,11 @@ impl Reader {
         &self.path
     }
 
+    /// The open file, for positional reads of blobs in place.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
     /// The file's size in bytes.
     pub fn len(&self) -> u64 {
         self.len

@@ -1,0 +1,302 @@
+//! The content cache: file contents rebuilt for a mount, on disk, named by their
+//! sha256 (so mounts of different images share them), bounded in total size with
+//! the least recently used leaving first.
+//!
+//! A file enters the cache only whole and checked: it is written to a temporary
+//! file whose contents are verified as they stream in, then renamed to its digest.
+//! Files found at startup (left by an earlier process) are re-hashed on first use,
+//! since a crash may have left one torn. One file is built once, however many
+//! readers ask for it at the same time.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+
+use crate::digest::{CheckedReader, Digest};
+
+/// An on-disk, size-bounded cache of file contents by sha256.
+pub struct ContentCache {
+    dir: PathBuf,
+    limit: u64,
+    state: Mutex<State>,
+    /// Per-digest build locks: the first reader builds, the others wait for it.
+    building: Mutex<HashMap<Digest, Arc<Mutex<()>>>>,
+}
+
+#[derive(Default)]
+struct State {
+    used: u64,
+    clock: u64,
+    files: HashMap<Digest, Slot>,
+}
+
+struct Slot {
+    size: u64,
+    used_at: u64,
+    verified: bool,
+}
+
+impl ContentCache {
+    /// Opens (creating) the cache in `dir`, holding at most about `limit` bytes.
+    pub fn open(dir: &Path, limit: u64) -> Result<ContentCache> {
+        crate::fsutil::create_dir_all(dir)?;
+        let mut found = Vec::new();
+        for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+            let e = e?;
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(".tmp-") {
+                // A build a crash interrupted.
+                let _ = std::fs::remove_file(e.path());
+                continue;
+            }
+            let Ok(digest) = name.parse::<Digest>() else {
+                continue;
+            };
+            let m = e.metadata()?;
+            found.push((m.modified().ok(), digest, m.len()));
+        }
+        // Oldest first, so that they are the first to leave.
+        found.sort();
+        let mut state = State::default();
+        for (_, digest, size) in found {
+            state.clock += 1;
+            state.used += size;
+            state.files.insert(
+                digest,
+                Slot {
+                    size,
+                    used_at: state.clock,
+                    verified: false,
+                },
+            );
+        }
+        let cache = ContentCache {
+            dir: dir.to_path_buf(),
+            limit,
+            state: Mutex::new(state),
+            building: Mutex::default(),
+        };
+        cache.evict(None);
+        Ok(cache)
+    }
+
+    /// The bytes the cache holds.
+    pub fn used(&self) -> u64 {
+        self.state.lock().expect("cache lock").used
+    }
+
+    /// The cached content `digest` of `size` bytes, opened for reading; if absent,
+    /// built from `source` (which must yield exactly that content) first.
+    pub fn get<'a>(
+        &self,
+        digest: Digest,
+        size: u64,
+        source: impl FnOnce() -> Result<Box<dyn std::io::Read + Send + 'a>>,
+    ) -> Result<File> {
+        let lock = self
+            .building
+            .lock()
+            .expect("cache lock")
+            .entry(digest)
+            .or_default()
+            .clone();
+        let result = {
+            let _guard = lock.lock().expect("build lock");
+            match self.lookup(&digest)? {
+                Some(f) => Ok(f),
+                None => self.build(digest, size, source),
+            }
+        };
+        let mut building = self.building.lock().expect("cache lock");
+        // Ours and the map's: nobody else waits, so the lock can go.
+        if Arc::strong_count(&lock) == 2 {
+            building.remove(&digest);
+        }
+        result
+    }
+
+    fn path(&self, digest: &Digest) -> PathBuf {
+        self.dir.join(digest.hex())
+    }
+
+    /// Opens a cached file, checking it first if an earlier process wrote it.
+    fn lookup(&self, digest: &Digest) -> Result<Option<File>> {
+        let (verified, size) = {
+            let mut st = self.state.lock().expect("cache lock");
+            st.clock += 1;
+            let clock = st.clock;
+            match st.files.get_mut(digest) {
+                None => return Ok(None),
+                Some(slot) => {
+                    slot.used_at = clock;
+                    (slot.verified, slot.size)
+                }
+            }
+        };
+        let file = match File::open(self.path(digest)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.forget(digest);
+                return Ok(None);
+            }
+            Err(e) => return Err(e).context("opening a cached file"),
+        };
+        if !verified {
+            let mut check = CheckedReader::new(&file, size, *digest, "cached file");
+            if std::io::copy(&mut check, &mut std::io::sink()).is_err() {
+                let _ = std::fs::remove_file(self.path(digest));
+                self.forget(digest);
+                return Ok(None);
+            }
+            if let Some(slot) = self.state.lock().expect("cache lock").files.get_mut(digest) {
+                slot.verified = true;
+            }
+        }
+        Ok(Some(file))
+    }
+
+    fn build<'a>(
+        &self,
+        digest: Digest,
+        size: u64,
+        source: impl FnOnce() -> Result<Box<dyn std::io::Read + Send + 'a>>,
+    ) -> Result<File> {
+        let tmp = tempfile::Builder::new()
+            .prefix(".tmp-")
+            .tempfile_in(&self.dir)
+            .with_context(|| format!("creating a file in {}", self.dir.display()))?;
+        let mut content = CheckedReader::new(source()?, size, digest, "content");
+        let mut out = BufWriter::with_capacity(1 << 20, tmp);
+        std::io::copy(&mut content, &mut out)?;
+        out.flush()?;
+        let tmp = out.into_inner().map_err(|e| e.into_error())?;
+        let path = self.path(&digest);
+        tmp.persist(&path).map_err(|e| e.error)?;
+        {
+            let mut st = self.state.lock().expect("cache lock");
+            st.clock += 1;
+            let clock = st.clock;
+            st.used += size;
+            st.files.insert(
+                digest,
+                Slot {
+                    size,
+                    used_at: clock,
+                    verified: true,
+                },
+            );
+        }
+        let file = File::open(&path)?;
+        self.evict(Some(digest));
+        Ok(file)
+    }
+
+    fn forget(&self, digest: &Digest) {
+        let mut st = self.state.lock().expect("cache lock");
+        if let Some(slot) = st.files.remove(digest) {
+            st.used -= slot.size;
+        }
+    }
+
+    /// Removes least recently used files until the cache fits its limit, never
+    /// `keep`. Open files stay readable to whoever has them open.
+    fn evict(&self, keep: Option<Digest>) {
+        let mut st = self.state.lock().expect("cache lock");
+        while st.used > self.limit {
+            let victim = st
+                .files
+                .iter()
+                .filter(|(d, _)| Some(**d) != keep)
+                .min_by_key(|(_, s)| s.used_at)
+                .map(|(d, _)| *d);
+            let Some(d) = victim else { break };
+            let slot = st.files.remove(&d).expect("present");
+            st.used -= slot.size;
+            let _ = std::fs::remove_file(self.path(&d));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn content(n: u8) -> (Vec<u8>, Digest) {
+        let data = vec![n; 1000];
+        let d = Digest::of(&data);
+        (data, d)
+    }
+
+    fn read(mut f: File) -> Vec<u8> {
+        let mut v = Vec::new();
+        f.read_to_end(&mut v).unwrap();
+        v
+    }
+
+    #[test]
+    fn builds_once_checks_and_evicts_least_recent() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ContentCache::open(dir.path(), 2500).unwrap();
+        let (a, da) = content(1);
+        let (b, db) = content(2);
+        let (c, dc) = content(3);
+        let src = |v: &Vec<u8>| {
+            let v = v.clone();
+            move || -> Result<Box<dyn std::io::Read + Send>> {
+                Ok(Box::new(std::io::Cursor::new(v)))
+            }
+        };
+        assert_eq!(read(cache.get(da, 1000, src(&a)).unwrap()), a);
+        // Cached: the source is not asked again.
+        let f = cache.get(da, 1000, || anyhow::bail!("rebuilt")).unwrap();
+        assert_eq!(read(f), a);
+        cache.get(db, 1000, src(&b)).unwrap();
+        cache.get(da, 1000, src(&a)).unwrap(); // a is now the most recent
+        cache.get(dc, 1000, src(&c)).unwrap(); // over the limit: b leaves
+        assert!(!dir.path().join(db.hex()).exists());
+        assert!(dir.path().join(da.hex()).exists() && dir.path().join(dc.hex()).exists());
+        assert_eq!(cache.used(), 2000);
+        // Wrong content never lands.
+        let (_, dx) = content(9);
+        assert!(cache.get(dx, 1000, src(&a)).is_err());
+        assert!(!dir.path().join(dx.hex()).exists());
+        // A torn file left by an earlier process is found, checked, and rebuilt.
+        std::fs::write(dir.path().join(dc.hex()), b"torn").unwrap();
+        drop(cache);
+        let cache = ContentCache::open(dir.path(), 2500).unwrap();
+        assert_eq!(read(cache.get(dc, 1000, src(&c)).unwrap()), c);
+        assert_eq!(
+            read(cache.get(da, 1000, || anyhow::bail!("rebuilt")).unwrap()),
+            a
+        );
+    }
+
+    #[test]
+    fn concurrent_readers_build_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ContentCache::open(dir.path(), 1 << 20).unwrap();
+        let (a, da) = content(4);
+        let builds = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    let f = cache
+                        .get(da, 1000, || {
+                            builds.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            std::thread::sleep(std::time::Duration::from_millis(50));
+                            Ok(Box::new(std::io::Cursor::new(a.clone())))
+                        })
+                        .unwrap();
+                    assert_eq!(read(f), a);
+                });
+            }
+        });
+        assert_eq!(builds.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+}
