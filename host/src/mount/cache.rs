@@ -148,6 +148,7 @@ impl ContentCache {
         };
         if !verified {
             let mut check = CheckedReader::new(&file, size, *digest, "cached file");
+            // (Reads through `&file` move its offset: rewound below.)
             if std::io::copy(&mut check, &mut std::io::sink()).is_err() {
                 let _ = std::fs::remove_file(self.path(digest));
                 self.forget(digest);
@@ -156,6 +157,8 @@ impl ContentCache {
             if let Some(slot) = self.state.lock().expect("cache lock").files.get_mut(digest) {
                 slot.verified = true;
             }
+            use std::io::Seek;
+            (&file).rewind()?;
         }
         Ok(Some(file))
     }
