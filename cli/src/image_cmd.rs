@@ -141,6 +141,9 @@ pub struct InspectArgs {
     /// One JSON object on stdout.
     #[arg(long)]
     json: bool,
+    /// List every regular file: size, how it is stored, bytes stored, codecs.
+    #[arg(long)]
+    files: bool,
 }
 
 pub fn convert(a: &ConvertArgs) -> Result<()> {
@@ -313,6 +316,46 @@ struct Inspect {
     content_bytes: u64,
     files: Files,
     codecs: Vec<CodecUse>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    file_list: Option<Vec<FileInfo>>,
+}
+
+#[derive(Serialize)]
+struct FileInfo {
+    path: String,
+    size: u64,
+    /// full, inline, same or delta.
+    storage: &'static str,
+    /// Bytes this file's blobs take in this cdimg.
+    stored: u64,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    codecs: Vec<String>,
+}
+
+fn file_info(
+    h: &d4c_host::image::format::Header,
+    e: &d4c_host::image::entry::Entry,
+) -> Option<FileInfo> {
+    let (storage, stored, codecs) = match e.data.as_ref()? {
+        Data::Full { length, .. } => ("full", *length, Vec::new()),
+        Data::Inline => ("inline", 0, Vec::new()),
+        Data::Same => ("same", 0, Vec::new()),
+        Data::Delta { steps, .. } => (
+            "delta",
+            steps.iter().map(|s| s.length).sum(),
+            steps
+                .iter()
+                .map(|s| h.codecs[s.codec as usize].name.clone())
+                .collect(),
+        ),
+    };
+    Some(FileInfo {
+        path: e.path.clone(),
+        size: e.file_size(),
+        storage,
+        stored,
+        codecs,
+    })
 }
 
 pub fn inspect(a: &InspectArgs) -> Result<()> {
@@ -359,6 +402,9 @@ pub fn inspect(a: &InspectArgs) -> Result<()> {
         content_bytes: h.entries.iter().map(|e| e.file_size()).sum(),
         files,
         codecs,
+        file_list: a
+            .files
+            .then(|| h.entries.iter().filter_map(|e| file_info(h, e)).collect()),
     };
     if a.json {
         return print_json(&report);
@@ -391,6 +437,16 @@ pub fn inspect(a: &InspectArgs) -> Result<()> {
             c.sha256,
             c.files,
             human_bytes(c.bytes)
+        );
+    }
+    for f in report.file_list.iter().flatten() {
+        println!(
+            "  {:<6} {:>10} {:>10} {} {}",
+            f.storage,
+            f.size,
+            f.stored,
+            f.path,
+            f.codecs.join(",")
         );
     }
     Ok(())

@@ -114,17 +114,27 @@ impl Chain {
         entry: &'a Entry,
     ) -> Result<Box<dyn Read + Send + 'a>> {
         let digest = entry.digest.context("not a regular file")?;
-        let inner: Box<dyn Read + Send + 'a> = match self.raw_source(entry) {
-            Some(RawSource::Empty) => Box::new(std::io::empty()),
-            Some(RawSource::Blob(reader, e)) => reader.content_reader(e)?,
-            None => Box::new(std::io::Cursor::new(self.content(codecs, entry)?)),
-        };
         Ok(Box::new(CheckedReader::new(
-            inner,
+            self.open_content_unchecked(codecs, entry)?,
             entry.file_size(),
             digest,
             entry.path.clone(),
         )))
+    }
+
+    /// Like [`Chain::open_content`] without the final check of a stored blob's
+    /// digest (codec output is always checked), for callers that check what they
+    /// read themselves.
+    pub fn open_content_unchecked<'a>(
+        &'a self,
+        codecs: &Codecs,
+        entry: &'a Entry,
+    ) -> Result<Box<dyn Read + Send + 'a>> {
+        Ok(match self.raw_source(entry) {
+            Some(RawSource::Empty) => Box::new(std::io::empty()),
+            Some(RawSource::Blob(reader, e)) => reader.content_reader(e)?,
+            None => Box::new(std::io::Cursor::new(self.content(codecs, entry)?)),
+        })
     }
 
     /// Where the top entry's bytes lie without patching (following `same` down),

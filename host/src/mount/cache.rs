@@ -23,8 +23,46 @@ pub struct ContentCache {
     dir: PathBuf,
     limit: u64,
     state: Mutex<State>,
-    /// Per-digest build locks: the first reader builds, the others wait for it.
-    building: Mutex<HashMap<Digest, Arc<Mutex<()>>>>,
+    /// The first reader of a digest builds it, the others wait for it.
+    building: Flights<Digest>,
+}
+
+/// Per-key mutual exclusion: concurrent calls of [`Flights::run`] for one key
+/// run one at a time (so the second finds what the first built); other keys
+/// are not held up.
+pub struct Flights<K> {
+    locks: Mutex<HashMap<K, Arc<Mutex<()>>>>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Default for Flights<K> {
+    fn default() -> Self {
+        Flights {
+            locks: Mutex::default(),
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Flights<K> {
+    /// Runs `f` while holding `key`'s lock.
+    pub fn run<T>(&self, key: K, f: impl FnOnce() -> T) -> T {
+        let lock = self
+            .locks
+            .lock()
+            .expect("flights lock")
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let result = {
+            let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+            f()
+        };
+        let mut locks = self.locks.lock().expect("flights lock");
+        // Ours and the map's: nobody else waits, so the lock can go.
+        if Arc::strong_count(&lock) == 2 {
+            locks.remove(&key);
+        }
+        result
+    }
 }
 
 #[derive(Default)]
@@ -79,7 +117,7 @@ impl ContentCache {
             dir: dir.to_path_buf(),
             limit,
             state: Mutex::new(state),
-            building: Mutex::default(),
+            building: Flights::default(),
         };
         cache.evict(None);
         Ok(cache)
@@ -91,33 +129,17 @@ impl ContentCache {
     }
 
     /// The cached content `digest` of `size` bytes, opened for reading; if absent,
-    /// built from `source` (which must yield exactly that content) first.
+    /// built from `source` first (and checked: wrong content is never cached).
     pub fn get<'a>(
         &self,
         digest: Digest,
         size: u64,
         source: impl FnOnce() -> Result<Box<dyn std::io::Read + Send + 'a>>,
     ) -> Result<File> {
-        let lock = self
-            .building
-            .lock()
-            .expect("cache lock")
-            .entry(digest)
-            .or_default()
-            .clone();
-        let result = {
-            let _guard = lock.lock().expect("build lock");
-            match self.lookup(&digest)? {
-                Some(f) => Ok(f),
-                None => self.build(digest, size, source),
-            }
-        };
-        let mut building = self.building.lock().expect("cache lock");
-        // Ours and the map's: nobody else waits, so the lock can go.
-        if Arc::strong_count(&lock) == 2 {
-            building.remove(&digest);
-        }
-        result
+        self.building.run(digest, || match self.lookup(&digest)? {
+            Some(f) => Ok(f),
+            None => self.build(digest, size, source),
+        })
     }
 
     fn path(&self, digest: &Digest) -> PathBuf {

@@ -1,25 +1,30 @@
 //! The FUSE surface: a read-only file system over a [`Chain`], every request
-//! answered from the header's tree, file contents from the chain (an
-//! uncompressed blob read in place, anything else rebuilt once into the
-//! [`ContentCache`]), always checked against the file's sha256 first.
+//! answered from the header's tree, file contents from the chain, always checked
+//! against the file's sha256 before the first byte is served.
+//!
+//! A file's content is loaded on its first read: an uncompressed blob is read in
+//! place, a small file is held in memory, anything else is rebuilt once into the
+//! on-disk [`ContentCache`]. Loaded contents stay (within memory and descriptor
+//! bounds, least recently used leaving first) so later reads cost one copy.
+//! Opens are not sent to us at all (FUSE "no open"): the kernel keeps each
+//! file's page cache, so warm reads never leave the kernel.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
+use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyXattr, Request,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, OpenFlags,
+    ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 
-use super::cache::ContentCache;
+use super::cache::{ContentCache, Flights};
 use super::tree::{self, Tree};
 use crate::codec::Codecs;
 use crate::digest::CheckedReader;
@@ -29,11 +34,70 @@ use crate::image::entry::{unescape_path, Compression, Data, Entry, Kind};
 /// The image never changes under the mount: the kernel may cache for long.
 const TTL: Duration = Duration::from_secs(24 * 3600);
 
-/// An open file: `len` bytes at `offset` in `file` (none for empty content).
-struct Handle {
-    file: Option<Arc<File>>,
-    offset: u64,
-    len: u64,
+/// Files up to this size are held in memory once loaded; larger ones go
+/// through the on-disk cache.
+const SMALL: u64 = 1 << 20;
+/// Bounds on loaded contents kept for later reads.
+const MEMORY_BUDGET: u64 = 256 << 20;
+const FILE_BUDGET: usize = 512;
+
+/// A file's content, checked, ready to serve reads from.
+#[derive(Clone)]
+enum Content {
+    Empty,
+    Memory(Arc<Vec<u8>>),
+    /// `len` bytes at `offset` in `file`.
+    File {
+        file: Arc<File>,
+        offset: u64,
+        len: u64,
+    },
+}
+
+/// Loaded contents by inode, with least-recently-used eviction.
+#[derive(Default)]
+struct Loaded {
+    map: HashMap<u64, (Content, u64)>,
+    clock: u64,
+    memory: u64,
+    files: usize,
+}
+
+impl Loaded {
+    fn get(&mut self, ino: u64) -> Option<Content> {
+        self.clock += 1;
+        let clock = self.clock;
+        self.map.get_mut(&ino).map(|(c, used)| {
+            *used = clock;
+            c.clone()
+        })
+    }
+
+    fn insert(&mut self, ino: u64, c: Content) {
+        self.clock += 1;
+        match &c {
+            Content::Memory(v) => self.memory += v.len() as u64,
+            Content::File { .. } => self.files += 1,
+            Content::Empty => {}
+        }
+        self.map.insert(ino, (c, self.clock));
+        while self.memory > MEMORY_BUDGET || self.files > FILE_BUDGET {
+            let Some(victim) = self
+                .map
+                .iter()
+                .filter(|(i, (c, _))| **i != ino && !matches!(c, Content::Empty))
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(i, _)| *i)
+            else {
+                break;
+            };
+            match self.map.remove(&victim) {
+                Some((Content::Memory(v), _)) => self.memory -= v.len() as u64,
+                Some((Content::File { .. }, _)) => self.files -= 1,
+                _ => {}
+            }
+        }
+    }
 }
 
 /// The file system of one mounted chain.
@@ -42,24 +106,29 @@ pub struct ImageFs {
     codecs: Codecs,
     cache: Arc<ContentCache>,
     tree: Tree,
-    handles: Mutex<HashMap<u64, Handle>>,
-    next_fh: AtomicU64,
-    /// Uncompressed blobs (layer, offset) whose content was checked once.
-    verified: Mutex<HashSet<(usize, u64)>>,
+    /// Each layer's file, shared by the contents read in place.
+    layer_files: Vec<Arc<File>>,
+    loaded: Mutex<Loaded>,
+    loading: Flights<u64>,
 }
 
 impl ImageFs {
     /// A file system for `chain`, rebuilding contents into `cache`.
     pub fn new(chain: Arc<Chain>, codecs: Codecs, cache: Arc<ContentCache>) -> Result<ImageFs> {
         let tree = Tree::new(chain.top())?;
+        let layer_files = chain
+            .layers()
+            .iter()
+            .map(|r| r.file().try_clone().map(Arc::new))
+            .collect::<std::io::Result<_>>()?;
         Ok(ImageFs {
             chain,
             codecs,
             cache,
             tree,
-            handles: Mutex::default(),
-            next_fh: AtomicU64::new(1),
-            verified: Mutex::default(),
+            layer_files,
+            loaded: Mutex::default(),
+            loading: Flights::default(),
         })
     }
 
@@ -105,17 +174,27 @@ impl ImageFs {
         }
     }
 
-    /// Where the content of `e` can be read, checked: an uncompressed blob in
-    /// place, or the cache (rebuilding it there on first use).
-    fn open_content(&self, e: &Entry) -> Result<Handle> {
+    /// The checked content of inode `ino`, loading it on first use (once, however
+    /// many readers ask at the same time).
+    fn content(&self, ino: u64, e: &Entry) -> Result<Content> {
+        if let Some(c) = self.loaded.lock().expect("lock").get(ino) {
+            return Ok(c);
+        }
+        self.loading.run(ino, || {
+            if let Some(c) = self.loaded.lock().expect("lock").get(ino) {
+                return Ok(c);
+            }
+            let c = self.load(e)?;
+            self.loaded.lock().expect("lock").insert(ino, c.clone());
+            Ok(c)
+        })
+    }
+
+    fn load(&self, e: &Entry) -> Result<Content> {
         let size = e.file_size();
         let digest = e.digest.context("not a regular file")?;
         if size == 0 {
-            return Ok(Handle {
-                file: None,
-                offset: 0,
-                len: 0,
-            });
+            return Ok(Content::Empty);
         }
         if let Some(RawSource::Blob(reader, src)) = self.chain.raw_source(e) {
             if let Some(Data::Full {
@@ -124,38 +203,39 @@ impl ImageFs {
                 compression: Compression::None,
             }) = src.data
             {
-                let layer = self.layer_index(reader);
-                let key = (layer, offset);
-                if !self.verified.lock().expect("lock").contains(&key) {
-                    let mut check =
-                        CheckedReader::new(reader.blob_reader(offset, length), size, digest, "");
-                    std::io::copy(&mut check, &mut std::io::sink())
-                        .with_context(|| format!("{}: stored content", reader.path().display()))?;
-                    self.verified.lock().expect("lock").insert(key);
-                }
-                return Ok(Handle {
-                    file: Some(Arc::new(reader.file().try_clone()?)),
+                // Stored as is: check it once, then serve it in place.
+                let mut check =
+                    CheckedReader::new(reader.blob_reader(offset, length), size, digest, "");
+                std::io::copy(&mut check, &mut std::io::sink())
+                    .with_context(|| format!("{}: stored content", reader.path().display()))?;
+                let layer = self
+                    .chain
+                    .layers()
+                    .iter()
+                    .position(|r| std::ptr::eq(r, reader))
+                    .expect("a layer of the chain");
+                return Ok(Content::File {
+                    file: self.layer_files[layer].clone(),
                     offset,
                     len: size,
                 });
             }
         }
-        let file = self
-            .cache
-            .get(digest, size, || self.chain.open_content(&self.codecs, e))?;
-        Ok(Handle {
-            file: Some(Arc::new(file)),
+        if size <= SMALL {
+            let mut data = Vec::with_capacity(size as usize);
+            self.chain
+                .open_content(&self.codecs, e)?
+                .read_to_end(&mut data)?;
+            return Ok(Content::Memory(Arc::new(data)));
+        }
+        let file = self.cache.get(digest, size, || {
+            self.chain.open_content_unchecked(&self.codecs, e)
+        })?;
+        Ok(Content::File {
+            file: Arc::new(file),
             offset: 0,
             len: size,
         })
-    }
-
-    fn layer_index(&self, reader: &crate::image::format::Reader) -> usize {
-        self.chain
-            .layers()
-            .iter()
-            .position(|r| std::ptr::eq(r, reader))
-            .unwrap_or(usize::MAX)
     }
 }
 
@@ -212,78 +292,64 @@ impl Filesystem for ImageFs {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        if flags.acc_mode() != OpenAccMode::O_RDONLY {
-            return reply.error(Errno::EROFS);
-        }
-        let Some((_, e)) = self.entry(ino) else {
-            return reply.error(Errno::ENOENT);
-        };
-        if e.kind != Kind::File {
-            return reply.error(Errno::EINVAL);
-        }
-        match self.open_content(e) {
-            Ok(h) => {
-                let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-                self.handles.lock().expect("lock").insert(fh, h);
-                // Contents never change: let the kernel keep its page cache.
-                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
-            }
-            Err(err) => {
-                // The one place a reader learns why: the log names the file.
-                eprintln!("d4c mount: EIO for /{}: {err:#}", e.path);
-                reply.error(Errno::EIO);
-            }
-        }
+    fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // "Not implemented" makes the kernel stop sending opens and releases and
+        // keep page caches across opens: contents never change. (The mount is
+        // read-only, so the VFS refuses writers before they reach us.)
+        reply.error(Errno::ENOSYS);
     }
 
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        ino: INodeNo,
+        _fh: FileHandle,
         offset: u64,
         size: u32,
         _flags: OpenFlags,
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
-        let (file, base, len) = {
-            let handles = self.handles.lock().expect("lock");
-            let Some(h) = handles.get(&fh.0) else {
-                return reply.error(Errno::EBADF);
-            };
-            (h.file.clone(), h.offset, h.len)
+        let Some((_, e)) = self.entry(ino) else {
+            return reply.error(Errno::ENOENT);
         };
-        if offset >= len {
-            return reply.data(&[]);
+        if e.kind != Kind::File {
+            return reply.error(Errno::EINVAL);
         }
-        let n = (len - offset).min(size as u64) as usize;
-        let Some(file) = file else {
-            return reply.data(&[]);
-        };
-        let mut buf = vec![0u8; n];
-        match file.read_exact_at(&mut buf, base + offset) {
-            Ok(()) => reply.data(&buf),
+        let content = match self.content(ino.0, e) {
+            Ok(c) => c,
             Err(err) => {
-                eprintln!("d4c mount: EIO reading inode {}: {err}", _ino.0);
-                reply.error(Errno::EIO);
+                // The one place a reader learns why: the log names the file.
+                eprintln!("d4c mount: EIO for /{}: {err:#}", e.path);
+                return reply.error(Errno::EIO);
+            }
+        };
+        let want = |len: u64| {
+            let start = offset.min(len);
+            (start, (len - start).min(size as u64) as usize)
+        };
+        match content {
+            Content::Empty => reply.data(&[]),
+            Content::Memory(v) => {
+                let (start, n) = want(v.len() as u64);
+                reply.data(&v[start as usize..start as usize + n]);
+            }
+            Content::File {
+                file,
+                offset: base,
+                len,
+            } => {
+                let (start, n) = want(len);
+                let mut buf = vec![0u8; n];
+                match file.read_exact_at(&mut buf, base + start) {
+                    Ok(()) => reply.data(&buf),
+                    Err(err) => {
+                        eprintln!("d4c mount: EIO reading /{}: {err}", e.path);
+                        reply.error(Errno::EIO);
+                    }
+                }
             }
         }
-    }
-
-    fn release(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        _lock_owner: Option<fuser::LockOwner>,
-        _flush: bool,
-        reply: fuser::ReplyEmpty,
-    ) {
-        self.handles.lock().expect("lock").remove(&fh.0);
-        reply.ok();
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
