@@ -4,6 +4,7 @@
 mod bar;
 mod codec_cmd;
 mod image_cmd;
+mod load_cmd;
 mod mount_cmd;
 mod output;
 
@@ -60,6 +61,9 @@ enum Command {
     Mount(mount_cmd::MountArgs),
     /// Unmount a d4c mount.
     Umount(mount_cmd::UmountArgs),
+    /// Register an image (from an image and deltas) with containerd, to run
+    /// with the d4c snapshotter.
+    Load(load_cmd::LoadArgs),
 }
 
 impl Cli {
@@ -89,6 +93,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Inspect(a) => image_cmd::inspect(a),
         Command::Mount(a) => mount_cmd::run(&cli, a),
         Command::Umount(a) => mount_cmd::umount(a),
+        Command::Load(a) => load_cmd::run(a),
     }
 }
 

@@ -1,7 +1,146 @@
-//! `d4c-snapshotter`: the containerd proxy snapshotter. Not built yet; it will
-//! serve the host library's mount over containerd's snapshots API.
+//! `d4c-snapshotter`: containerd's snapshots API on a unix socket, for use as a
+//! proxy plugin (`[proxy_plugins.d4c]`, see docs/SNAPSHOTTER.md). Serves until
+//! SIGTERM or SIGINT, then unmounts every image it mounted.
 
-fn main() {
-    eprintln!("d4c-snapshotter: not implemented yet");
-    std::process::exit(2);
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use d4c_host::codec::{CodecStore, Codecs, Limits, Runtime};
+use d4c_snapshotter::api::snapshots::snapshots_server::SnapshotsServer;
+use d4c_snapshotter::service::Service;
+use d4c_snapshotter::snapshotter::Snapshotter;
+
+#[derive(Parser)]
+#[command(
+    name = "d4c-snapshotter",
+    version,
+    about = "containerd proxy snapshotter for d4c images"
+)]
+struct Args {
+    /// State directory: metadata, snapshots, stored images, caches.
+    #[arg(long, default_value = "/var/lib/d4c-snapshotter")]
+    root: PathBuf,
+    /// The unix socket to serve on.
+    #[arg(long, default_value = "/run/d4c-snapshotter/snapshotter.sock")]
+    address: PathBuf,
+    /// Bound on the cache of rebuilt file contents, e.g. 10G.
+    #[arg(long, default_value = "10G", value_parser = parse_size)]
+    cache_size: u64,
+    /// Memory cap for each codec call.
+    #[arg(long, default_value = "3G", value_parser = parse_size)]
+    codec_memory: u64,
+    /// Time cap for each codec call, in seconds.
+    #[arg(long, default_value_t = 600)]
+    codec_timeout: u64,
+}
+
+fn parse_size(s: &str) -> Result<u64> {
+    let s = s.trim();
+    let (n, shift) = match s.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => (&s[..s.len() - 1], 10),
+        Some('M') => (&s[..s.len() - 1], 20),
+        Some('G') => (&s[..s.len() - 1], 30),
+        Some('T') => (&s[..s.len() - 1], 40),
+        _ => (s, 0),
+    };
+    let n: u64 = n
+        .trim()
+        .parse()
+        .with_context(|| format!("not a size: {s:?}"))?;
+    n.checked_shl(shift)
+        .filter(|v| v >> shift == n)
+        .with_context(|| format!("size {s:?} is too large"))
+}
+
+async fn run(args: Args) -> Result<()> {
+    let limits = Limits {
+        memory: args.codec_memory,
+        time: Duration::from_secs(args.codec_timeout),
+    };
+    let runtime = Runtime::new(limits, Some(args.root.join("cache").join("compiled")))?;
+    let codecs = Codecs::new(runtime, CodecStore::new(args.root.join("codecs")));
+    let root = args.root.clone();
+    let snapshotter =
+        tokio::task::spawn_blocking(move || Snapshotter::open(&root, codecs, args.cache_size))
+            .await??;
+    let snapshotter = Arc::new(snapshotter);
+
+    if let Some(dir) = args.address.parent() {
+        d4c_host::fsutil::create_dir_all(dir)?;
+    }
+    // A socket left by an earlier process: nobody answers on it any more.
+    if args.address.exists() {
+        std::fs::remove_file(&args.address)
+            .with_context(|| format!("removing stale socket {}", args.address.display()))?;
+    }
+    let listener = tokio::net::UnixListener::bind(&args.address)
+        .with_context(|| format!("listening on {}", args.address.display()))?;
+    eprintln!(
+        "d4c-snapshotter: serving {} on {}",
+        snapshotter.root().display(),
+        args.address.display()
+    );
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        eprintln!("d4c-snapshotter: shutting down");
+    };
+    let served = tonic::transport::Server::builder()
+        .add_service(SnapshotsServer::new(Service::new(snapshotter.clone())))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            shutdown,
+        )
+        .await;
+    let _ = std::fs::remove_file(&args.address);
+    let s = snapshotter.clone();
+    tokio::task::spawn_blocking(move || s.shutdown()).await?;
+    served.context("serving gRPC")
+}
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let text = e.render().to_string();
+            let line = text
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("invalid arguments");
+            eprintln!("d4c-snapshotter: {}", line.trim());
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("d4c-snapshotter: error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!(
+                "d4c-snapshotter: error: {}",
+                format!("{e:#}").replace('\n', " ")
+            );
+            ExitCode::FAILURE
+        }
+    }
 }

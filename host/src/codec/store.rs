@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -102,10 +102,12 @@ pub enum CodecOrigin {
 }
 
 /// Finds codecs among the built-ins and the store, loading each component once.
+/// Clones share the loaded components.
+#[derive(Clone)]
 pub struct Codecs {
     runtime: Runtime,
     store: CodecStore,
-    loaded: Mutex<HashMap<Digest, Codec>>,
+    loaded: Arc<Mutex<HashMap<Digest, Codec>>>,
 }
 
 impl Codecs {
@@ -114,7 +116,7 @@ impl Codecs {
         Codecs {
             runtime,
             store,
-            loaded: Mutex::new(HashMap::new()),
+            loaded: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 

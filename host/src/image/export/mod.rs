@@ -181,7 +181,7 @@ fn write_tree<W: Write>(
 
 /// The original config with `rootfs` naming the one exported layer and the
 /// history kept as a record (every old step marked empty) plus one step for it.
-fn rewrite_config(mut config: Value, diff_id: &Digest) -> Result<Value> {
+pub fn rewrite_config(mut config: Value, diff_id: &Digest) -> Result<Value> {
     let obj = config
         .as_object_mut()
         .context("the image config is not a JSON object")?;

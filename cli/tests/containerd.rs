@@ -1,0 +1,350 @@
+//! The snapshotter and `d4c load` with real containerd and runc (started by
+//! `scripts/services up`, which `scripts/test` runs): containers from a loaded
+//! image and delta, two at once, writes that stay in the container, a restart of
+//! the snapshotter, removal, and an ordinary OCI image unpacked into it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use d4c_tests::series::Series;
+use d4c_tests::sh;
+
+fn series() -> &'static Series {
+    static S: OnceLock<Series> = OnceLock::new();
+    S.get_or_init(|| Series::build(Path::new(env!("CARGO_BIN_EXE_d4c")), "containerd-tests"))
+}
+
+/// containerd (from scripts/services) and our own snapshotter process.
+struct Harness {
+    containerd: PathBuf,
+    socket: PathBuf,
+    namespace: String,
+    root: PathBuf,
+    snapshotter: Option<Child>,
+}
+
+fn env_or(var: &str, default: &str) -> PathBuf {
+    std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(default))
+}
+
+impl Harness {
+    fn start_snapshotter(&mut self) {
+        let bin = Path::new(env!("CARGO_BIN_EXE_d4c"))
+            .parent()
+            .unwrap()
+            .join("d4c-snapshotter");
+        let log = std::fs::File::create(self.root.with_extension("log")).unwrap();
+        let child = Command::new(bin)
+            .arg("--root")
+            .arg(&self.root)
+            .arg("--address")
+            .arg(&self.socket)
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        SNAPSHOTTER_PID.store(child.id(), std::sync::atomic::Ordering::SeqCst);
+        self.snapshotter = Some(child);
+        // Ready once containerd reaches it: after a restart, containerd's
+        // connection to the plugin recovers from its backoff within seconds.
+        // (Listing does not reach the plugin; preparing does.)
+        let t = Instant::now();
+        for i in 0.. {
+            let probe = format!("ready-probe-{}-{i}", std::process::id());
+            if self
+                .ctr(&["snapshots", "--snapshotter", "d4c", "prepare", &probe])
+                .is_ok()
+            {
+                self.ctr(&["snapshots", "--snapshotter", "d4c", "rm", &probe])
+                    .unwrap();
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "the snapshotter did not come up"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn stop_snapshotter(&mut self) {
+        if let Some(mut c) = self.snapshotter.take() {
+            sh(Command::new("kill").args(["-TERM", &c.id().to_string()])).unwrap();
+            let status = c.wait().unwrap();
+            assert!(status.success(), "snapshotter exit: {status}");
+        }
+    }
+
+    fn ctr(&self, args: &[&str]) -> anyhow::Result<String> {
+        sh(Command::new("ctr")
+            .arg("--address")
+            .arg(&self.containerd)
+            .args(["--namespace", &self.namespace])
+            .args(args))
+    }
+
+    fn d4c(&self, s: &Series, args: &[&str]) -> String {
+        let mut all = args.to_vec();
+        let addr = self.containerd.to_string_lossy().into_owned();
+        all.extend(["--address", &addr, "--namespace", &self.namespace]);
+        s.ok(&all)
+    }
+
+    /// Runs `/etc/app-version` through `cat` in a new container of `image`.
+    fn cat_version(&self, image: &str, id: &str) -> String {
+        self.ctr(&[
+            "run",
+            "--rm",
+            "--snapshotter",
+            "d4c",
+            image,
+            id,
+            "/bin/busybox",
+            "cat",
+            "/etc/app-version",
+        ])
+        .unwrap()
+    }
+
+    /// FUSE mounts the snapshotter has below its root.
+    fn fuse_mounts(&self) -> Vec<String> {
+        std::fs::read_to_string("/proc/self/mounts")
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(self.root.to_str().unwrap()) && l.contains(" fuse"))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+/// The running snapshotter, for [`stop_at_exit`]: statics are never dropped.
+static SNAPSHOTTER_PID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+extern "C" fn stop_at_exit() {
+    let pid = SNAPSHOTTER_PID.load(std::sync::atomic::Ordering::SeqCst);
+    if pid != 0 {
+        // SAFETY: signalling and reaping our own child.
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGTERM);
+            libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), 0);
+        }
+    }
+}
+
+/// One harness, used by one test at a time (a test restarts the snapshotter).
+fn harness() -> MutexGuard<'static, Harness> {
+    static H: OnceLock<Mutex<Harness>> = OnceLock::new();
+    H.get_or_init(|| {
+        let containerd = env_or(
+            "CONTAINERD_ADDRESS",
+            "/tmp/d4c-services/containerd/containerd.sock",
+        );
+        assert!(
+            containerd.exists(),
+            "containerd is not running at {}: run scripts/services up",
+            containerd.display()
+        );
+        let root = d4c_tests::data_dir().join("snapshotter-root");
+        // Leftovers of an earlier run: its snapshotter, its mounts.
+        let _ = Command::new("pkill")
+            .args([
+                "-TERM",
+                "-f",
+                &format!("d4c-snapshotter --root {}", root.display()),
+            ])
+            .status();
+        std::thread::sleep(Duration::from_millis(500));
+        for l in std::fs::read_to_string("/proc/self/mounts")
+            .unwrap()
+            .lines()
+        {
+            if let Some(m) = l
+                .split(' ')
+                .nth(1)
+                .filter(|m| m.starts_with(root.to_str().unwrap()))
+            {
+                let _ = Command::new("umount").args(["-l", m]).status();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&root);
+        // SAFETY: registers a plain extern "C" function.
+        unsafe { libc::atexit(stop_at_exit) };
+        let mut h = Harness {
+            containerd,
+            socket: env_or(
+                "D4C_SNAPSHOTTER_ADDRESS",
+                "/tmp/d4c-services/snapshotter/snapshotter.sock",
+            ),
+            // Unique per run: containerd keeps its records between runs.
+            namespace: format!("d4c-test-{}", std::process::id()),
+            root,
+            snapshotter: None,
+        };
+        h.start_snapshotter();
+        Mutex::new(h)
+    })
+    .lock()
+    .unwrap_or_else(|e| e.into_inner())
+}
+
+fn version_of(s: &Series, tag: &str) -> String {
+    let x = s.p(&format!("x-{tag}"));
+    if !Path::new(&x).exists() {
+        let chain: Vec<String> = match tag {
+            "v1" => vec![s.p("v1.cdimg")],
+            "v2" => vec![s.p("v1.cdimg"), s.p("d12.cdimg")],
+            _ => vec![s.p("v3.cdimg")],
+        };
+        let mut args = vec!["extract"];
+        args.extend(chain.iter().map(String::as_str));
+        args.extend(["-o", &x]);
+        s.ok(&args);
+    }
+    std::fs::read_to_string(Path::new(&x).join("etc/app-version"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn a_loaded_delta_runs_and_shares_the_base() {
+    let s = series();
+    let h = harness();
+    h.d4c(s, &["load", "d4c.test/app:v1", &s.p("v1.cdimg")]);
+    h.d4c(
+        s,
+        &[
+            "load",
+            "d4c.test/app:v2",
+            &s.p("v1.cdimg"),
+            &s.p("d12.cdimg"),
+        ],
+    );
+    let out = h.cat_version("d4c.test/app:v2", "load-v2");
+    assert_eq!(out.trim(), version_of(s, "v2"));
+    assert_ne!(version_of(s, "v1"), version_of(s, "v2"));
+    // v1's file is stored once: the image store holds v1 and the delta only.
+    let stored: Vec<u64> = std::fs::read_dir(h.root.join("images"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .collect();
+    let mut want = vec![
+        std::fs::metadata(s.p("v1.cdimg")).unwrap().len(),
+        std::fs::metadata(s.p("d12.cdimg")).unwrap().len(),
+    ];
+    let mut got = stored.clone();
+    want.sort();
+    got.sort();
+    assert!(
+        got.len() >= 2 && want.iter().all(|w| got.contains(w)),
+        "{got:?} vs {want:?}"
+    );
+    // Loading again is a no-op for the snapshot.
+    let again = h.d4c(s, &["load", "d4c.test/app:v1", &s.p("v1.cdimg")]);
+    assert!(again.contains("already loaded"), "{again}");
+}
+
+#[test]
+fn two_containers_at_once_and_writes_stay_in_the_container() {
+    let s = series();
+    let h = harness();
+    h.d4c(s, &["load", "d4c.test/app:v3", &s.p("v3.cdimg")]);
+    let run = |id: &str| -> std::process::Child {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(&h.containerd)
+            .args(["--namespace", &h.namespace])
+            .args(["run", "--rm", "--snapshotter", "d4c", "d4c.test/app:v3", id])
+            .args([
+                "/bin/busybox",
+                "sh",
+                "-c",
+                &format!(
+                    "echo {id} > /etc/app-version && /bin/busybox sleep 1 && /bin/busybox cat /etc/app-version"
+                ),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (run("writer-a"), run("writer-b"));
+    for (c, id) in [(a, "writer-a"), (b, "writer-b")] {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), id);
+    }
+    let out = h.cat_version("d4c.test/app:v3", "reader");
+    assert_eq!(out.trim(), version_of(s, "v3"));
+}
+
+#[test]
+fn a_restart_keeps_snapshots_and_removal_unmounts() {
+    let s = series();
+    let mut h = harness();
+    h.d4c(
+        s,
+        &[
+            "load",
+            "d4c.test/restart:v2",
+            &s.p("v1.cdimg"),
+            &s.p("d12.cdimg"),
+        ],
+    );
+    h.stop_snapshotter();
+    assert!(h.fuse_mounts().is_empty(), "{:?}", h.fuse_mounts());
+    h.start_snapshotter();
+    assert!(!h.fuse_mounts().is_empty());
+    let out = h.cat_version("d4c.test/restart:v2", "after-restart");
+    assert_eq!(out.trim(), version_of(s, "v2"));
+
+    // Removing every image of the namespace removes its snapshots and mounts.
+    let images = h.ctr(&["images", "ls", "-q"]).unwrap();
+    let mut args = vec!["images", "rm", "--sync"];
+    args.extend(images.lines());
+    h.ctr(&args).unwrap();
+    let t = Instant::now();
+    // `ctr snapshots ls` prints a header line, then one line per snapshot.
+    while h
+        .ctr(&["snapshots", "--snapshotter", "d4c", "ls"])
+        .unwrap()
+        .trim()
+        .lines()
+        .count()
+        > 1
+    {
+        assert!(t.elapsed() < Duration::from_secs(30), "snapshots remain");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Other namespaces may hold snapshots of their own; ours are all gone from
+    // the snapshotter's metadata and from the mounts.
+    let meta = std::fs::read_to_string(h.root.join("metadata.json")).unwrap();
+    assert!(!meta.contains(&format!("{}/", h.namespace)), "{meta}");
+}
+
+#[test]
+fn an_ordinary_oci_image_unpacks_into_it_and_runs() {
+    let s = series();
+    let h = harness();
+    let tar = s.p("oci.tar");
+    sh(Command::new("tar").args(["-C", &s.p("oci"), "-cf", &tar, "."])).unwrap();
+    h.ctr(&[
+        "images",
+        "import",
+        "--base-name",
+        "d4c.test/plain",
+        "--snapshotter",
+        "d4c",
+        &tar,
+    ])
+    .unwrap();
+    let out = h.cat_version("d4c.test/plain:v3", "plain");
+    assert_eq!(out.trim(), version_of(s, "v3"));
+}

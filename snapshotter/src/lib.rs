@@ -1,0 +1,17 @@
+//! d4c's containerd integration: a proxy snapshotter serving d4c images through
+//! the host library's lazy mount, and the containerd client behind `d4c load`.
+//!
+//! - [`api`]: containerd's snapshots API (generated).
+//! - [`meta`]: snapshot metadata, persisted atomically.
+//! - [`images`]: the store of cdimg files snapshots are served from.
+//! - [`snapshotter`]: the operations.
+//! - [`service`]: the gRPC service over them.
+//! - [`load`]: `d4c load`, through containerd's content, images, leases and
+//!   snapshots services.
+
+pub mod api;
+pub mod images;
+pub mod load;
+pub mod meta;
+pub mod service;
+pub mod snapshotter;

@@ -1,0 +1,523 @@
+//! The snapshotter's operations, as containerd's snapshots API defines them,
+//! synchronous and independent of gRPC ([`crate::service`] adapts them).
+//!
+//! Directory layout under the root:
+//!
+//! ```text
+//! metadata.json          every snapshot (crate::meta)
+//! snapshots/<id>/fs      a snapshot's tree: an overlay upper dir, a committed
+//!                        layer, or the FUSE mount of a d4c image chain
+//! snapshots/<id>/work    overlayfs work dir of an active snapshot
+//! images/<sha256>.cdimg  cdimg files d4c snapshots are served from
+//! codecs/, cache/        codec store, compiled components, rebuilt contents
+//! ```
+//!
+//! A snapshot prepared with the label [`CHAIN_LABEL`] (a JSON list of cdimg
+//! paths: a full image, then deltas) is served from those images: they are
+//! copied into the image store (each file once) and mounted read-only with the
+//! host library's lazy mount. Committed, it is a parent like any other: a
+//! container's active snapshot is an overlay with the mount as its lower dir.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use d4c_host::codec::Codecs;
+use d4c_host::image::chain::Chain;
+use d4c_host::mount::cache::ContentCache;
+use d4c_host::mount::{self, Mount, MountOptions};
+use tonic::Status;
+
+use crate::images::ImageStore;
+use crate::meta::{now, Kind, Meta, Snapshot};
+
+/// The label that makes a snapshot a d4c image chain. containerd passes labels
+/// with the `containerd.io/snapshot/` prefix on to proxy snapshotters.
+pub const CHAIN_LABEL: &str = "containerd.io/snapshot/d4c.chain";
+
+/// A mount for containerd to perform (`containerd.types.Mount`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountSpec {
+    /// File system type: `bind` or `overlay`.
+    pub kind: String,
+    /// Source.
+    pub source: String,
+    /// Options.
+    pub options: Vec<String>,
+}
+
+/// Usage of a snapshot.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Usage {
+    /// Bytes.
+    pub size: i64,
+    /// Inodes.
+    pub inodes: i64,
+}
+
+/// Snapshot metadata as the API reports it.
+#[derive(Debug, Clone)]
+pub struct Info {
+    /// Key or name.
+    pub name: String,
+    /// Parent name, empty for none.
+    pub parent: String,
+    /// Kind.
+    pub kind: Kind,
+    /// Creation time (ns since the epoch).
+    pub created: i128,
+    /// Last update (ns since the epoch).
+    pub updated: i128,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+struct State {
+    meta: Meta,
+    /// Live FUSE mounts of d4c snapshots, by key.
+    mounts: HashMap<String, Mount>,
+}
+
+/// The snapshotter.
+pub struct Snapshotter {
+    root: PathBuf,
+    images: ImageStore,
+    codecs: Codecs,
+    cache: Arc<ContentCache>,
+    state: Mutex<State>,
+}
+
+fn internal(e: anyhow::Error) -> Status {
+    Status::internal(format!("{e:#}"))
+}
+
+fn not_found(key: &str) -> Status {
+    Status::not_found(format!("snapshot {key} does not exist"))
+}
+
+impl Snapshotter {
+    /// Opens the snapshotter in `root`, mounting every d4c snapshot again.
+    pub fn open(root: &Path, codecs: Codecs, cache_size: u64) -> anyhow::Result<Snapshotter> {
+        d4c_host::fsutil::create_dir_all(&root.join("snapshots"))?;
+        let root = root.canonicalize()?;
+        let meta = Meta::load(&root.join("metadata.json"))?;
+        let cache = Arc::new(ContentCache::open(
+            &root.join("cache").join("content"),
+            cache_size,
+        )?);
+        let s = Snapshotter {
+            images: ImageStore::open(&root.join("images"))?,
+            root,
+            codecs,
+            cache,
+            state: Mutex::new(State {
+                meta,
+                mounts: HashMap::new(),
+            }),
+        };
+        let mut st = s.state.lock().expect("state lock");
+        let d4c: Vec<(String, Snapshot)> = st
+            .meta
+            .snapshots
+            .iter()
+            .filter(|(_, v)| !v.chain.is_empty())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (key, snap) in d4c {
+            let m = s
+                .mount_chain(&snap)
+                .with_context(|| format!("mounting snapshot {key} again"))?;
+            st.mounts.insert(key, m);
+        }
+        drop(st);
+        Ok(s)
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn dir(&self, id: u64) -> PathBuf {
+        self.root.join("snapshots").join(id.to_string())
+    }
+
+    fn mount_chain(&self, snap: &Snapshot) -> anyhow::Result<Mount> {
+        let paths: Vec<PathBuf> = snap.chain.iter().map(|n| self.images.path(n)).collect();
+        let chain = Chain::open(&paths)?;
+        // Fail now, not at first read, if a codec the chain names is missing.
+        for layer in chain.layers() {
+            for c in &layer.header().codecs {
+                self.codecs.get(&c.sha256, &c.name)?;
+            }
+        }
+        mount::mount(
+            chain,
+            self.codecs.clone(),
+            self.cache.clone(),
+            &self.dir(snap.id).join("fs"),
+            &MountOptions::default(),
+        )
+    }
+
+    /// `Prepare` (kind Active) and `View` (kind View).
+    pub fn prepare(
+        &self,
+        kind: Kind,
+        key: &str,
+        parent: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<Vec<MountSpec>, Status> {
+        if key.is_empty() {
+            return Err(Status::invalid_argument("empty snapshot key"));
+        }
+        let mut st = self.state.lock().expect("state lock");
+        if st.meta.snapshots.contains_key(key) {
+            return Err(Status::already_exists(format!(
+                "snapshot {key} already exists"
+            )));
+        }
+        let parent = (!parent.is_empty()).then(|| parent.to_string());
+        if let Some(p) = &parent {
+            match st.meta.snapshots.get(p) {
+                None => {
+                    return Err(Status::not_found(format!(
+                        "parent snapshot {p} does not exist"
+                    )))
+                }
+                Some(s) if s.kind != Kind::Committed => {
+                    return Err(Status::failed_precondition(format!(
+                        "parent snapshot {p} is not committed"
+                    )))
+                }
+                _ => {}
+            }
+        }
+        let chain_paths: Vec<PathBuf> = match labels.get(CHAIN_LABEL) {
+            None => Vec::new(),
+            Some(v) => {
+                if parent.is_some() || kind != Kind::Active {
+                    return Err(Status::invalid_argument(
+                        "a d4c image snapshot is prepared without a parent",
+                    ));
+                }
+                serde_json::from_str(v).map_err(|e| {
+                    Status::invalid_argument(format!(
+                        "label {CHAIN_LABEL}: want a JSON list of paths: {e}"
+                    ))
+                })?
+            }
+        };
+        let chain = chain_paths
+            .iter()
+            .map(|p| self.images.import(p))
+            .collect::<anyhow::Result<Vec<_>>>()
+            .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
+        let id = st.meta.next_id.max(1);
+        let dir = self.dir(id);
+        // A directory left by a crash before the metadata named it: start clean.
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("fs")).map_err(|e| internal(e.into()))?;
+        if kind == Kind::Active && chain.is_empty() {
+            std::fs::create_dir_all(dir.join("work")).map_err(|e| internal(e.into()))?;
+        }
+        let t = now();
+        let snap = Snapshot {
+            id,
+            kind,
+            parent,
+            labels,
+            created: t,
+            updated: t,
+            chain,
+        };
+        if !snap.chain.is_empty() {
+            match self.mount_chain(&snap) {
+                Ok(m) => {
+                    st.mounts.insert(key.to_string(), m);
+                }
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    self.gc_images(&st.meta);
+                    return Err(Status::invalid_argument(format!("{e:#}")));
+                }
+            }
+        }
+        st.meta.next_id = id + 1;
+        st.meta.snapshots.insert(key.to_string(), snap);
+        if let Err(e) = st.meta.save() {
+            st.meta.snapshots.remove(key);
+            st.mounts.remove(key);
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(internal(e));
+        }
+        self.mounts_of(&st.meta, key)
+    }
+
+    /// `Mounts`: how to mount the snapshot `key`.
+    pub fn mounts(&self, key: &str) -> Result<Vec<MountSpec>, Status> {
+        let st = self.state.lock().expect("state lock");
+        self.mounts_of(&st.meta, key)
+    }
+
+    fn mounts_of(&self, meta: &Meta, key: &str) -> Result<Vec<MountSpec>, Status> {
+        let snap = meta.snapshots.get(key).ok_or_else(|| not_found(key))?;
+        let fs = |s: &Snapshot| self.dir(s.id).join("fs").to_string_lossy().into_owned();
+        let lowers: Vec<String> = meta
+            .lineage(key)
+            .iter()
+            .skip(1)
+            .filter_map(|k| meta.snapshots.get(k))
+            .map(fs)
+            .collect();
+        let bind = |source: String, rw: bool| MountSpec {
+            kind: "bind".into(),
+            source,
+            options: vec!["rbind".into(), if rw { "rw" } else { "ro" }.into()],
+        };
+        let writable = snap.kind == Kind::Active && snap.chain.is_empty();
+        Ok(vec![match (writable, lowers.as_slice()) {
+            // The image itself, or a tree without parents.
+            (_, []) => bind(fs(snap), writable),
+            (false, [one]) => bind(one.clone(), false),
+            (false, _) => MountSpec {
+                kind: "overlay".into(),
+                source: "overlay".into(),
+                options: vec![format!("lowerdir={}", lowers.join(":"))],
+            },
+            (true, _) => MountSpec {
+                kind: "overlay".into(),
+                source: "overlay".into(),
+                options: vec![
+                    format!(
+                        "workdir={}",
+                        self.dir(snap.id).join("work").to_string_lossy()
+                    ),
+                    format!("upperdir={}", fs(snap)),
+                    format!("lowerdir={}", lowers.join(":")),
+                ],
+            },
+        }])
+    }
+
+    /// `Commit`: the active snapshot `key` becomes the committed `name`.
+    pub fn commit(
+        &self,
+        name: &str,
+        key: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<(), Status> {
+        let mut st = self.state.lock().expect("state lock");
+        let snap = st.meta.snapshots.get(key).ok_or_else(|| not_found(key))?;
+        if snap.kind != Kind::Active {
+            return Err(Status::failed_precondition(format!(
+                "snapshot {key} is not active"
+            )));
+        }
+        if st.meta.snapshots.contains_key(name) {
+            return Err(Status::already_exists(format!(
+                "snapshot {name} already exists"
+            )));
+        }
+        let mut snap = st.meta.snapshots.remove(key).expect("present");
+        snap.kind = Kind::Committed;
+        snap.labels.extend(labels);
+        snap.updated = now();
+        let id = snap.id;
+        st.meta.snapshots.insert(name.to_string(), snap);
+        if let Err(e) = st.meta.save() {
+            let mut snap = st.meta.snapshots.remove(name).expect("present");
+            snap.kind = Kind::Active;
+            st.meta.snapshots.insert(key.to_string(), snap);
+            return Err(internal(e));
+        }
+        if let Some(m) = st.mounts.remove(key) {
+            st.mounts.insert(name.to_string(), m);
+        }
+        let _ = std::fs::remove_dir_all(self.dir(id).join("work"));
+        Ok(())
+    }
+
+    /// `Remove`: a snapshot without children goes, with its mount and data.
+    pub fn remove(&self, key: &str) -> Result<(), Status> {
+        let mut st = self.state.lock().expect("state lock");
+        let snap = st
+            .meta
+            .snapshots
+            .get(key)
+            .ok_or_else(|| not_found(key))?
+            .clone();
+        if st.meta.has_children(key) {
+            return Err(Status::failed_precondition(format!(
+                "snapshot {key} has children"
+            )));
+        }
+        if let Some(m) = st.mounts.remove(key) {
+            m.unmount().map_err(internal)?;
+        }
+        st.meta.snapshots.remove(key);
+        if let Err(e) = st.meta.save() {
+            st.meta.snapshots.insert(key.to_string(), snap);
+            return Err(internal(e));
+        }
+        // The metadata no longer names it: what is left on disk is garbage that
+        // `cleanup` also collects, so failures here lose nothing.
+        let _ = std::fs::remove_dir_all(self.dir(snap.id));
+        self.gc_images(&st.meta);
+        Ok(())
+    }
+
+    fn gc_images(&self, meta: &Meta) {
+        let used: HashSet<String> = meta
+            .snapshots
+            .values()
+            .flat_map(|s| s.chain.iter().cloned())
+            .collect();
+        if let Err(e) = self.images.retain(&used) {
+            eprintln!("d4c-snapshotter: cleaning the image store: {e:#}");
+        }
+    }
+
+    /// `Stat`.
+    pub fn stat(&self, key: &str) -> Result<Info, Status> {
+        let st = self.state.lock().expect("state lock");
+        let s = st.meta.snapshots.get(key).ok_or_else(|| not_found(key))?;
+        Ok(info(key, s))
+    }
+
+    /// `Update`: labels only (the one mutable field). `paths` is the field mask:
+    /// empty or `labels` replaces all labels, `labels.<key>` sets or removes one.
+    pub fn update(
+        &self,
+        key: &str,
+        labels: BTreeMap<String, String>,
+        paths: &[String],
+    ) -> Result<Info, Status> {
+        let mut st = self.state.lock().expect("state lock");
+        let s = st
+            .meta
+            .snapshots
+            .get_mut(key)
+            .ok_or_else(|| not_found(key))?;
+        let before = s.labels.clone();
+        if paths.is_empty() || paths.iter().any(|p| p == "labels") {
+            s.labels = labels;
+        } else {
+            for p in paths {
+                let Some(k) = p.strip_prefix("labels.") else {
+                    return Err(Status::invalid_argument(format!(
+                        "cannot update field {p:?} of snapshot {key}"
+                    )));
+                };
+                match labels.get(k) {
+                    Some(v) => s.labels.insert(k.to_string(), v.clone()),
+                    None => s.labels.remove(k),
+                };
+            }
+        }
+        s.updated = now();
+        let out = info(key, s);
+        if let Err(e) = st.meta.save() {
+            if let Some(s) = st.meta.snapshots.get_mut(key) {
+                s.labels = before;
+            }
+            return Err(internal(e));
+        }
+        Ok(out)
+    }
+
+    /// `List`: every snapshot (containerd filters what it asks for).
+    pub fn list(&self) -> Vec<Info> {
+        let st = self.state.lock().expect("state lock");
+        st.meta.snapshots.iter().map(|(k, s)| info(k, s)).collect()
+    }
+
+    /// `Usage`: what the snapshot itself takes: its own tree, or for a d4c
+    /// image its top cdimg file (the rest is shared with the images below).
+    pub fn usage(&self, key: &str) -> Result<Usage, Status> {
+        let (dir, top) = {
+            let st = self.state.lock().expect("state lock");
+            let s = st.meta.snapshots.get(key).ok_or_else(|| not_found(key))?;
+            (self.dir(s.id).join("fs"), s.chain.last().cloned())
+        };
+        if let Some(top) = top {
+            let path = self.images.path(&top);
+            let size = std::fs::metadata(&path)
+                .map_err(|e| internal(e.into()))?
+                .len();
+            let r = d4c_host::image::format::Reader::open(&path).map_err(internal)?;
+            return Ok(Usage {
+                size: size as i64,
+                inodes: r.header().entries.len() as i64,
+            });
+        }
+        du(&dir).map_err(internal)
+    }
+
+    /// `Cleanup`: removes snapshot directories and images nothing names.
+    pub fn cleanup(&self) -> Result<(), Status> {
+        let st = self.state.lock().expect("state lock");
+        let ids: HashSet<String> = st
+            .meta
+            .snapshots
+            .values()
+            .map(|s| s.id.to_string())
+            .collect();
+        let dir = self.root.join("snapshots");
+        for e in std::fs::read_dir(&dir).map_err(|e| internal(e.into()))? {
+            let e = e.map_err(|e| internal(e.into()))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !ids.contains(&name) {
+                let fs = e.path().join("fs");
+                // A FUSE mount a crash left there must go before the directory.
+                let _ = mount::clean_stale(&fs);
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        self.gc_images(&st.meta);
+        Ok(())
+    }
+
+    /// Unmounts every d4c snapshot (on shutdown).
+    pub fn shutdown(&self) {
+        let mut st = self.state.lock().expect("state lock");
+        for (key, m) in st.mounts.drain() {
+            if let Err(e) = m.unmount() {
+                eprintln!("d4c-snapshotter: unmounting {key}: {e:#}");
+            }
+        }
+    }
+}
+
+fn info(key: &str, s: &Snapshot) -> Info {
+    Info {
+        name: key.to_string(),
+        parent: s.parent.clone().unwrap_or_default(),
+        kind: s.kind,
+        created: s.created,
+        updated: s.updated,
+        labels: s.labels.clone(),
+    }
+}
+
+/// Bytes and inodes below `dir`, each inode counted once.
+fn du(dir: &Path) -> anyhow::Result<Usage> {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = HashSet::new();
+    let mut usage = Usage::default();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let m = std::fs::symlink_metadata(&p)?;
+        if seen.insert((m.dev(), m.ino())) {
+            usage.inodes += 1;
+            usage.size += (m.blocks() * 512) as i64;
+        }
+        if m.is_dir() {
+            for e in std::fs::read_dir(&p)? {
+                stack.push(e?.path());
+            }
+        }
+    }
+    Ok(usage)
+}
