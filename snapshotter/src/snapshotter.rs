@@ -521,3 +521,117 @@ fn du(dir: &Path) -> anyhow::Result<Usage> {
     }
     Ok(usage)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use d4c_host::codec::{CodecStore, Limits, Runtime};
+    use tonic::Code;
+
+    fn open(root: &Path) -> Snapshotter {
+        let runtime = Runtime::new(Limits::default(), None).unwrap();
+        let codecs = Codecs::new(runtime, CodecStore::new(root.join("codecs")));
+        Snapshotter::open(root, codecs, 1 << 30).unwrap()
+    }
+
+    fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn code<T: std::fmt::Debug>(r: Result<T, Status>) -> Code {
+        r.unwrap_err().code()
+    }
+
+    #[test]
+    fn the_api_behaves_as_containerd_expects() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path());
+
+        // A layer: prepared without parent (a writable bind mount), committed.
+        let m = s.prepare(Kind::Active, "k1", "", BTreeMap::new()).unwrap();
+        assert_eq!(m[0].kind, "bind");
+        assert!(m[0].options.contains(&"rw".to_string()));
+        std::fs::write(Path::new(&m[0].source).join("f"), b"layer one").unwrap();
+        assert_eq!(
+            code(s.prepare(Kind::Active, "k1", "", BTreeMap::new())),
+            Code::AlreadyExists
+        );
+        s.commit("layer1", "k1", labels(&[("a", "1")])).unwrap();
+        assert_eq!(code(s.stat("k1")), Code::NotFound);
+        assert_eq!(
+            code(s.commit("x", "layer1", BTreeMap::new())),
+            Code::FailedPrecondition
+        );
+        let i = s.stat("layer1").unwrap();
+        assert_eq!(
+            (i.kind, i.labels.get("a").map(String::as_str)),
+            (Kind::Committed, Some("1"))
+        );
+
+        // An active child is an overlay on it; a view of it is a read-only bind.
+        let m = s
+            .prepare(Kind::Active, "c1", "layer1", BTreeMap::new())
+            .unwrap();
+        assert_eq!(m[0].kind, "overlay");
+        assert!(m[0].options.iter().any(|o| o.starts_with("upperdir=")));
+        let v = s
+            .prepare(Kind::View, "v1", "layer1", BTreeMap::new())
+            .unwrap();
+        assert_eq!(
+            (v[0].kind.as_str(), v[0].options[1].as_str()),
+            ("bind", "ro")
+        );
+        assert_eq!(
+            code(s.prepare(Kind::Active, "c2", "nope", BTreeMap::new())),
+            Code::NotFound
+        );
+        assert_eq!(
+            code(s.prepare(Kind::Active, "c2", "c1", BTreeMap::new())),
+            Code::FailedPrecondition
+        );
+        assert_eq!(s.mounts("c1").unwrap(), m);
+        assert_eq!(code(s.mounts("nope")), Code::NotFound);
+
+        // Labels: one key by mask, or all.
+        let i = s
+            .update("layer1", labels(&[("b", "2")]), &["labels.b".into()])
+            .unwrap();
+        assert_eq!(i.labels, labels(&[("a", "1"), ("b", "2")]));
+        let i = s.update("layer1", labels(&[("c", "3")]), &[]).unwrap();
+        assert_eq!(i.labels, labels(&[("c", "3")]));
+        assert_eq!(
+            code(s.update("layer1", BTreeMap::new(), &["parent".into()])),
+            Code::InvalidArgument
+        );
+
+        // Usage counts the snapshot's own tree; list has everything.
+        assert!(s.usage("layer1").unwrap().inodes >= 2);
+        assert_eq!(s.list().len(), 3);
+
+        // A parent with children stays; children first, then it goes.
+        assert_eq!(code(s.remove("layer1")), Code::FailedPrecondition);
+        assert_eq!(code(s.remove("nope")), Code::NotFound);
+        s.remove("c1").unwrap();
+        s.remove("v1").unwrap();
+
+        // Everything survives a restart; cleanup removes what nothing names.
+        drop(s);
+        std::fs::create_dir_all(dir.path().join("snapshots/999/fs")).unwrap();
+        let s = open(dir.path());
+        assert_eq!(s.stat("layer1").unwrap().labels, labels(&[("c", "3")]));
+        s.cleanup().unwrap();
+        assert!(!dir.path().join("snapshots/999").exists());
+        s.remove("layer1").unwrap();
+        assert!(s.list().is_empty());
+
+        // A bad chain label is refused and leaves nothing.
+        let bad = labels(&[(CHAIN_LABEL, "[\"/nonexistent.cdimg\"]")]);
+        assert_eq!(
+            code(s.prepare(Kind::Active, "img", "", bad)),
+            Code::InvalidArgument
+        );
+        assert!(s.list().is_empty());
+    }
+}

@@ -3,8 +3,8 @@
 //! against the file's sha256 before the first byte is served.
 //!
 //! A file's content is loaded on its first read: an uncompressed blob is read in
-//! place, a small file is held in memory, anything else is rebuilt once into the
-//! on-disk [`ContentCache`]. Loaded contents stay (within memory and descriptor
+//! place, a small stored file is decompressed into memory, and anything a codec
+//! rebuilds (or any large file) is rebuilt once into the on-disk [`ContentCache`]. Loaded contents stay (within memory and descriptor
 //! bounds, least recently used leaving first) so later reads cost one copy.
 //! Opens are not sent to us at all (FUSE "no open"): the kernel keeps each
 //! file's page cache, so warm reads never leave the kernel.
@@ -34,8 +34,8 @@ use crate::image::entry::{unescape_path, Compression, Data, Entry, Kind};
 /// The image never changes under the mount: the kernel may cache for long.
 const TTL: Duration = Duration::from_secs(24 * 3600);
 
-/// Files up to this size are held in memory once loaded; larger ones go
-/// through the on-disk cache.
+/// Stored (not codec-rebuilt) files up to this size are held in memory once
+/// loaded; larger ones go through the on-disk cache.
 const SMALL: u64 = 1 << 20;
 /// Bounds on loaded contents kept for later reads.
 const MEMORY_BUDGET: u64 = 256 << 20;
@@ -221,7 +221,9 @@ impl ImageFs {
                 });
             }
         }
-        if size <= SMALL {
+        // Small files that only need decompressing are held in memory (cheap to
+        // redo); anything a codec rebuilds goes to the disk cache.
+        if size <= SMALL && self.chain.raw_source(e).is_some() {
             let mut data = Vec::with_capacity(size as usize);
             self.chain
                 .open_content(&self.codecs, e)?
