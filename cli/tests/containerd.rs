@@ -327,6 +327,9 @@ fn a_restart_keeps_snapshots_and_removal_unmounts() {
     // the snapshotter's metadata and from the mounts.
     let meta = std::fs::read_to_string(h.root.join("metadata.json")).unwrap();
     assert!(!meta.contains(&format!("{}/", h.namespace)), "{meta}");
+    // The snapshotter serves this namespace only: with its images gone, no
+    // image mount is left.
+    assert!(h.fuse_mounts().is_empty(), "{:?}", h.fuse_mounts());
 }
 
 #[test]

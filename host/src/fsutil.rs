@@ -89,16 +89,18 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
 }
 
 /// Copies `r` into the empty file `f`, leaving holes where a whole block is zero
-/// (so a sparse file stays sparse); returns the length written.
-pub fn copy_sparse(r: &mut dyn io::Read, f: &File) -> io::Result<u64> {
+/// (so a sparse file stays sparse); returns the length written. `size_hint`
+/// (the expected length) keeps the buffer small for small files.
+pub fn copy_sparse(r: &mut dyn io::Read, f: &File, size_hint: u64) -> io::Result<u64> {
     use std::os::unix::fs::FileExt;
-    const BLOCK: usize = 64 << 10;
-    let mut buf = vec![0u8; BLOCK];
+    // A whole-file buffer for small files (one write), 64 KiB blocks otherwise.
+    let block = (size_hint.clamp(1, 64 << 10) as usize).next_power_of_two();
+    let mut buf = vec![0u8; block];
     let mut pos = 0u64;
     loop {
         // Fill the block, so holes stay block-aligned whatever the reader returns.
         let mut n = 0;
-        while n < BLOCK {
+        while n < block {
             match r.read(&mut buf[n..]) {
                 Ok(0) => break,
                 Ok(k) => n += k,
@@ -113,7 +115,7 @@ pub fn copy_sparse(r: &mut dyn io::Read, f: &File) -> io::Result<u64> {
             f.write_all_at(&buf[..n], pos)?;
         }
         pos += n as u64;
-        if n < BLOCK {
+        if n < block {
             break;
         }
     }
@@ -154,7 +156,10 @@ mod tests {
         data[(8 << 20) - 1] = 2;
         let p = dir.path().join("s");
         let f = File::create(&p).unwrap();
-        assert_eq!(copy_sparse(&mut &data[..], &f).unwrap(), data.len() as u64);
+        assert_eq!(
+            copy_sparse(&mut &data[..], &f, 1 << 30).unwrap(),
+            data.len() as u64
+        );
         assert_eq!(fs::read(&p).unwrap(), data);
         // Two 64 KiB blocks hold data; the rest is holes (where the file system
         // supports them: allow generous slack for block sizes).
@@ -162,7 +167,7 @@ mod tests {
         // A zero tail still sets the length.
         let z = vec![0u8; 100_000];
         let p2 = dir.path().join("z");
-        copy_sparse(&mut &z[..], &File::create(&p2).unwrap()).unwrap();
+        copy_sparse(&mut &z[..], &File::create(&p2).unwrap(), 10).unwrap();
         assert_eq!(fs::read(&p2).unwrap(), z);
     }
 }

@@ -111,7 +111,7 @@ pub fn extract(
                 let mut content = chain
                     .open_content(codecs, e)
                     .with_context(|| format!("rebuilding {}", e.path))?;
-                crate::fsutil::copy_sparse(&mut content, &f)
+                crate::fsutil::copy_sparse(&mut content, &f, e.file_size())
                     .with_context(|| format!("writing {}", p.display()))?;
                 progress.advance(e.file_size());
                 Ok(())

@@ -264,6 +264,19 @@ fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
 }
 
 impl Filesystem for ImageFs {
+    fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {
+        use fuser::InitFlags as F;
+        // Lookups in one directory may run in parallel (the tree is immutable),
+        // symlink targets may be cached; both only if the kernel offers them.
+        for flag in [F::FUSE_PARALLEL_DIROPS, F::FUSE_CACHE_SYMLINKS] {
+            let _ = config.add_capabilities(flag);
+        }
+        // More readahead requests in flight than the default 12.
+        let _ = config.set_max_background(64);
+        let _ = config.set_congestion_threshold(48);
+        Ok(())
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.tree.lookup(parent.0, name.as_bytes()) {
             Some(ino) => {
