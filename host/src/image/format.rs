@@ -201,8 +201,17 @@ impl Reader {
         Self::open_inner(path).with_context(|| format!("{}", path.display()))
     }
 
+    /// Reads and validates an already open cdimg; `path` names it in messages.
+    pub fn from_file(file: File, path: &Path) -> Result<Reader> {
+        Self::from_file_inner(file, path).with_context(|| format!("{}", path.display()))
+    }
+
     fn open_inner(path: &Path) -> Result<Reader> {
         let file = File::open(path).context("cannot open")?;
+        Self::from_file_inner(file, path)
+    }
+
+    fn from_file_inner(file: File, path: &Path) -> Result<Reader> {
         let len = file.metadata()?.len();
         ensure!(
             len >= MAGIC.len() as u64 + FOOTER_LEN,

@@ -1,0 +1,23 @@
+//! The built-in codecs' patch on hostile deltas: an error or some output, never
+//! a panic, and never more output than the codec's input limit.
+#![no_main]
+
+use d4c_codec_bsdiff::Bsdiff;
+use d4c_codec_guest::Codec;
+use d4c_codec_zstd_dict::ZstdDict;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    // The first byte splits the input into an old file and a delta.
+    let Some((&cut, rest)) = data.split_first() else {
+        return;
+    };
+    let cut = (cut as usize).min(rest.len());
+    let (old, delta) = rest.split_at(cut);
+    if let Ok(out) = Bsdiff::patch(old, delta) {
+        assert!(out.len() as u64 <= Bsdiff::MAX_INPUT);
+    }
+    if let Ok(out) = ZstdDict::patch(old, delta) {
+        assert!(out.len() as u64 <= ZstdDict::MAX_INPUT);
+    }
+});
