@@ -40,8 +40,10 @@ pub fn target_dir(root: &Path, name: &str) -> PathBuf {
 /// Builds `package` (with `features`) into `target_dir` and returns the path of the
 /// component. Panics with the missing prerequisites named if the build fails.
 pub fn build(root: &Path, target_dir: &Path, package: &str, features: &[&str]) -> PathBuf {
-    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
+    // The `cargo` on PATH with the toolchain's own default, not the outer one:
+    // the components' bytes (their sha256 identities) must not depend on which
+    // toolchain builds the host (cargo-fuzz builds it with nightly, for one).
+    let mut cmd = Command::new("cargo");
     cmd.current_dir(root)
         .args([
             "build",
@@ -62,8 +64,11 @@ pub fn build(root: &Path, target_dir: &Path, package: &str, features: &[&str]) -
     for (k, _) in env::vars_os() {
         let k = k.to_string_lossy().into_owned();
         if (k.starts_with("CARGO_") && k != "CARGO_HOME")
+            || k.starts_with("RUSTC")
+            || k.starts_with("RUSTDOC")
             || k == "RUSTFLAGS"
-            || k == "RUSTC_WRAPPER"
+            || k == "RUSTUP_TOOLCHAIN"
+            || k == "CARGO"
         {
             cmd.env_remove(k);
         }
