@@ -8,6 +8,54 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
+/// Temporary files of [`AtomicFile`] start with this.
+pub const TEMP_PREFIX: &str = ".d4c-tmp-";
+
+/// Temporary files younger than this are never taken for stale: their writer may
+/// not hold its lock yet.
+const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Marks a temporary file as in use for as long as it is open (an exclusive
+/// `flock`, released by the kernel when the writer exits, however it exits).
+pub fn hold_temp(f: &File) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid descriptor.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(io::Error::last_os_error()).context("locking a temporary file");
+    }
+    Ok(())
+}
+
+/// Removes temporary files (`prefix*`) in `dir` that a killed writer left: older
+/// than a minute and not held by any live writer. Best effort.
+pub fn remove_stale_temps(dir: &Path, prefix: &str) {
+    use std::os::fd::AsRawFd;
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if !e.file_name().to_string_lossy().starts_with(prefix) {
+            continue;
+        }
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > STALE_AFTER);
+        if !old {
+            continue;
+        }
+        let Ok(f) = File::open(e.path()) else {
+            continue;
+        };
+        // SAFETY: a valid descriptor.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
 /// A file being written that becomes visible at its path only on [`AtomicFile::commit`].
 /// Dropped without commit, it leaves nothing behind.
 pub struct AtomicFile {
@@ -21,10 +69,12 @@ impl AtomicFile {
         let dir = parent_dir(path);
         // Readable like any file the user writes (tempfile's default is 0600).
         let tmp = tempfile::Builder::new()
-            .prefix(".d4c-tmp-")
+            .prefix(TEMP_PREFIX)
             .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
             .tempfile_in(dir)
             .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+        hold_temp(tmp.as_file())?;
+        remove_stale_temps(dir, TEMP_PREFIX);
         Ok(AtomicFile {
             tmp,
             path: path.to_path_buf(),
@@ -145,6 +195,27 @@ mod tests {
         }
         assert_eq!(fs::read(&p).unwrap(), b"two");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn stale_temporary_files_go_live_ones_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        // Left by a killed writer: old and unlocked.
+        let dead = dir.path().join(format!("{TEMP_PREFIX}dead"));
+        File::create(&dead).unwrap().set_modified(old).unwrap();
+        // Old but held by a live writer.
+        let live_path = dir.path().join(format!("{TEMP_PREFIX}live"));
+        let live = File::create(&live_path).unwrap();
+        live.set_modified(old).unwrap();
+        hold_temp(&live).unwrap();
+        // Young: its writer may not have locked it yet.
+        let young = dir.path().join(format!("{TEMP_PREFIX}young"));
+        File::create(&young).unwrap();
+        write_atomic(&dir.path().join("out"), b"x").unwrap();
+        assert!(!dead.exists());
+        assert!(live_path.exists() && young.exists());
+        drop(live);
     }
 
     #[test]

@@ -18,6 +18,9 @@ use anyhow::{Context, Result};
 
 use crate::digest::{CheckedReader, Digest};
 
+/// Builds in progress are files with this prefix, locked by their builder.
+const TEMP_PREFIX: &str = ".tmp-";
+
 /// An on-disk, size-bounded cache of file contents by sha256.
 pub struct ContentCache {
     dir: PathBuf,
@@ -87,10 +90,8 @@ impl ContentCache {
             let e = e?;
             let name = e.file_name();
             let name = name.to_string_lossy();
-            if name.starts_with(".tmp-") {
-                // A build a crash interrupted.
-                let _ = std::fs::remove_file(e.path());
-                continue;
+            if name.starts_with(TEMP_PREFIX) {
+                continue; // builds in progress, or left by a crash: see below
             }
             let Ok(digest) = name.parse::<Digest>() else {
                 continue;
@@ -98,6 +99,8 @@ impl ContentCache {
             let m = e.metadata()?;
             found.push((m.modified().ok(), digest, m.len()));
         }
+        // Builds a killed process left (another live process's are locked).
+        crate::fsutil::remove_stale_temps(dir, TEMP_PREFIX);
         // Oldest first, so that they are the first to leave.
         found.sort();
         let mut state = State::default();
@@ -192,9 +195,10 @@ impl ContentCache {
         source: impl FnOnce() -> Result<Box<dyn std::io::Read + Send + 'a>>,
     ) -> Result<File> {
         let tmp = tempfile::Builder::new()
-            .prefix(".tmp-")
+            .prefix(TEMP_PREFIX)
             .tempfile_in(&self.dir)
             .with_context(|| format!("creating a file in {}", self.dir.display()))?;
+        crate::fsutil::hold_temp(tmp.as_file())?;
         let mut content = CheckedReader::new(source()?, size, digest, "content");
         let mut out = BufWriter::with_capacity(1 << 20, tmp);
         std::io::copy(&mut content, &mut out)?;
