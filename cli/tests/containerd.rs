@@ -78,6 +78,14 @@ impl Harness {
         }
     }
 
+    /// `kill -9` of the snapshotter: no chance to unmount anything.
+    fn kill_snapshotter(&mut self) {
+        if let Some(mut c) = self.snapshotter.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
     fn ctr(&self, args: &[&str]) -> anyhow::Result<String> {
         sh(Command::new("ctr")
             .arg("--address")
@@ -350,4 +358,44 @@ fn an_ordinary_oci_image_unpacks_into_it_and_runs() {
     .unwrap();
     let out = h.cat_version("d4c.test/plain:v3", "plain");
     assert_eq!(out.trim(), version_of(s, "v3"));
+}
+
+#[test]
+fn kill_9_of_the_snapshotter_with_a_container_running() {
+    let s = series();
+    let mut h = harness();
+    h.d4c(s, &["load", "d4c.test/crash:v3", &s.p("v3.cdimg")]);
+    h.ctr(&[
+        "run",
+        "-d",
+        "--snapshotter",
+        "d4c",
+        "d4c.test/crash:v3",
+        "long-running",
+        "/bin/busybox",
+        "sleep",
+        "600",
+    ])
+    .unwrap();
+    let meta_before = std::fs::read_to_string(h.root.join("metadata.json")).unwrap();
+    h.kill_snapshotter();
+    // Its metadata is whole (written atomically), and says what it said.
+    assert_eq!(
+        std::fs::read_to_string(h.root.join("metadata.json")).unwrap(),
+        meta_before
+    );
+    // Restarted, it replaces its dead mounts and serves new containers.
+    h.start_snapshotter();
+    let out = h.cat_version("d4c.test/crash:v3", "after-kill");
+    assert_eq!(out.trim(), version_of(s, "v3"));
+    // The old container can be stopped and removed as usual.
+    let _ = h.ctr(&["tasks", "kill", "-s", "SIGKILL", "long-running"]);
+    let t = Instant::now();
+    while h.ctr(&["tasks", "rm", "-f", "long-running"]).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(30), "task did not go");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    h.ctr(&["containers", "rm", "long-running"]).unwrap();
+    h.ctr(&["images", "rm", "--sync", "d4c.test/crash:v3"])
+        .unwrap();
 }
