@@ -37,6 +37,11 @@ impl Harness {
             .parent()
             .unwrap()
             .join("d4c-snapshotter");
+        assert!(
+            bin.exists(),
+            "{} is not built: cargo build --release -p d4c-snapshotter (scripts/test does)",
+            bin.display()
+        );
         let log = std::fs::File::create(self.root.with_extension("log")).unwrap();
         let child = Command::new(bin)
             .arg("--root")
