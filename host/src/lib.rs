@@ -9,6 +9,7 @@
 //! - [`image`]: the cdimg format; convert, diff, patch, merge, extract, export.
 //! - [`mount`]: the lazy FUSE file system over an image chain.
 //! - [`progress`]: progress reporting.
+//! - [`units`]: sizes as users write them.
 
 pub mod codec;
 pub mod digest;
@@ -17,3 +18,4 @@ pub mod home;
 pub mod image;
 pub mod mount;
 pub mod progress;
+pub mod units;

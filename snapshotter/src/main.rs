@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 use d4c_host::codec::{CodecStore, Codecs, Limits, Runtime};
+use d4c_host::units::parse_size;
 use d4c_snapshotter::api::snapshots::snapshots_server::SnapshotsServer;
 use d4c_snapshotter::service::Service;
 use d4c_snapshotter::snapshotter::Snapshotter;
@@ -36,24 +37,6 @@ struct Args {
     /// Time cap for each codec call, in seconds.
     #[arg(long, default_value_t = 600)]
     codec_timeout: u64,
-}
-
-fn parse_size(s: &str) -> Result<u64> {
-    let s = s.trim();
-    let (n, shift) = match s.chars().last().map(|c| c.to_ascii_uppercase()) {
-        Some('K') => (&s[..s.len() - 1], 10),
-        Some('M') => (&s[..s.len() - 1], 20),
-        Some('G') => (&s[..s.len() - 1], 30),
-        Some('T') => (&s[..s.len() - 1], 40),
-        _ => (s, 0),
-    };
-    let n: u64 = n
-        .trim()
-        .parse()
-        .with_context(|| format!("not a size: {s:?}"))?;
-    n.checked_shl(shift)
-        .filter(|v| v >> shift == n)
-        .with_context(|| format!("size {s:?} is too large"))
 }
 
 async fn run(args: Args) -> Result<()> {
