@@ -213,7 +213,11 @@ impl Snapshotter {
             .iter()
             .map(|p| self.images.import(p))
             .collect::<anyhow::Result<Vec<_>>>()
-            .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
+            .map_err(|e| {
+                // Files imported before the failing one belong to nothing.
+                self.gc_images(&st.meta);
+                Status::invalid_argument(format!("{e:#}"))
+            })?;
         let id = st.meta.next_id.max(1);
         let dir = self.dir(id);
         // A directory left by a crash before the metadata named it: start clean.

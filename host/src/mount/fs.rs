@@ -196,13 +196,15 @@ impl ImageFs {
         if size == 0 {
             return Ok(Content::Empty);
         }
-        if let Some(RawSource::Blob(reader, src)) = self.chain.raw_source(e) {
+        let raw = self.chain.raw_source(e);
+        if let Some(RawSource::Blob(reader, src)) = &raw {
             if let Some(Data::Full {
                 offset,
                 length,
                 compression: Compression::None,
             }) = src.data
             {
+                let reader = *reader;
                 // Stored as is: check it once, then serve it in place.
                 let mut check =
                     CheckedReader::new(reader.blob_reader(offset, length), size, digest, "");
@@ -223,7 +225,7 @@ impl ImageFs {
         }
         // Small files that only need decompressing are held in memory (cheap to
         // redo); anything a codec rebuilds goes to the disk cache.
-        if size <= SMALL && self.chain.raw_source(e).is_some() {
+        if size <= SMALL && raw.is_some() {
             let mut data = Vec::with_capacity(size as usize);
             self.chain
                 .open_content(&self.codecs, e)?
