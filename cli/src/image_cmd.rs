@@ -28,7 +28,7 @@ fn default_threads() -> usize {
 pub struct Jobs {
     /// Worker threads (compression, codec calls, rebuilding files).
     #[arg(long, default_value_t = default_threads())]
-    threads: usize,
+    pub threads: usize,
 }
 
 /// `d4c convert`.

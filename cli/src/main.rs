@@ -7,6 +7,8 @@ mod image_cmd;
 mod load_cmd;
 mod mount_cmd;
 mod output;
+mod serve_cmd;
+mod update_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -64,10 +66,18 @@ enum Command {
     /// Register an image (from an image and deltas) with containerd, to run
     /// with the d4c snapshotter.
     Load(load_cmd::LoadArgs),
+    /// Push a cdimg and the codecs it needs to a registry or update server.
+    Push(update_cmd::PushArgs),
+    /// Pull an image as the cheapest update from what this machine holds.
+    Pull(update_cmd::PullArgs),
+    /// Run the update server: takes pushes, answers pulls with one merged delta
+    /// the client can decode.
+    Serve(serve_cmd::ServeArgs),
 }
 
 impl Cli {
-    fn codecs(&self) -> Result<Codecs> {
+    /// The codec runtime with the caps the flags set.
+    fn runtime(&self) -> Result<Runtime> {
         if !(self.codec_timeout.is_finite() && self.codec_timeout > 0.0) {
             anyhow::bail!("--codec-timeout must be a positive number of seconds");
         }
@@ -75,7 +85,11 @@ impl Cli {
             memory: self.codec_memory,
             time: Duration::from_secs_f64(self.codec_timeout),
         };
-        let runtime = Runtime::new(limits, Some(home::compiled_cache_dir()))?;
+        Runtime::new(limits, Some(home::compiled_cache_dir()))
+    }
+
+    fn codecs(&self) -> Result<Codecs> {
+        let runtime = self.runtime()?;
         let dir = self.codec_dir.clone().unwrap_or_else(home::codec_dir);
         Ok(Codecs::new(runtime, CodecStore::new(dir)))
     }
@@ -94,6 +108,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Mount(a) => mount_cmd::run(&cli, a),
         Command::Umount(a) => mount_cmd::umount(a),
         Command::Load(a) => load_cmd::run(a),
+        Command::Push(a) => update_cmd::push(&cli, a),
+        Command::Pull(a) => update_cmd::pull(&cli, a),
+        Command::Serve(a) => serve_cmd::run(&cli, a),
     }
 }
 

@@ -33,3 +33,9 @@ pub fn compiled_cache_dir() -> PathBuf {
 pub fn content_cache_dir() -> PathBuf {
     data_dir().join("cache").join("content")
 }
+
+/// Where `pull` keeps downloads until they are complete and used (partial ones
+/// stay for the next pull to resume).
+pub fn downloads_dir() -> PathBuf {
+    data_dir().join("downloads")
+}

@@ -9,7 +9,9 @@
 //! - [`image`]: the cdimg format; convert, diff, patch, merge, extract, export.
 //! - [`mount`]: the lazy FUSE file system over an image chain.
 //! - [`progress`]: progress reporting.
+//! - [`registry`]: OCI registries: the client, and d4c artifacts in them.
 //! - [`units`]: sizes as users write them.
+//! - [`update`]: push, and pull of the cheapest update with codec negotiation.
 
 pub mod codec;
 pub mod digest;
@@ -18,4 +20,6 @@ pub mod home;
 pub mod image;
 pub mod mount;
 pub mod progress;
+pub mod registry;
 pub mod units;
+pub mod update;

@@ -157,6 +157,18 @@ impl Codecs {
         })
     }
 
+    /// Digests of every codec this machine holds: the built-ins and the store.
+    pub fn held(&self) -> Result<Vec<Digest>> {
+        let mut out: Vec<Digest> = builtin_components()
+            .iter()
+            .map(|b| Digest::of(b.bytes))
+            .collect();
+        out.extend(self.store.list()?);
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
     /// The built-in codecs.
     pub fn builtins(&self) -> Result<Vec<Codec>> {
         builtin_components()

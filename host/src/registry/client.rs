@@ -1,0 +1,688 @@
+//! A client for the OCI distribution API: blobs (chunked uploads, ranged and
+//! resumable downloads, every byte checked against its digest) and manifests,
+//! with basic and bearer-token authentication.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use ureq::http::{self, Method, Response, StatusCode};
+use ureq::{AsSendBody, Body};
+
+use super::auth::{self, Challenge, Credentials};
+use super::reference::Reference;
+use crate::digest::{Digest, Hasher};
+use crate::progress::Progress;
+
+/// Manifest media types d4c asks for and writes.
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const ACCEPT_MANIFESTS: &str = "application/vnd.oci.image.manifest.v1+json, \
+     application/vnd.oci.image.index.v1+json, \
+     application/vnd.docker.distribution.manifest.v2+json, \
+     application/vnd.docker.distribution.manifest.list.v2+json";
+/// Uploads above this go in chunks of this size (progress, and no request body
+/// larger than a proxy may take).
+const CHUNK: usize = 16 << 20;
+/// Largest manifest accepted.
+const MAX_MANIFEST: u64 = 4 << 20;
+
+/// How to reach a registry.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectOptions {
+    /// PEM file of CA certificates to trust instead of the built-in roots.
+    pub ca_cert: Option<PathBuf>,
+    /// Cap on download speed, in bytes per second.
+    pub limit_rate: Option<u64>,
+    /// Credentials to use instead of looking them up.
+    pub credentials: Option<Credentials>,
+}
+
+/// One repository in one registry.
+pub struct Registry {
+    agent: ureq::Agent,
+    base: String,
+    reference: Reference,
+    credentials: Option<Credentials>,
+    /// The Authorization header that worked last.
+    authorization: Mutex<Option<String>>,
+    limit_rate: Option<u64>,
+    received: AtomicU64,
+}
+
+impl Registry {
+    /// Connects to the repository `reference` names and checks the registry
+    /// answers the distribution API.
+    pub fn connect(reference: &Reference, opts: &ConnectOptions) -> Result<Registry> {
+        let mut tls = ureq::tls::TlsConfig::builder();
+        if let Some(ca) = &opts.ca_cert {
+            let pem = std::fs::read(ca)
+                .with_context(|| format!("reading CA certificates {}", ca.display()))?;
+            let certs: Vec<_> = ureq::tls::parse_pem(&pem)
+                .filter_map(|item| match item {
+                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                    _ => None,
+                })
+                .collect();
+            ensure!(!certs.is_empty(), "{}: no PEM certificates", ca.display());
+            tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
+        }
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .tls_config(tls.build())
+            .timeout_connect(Some(Duration::from_secs(30)))
+            .timeout_recv_response(Some(Duration::from_secs(300)))
+            .timeout_per_read(Some(Duration::from_secs(120)))
+            .user_agent(concat!("d4c/", env!("CARGO_PKG_VERSION")))
+            .build();
+        let credentials = match &opts.credentials {
+            Some(c) => Some(c.clone()),
+            None => auth::lookup(&reference.registry)?,
+        };
+        let registry = Registry {
+            agent: ureq::Agent::new_with_config(config),
+            base: reference.api_base(),
+            reference: reference.clone(),
+            credentials,
+            authorization: Mutex::new(None),
+            limit_rate: opts.limit_rate,
+            received: AtomicU64::new(0),
+        };
+        let resp = registry.send(|| get(&format!("{}/v2/", registry.base)))?;
+        if !resp.status().is_success() {
+            return Err(registry.failure(resp, "checking the registry API (/v2/)"));
+        }
+        Ok(registry)
+    }
+
+    /// The reference this client was made for.
+    pub fn reference(&self) -> &Reference {
+        &self.reference
+    }
+
+    /// Blob bytes received so far (not counting manifests and errors).
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    fn repo_url(&self, tail: &str) -> String {
+        format!("{}/v2/{}/{tail}", self.base, self.reference.repository)
+    }
+
+    /// Sends a request, authenticating once if the registry challenges it.
+    fn send<B: AsSendBody>(&self, build: impl Fn() -> http::Request<B>) -> Result<Response<Body>> {
+        let mut challenged = false;
+        loop {
+            let mut req = build();
+            if let Some(a) = self.authorization.lock().unwrap().clone() {
+                req.headers_mut()
+                    .insert(http::header::AUTHORIZATION, a.parse()?);
+            }
+            let what = format!("{} {}", req.method(), req.uri().path());
+            let resp = self.agent.run(req).map_err(|e| {
+                anyhow!(
+                    "cannot reach registry {} ({what}): {}",
+                    self.reference.registry,
+                    transport_error(&e)
+                )
+            })?;
+            if resp.status() != StatusCode::UNAUTHORIZED || challenged {
+                return Ok(resp);
+            }
+            challenged = true;
+            let header = resp
+                .headers()
+                .get(http::header::WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            let challenge = auth::parse_challenge(&header).with_context(|| {
+                format!(
+                    "registry {} refused {what} with no usable challenge ({header:?})",
+                    self.reference.registry
+                )
+            })?;
+            let value = self.answer(&challenge)?;
+            *self.authorization.lock().unwrap() = Some(value);
+        }
+    }
+
+    /// The Authorization header value that answers `challenge`.
+    fn answer(&self, challenge: &Challenge) -> Result<String> {
+        match challenge {
+            Challenge::Basic => match &self.credentials {
+                Some(c) => Ok(c.basic_header()),
+                None => bail!(
+                    "registry {} requires a login: set D4C_REGISTRY_USER and D4C_REGISTRY_PASSWORD, or log in with docker/podman/skopeo",
+                    self.reference.registry
+                ),
+            },
+            Challenge::Bearer {
+                realm,
+                service,
+                scope,
+            } => {
+                let mut url = realm.clone();
+                let mut sep = if url.contains('?') { '&' } else { '?' };
+                for (k, v) in [("service", service), ("scope", scope)] {
+                    if let Some(v) = v {
+                        url.push_str(&format!("{sep}{k}={}", percent_encode(v)));
+                        sep = '&';
+                    }
+                }
+                let mut req = self.agent.get(&url);
+                if let Some(c) = &self.credentials {
+                    req = req.header("Authorization", c.basic_header());
+                }
+                let mut resp = req.call().map_err(|e| {
+                    anyhow!("cannot reach the token service {realm}: {}", transport_error(&e))
+                })?;
+                if !resp.status().is_success() {
+                    bail!(
+                        "the token service {realm} refused {} (HTTP {}){}",
+                        self.reference.registry,
+                        resp.status().as_u16(),
+                        if self.credentials.is_none() {
+                            "; no credentials were found for it"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+                #[derive(serde::Deserialize)]
+                struct Token {
+                    token: Option<String>,
+                    access_token: Option<String>,
+                }
+                let body = resp.body_mut().with_config().limit(1 << 20).read_to_vec()?;
+                let t: Token =
+                    serde_json::from_slice(&body).context("the token service's answer")?;
+                let token = t
+                    .token
+                    .or(t.access_token)
+                    .context("the token service answered no token")?;
+                Ok(format!("Bearer {token}"))
+            }
+        }
+    }
+
+    /// An error for an unexpected response, with the registry's own message.
+    fn failure(&self, mut resp: Response<Body>, what: &str) -> anyhow::Error {
+        let status = resp.status();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(64 << 10)
+            .read_to_vec()
+            .unwrap_or_default();
+        let detail = registry_message(&body);
+        anyhow!(
+            "{what} at {}: HTTP {}{}",
+            self.reference.registry,
+            status.as_u16(),
+            detail.map(|d| format!(" ({d})")).unwrap_or_default()
+        )
+    }
+
+    /// The size of a blob if the repository has it.
+    pub fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        let url = self.repo_url(&format!("blobs/{digest:?}"));
+        let resp = self.send(|| head(&url))?;
+        match resp.status() {
+            s if s.is_success() => Ok(resp.body().content_length().or_else(|| {
+                resp.headers()
+                    .get(http::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok()?.parse().ok())
+            })),
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(self.failure(resp, &format!("checking blob {digest:?}"))),
+        }
+    }
+
+    /// Uploads a blob from memory unless the repository has it.
+    pub fn push_blob_bytes(&self, data: &[u8]) -> Result<Digest> {
+        let digest = Digest::of(data);
+        if self.blob_size(&digest)? != Some(data.len() as u64) {
+            let mut r = data;
+            self.upload(&digest, data.len() as u64, &mut r, &crate::progress::Silent)?;
+        }
+        Ok(digest)
+    }
+
+    /// Uploads the file at `path` (whose sha256 is `digest`) unless the
+    /// repository has it. Returns whether it was uploaded.
+    pub fn push_blob_file(
+        &self,
+        path: &Path,
+        digest: &Digest,
+        progress: &dyn Progress,
+    ) -> Result<bool> {
+        let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let size = f.metadata()?.len();
+        if self.blob_size(digest)? == Some(size) {
+            return Ok(false);
+        }
+        self.upload(digest, size, &mut f, progress)?;
+        Ok(true)
+    }
+
+    /// POST a session, PATCH chunks, PUT with the digest.
+    fn upload(
+        &self,
+        digest: &Digest,
+        size: u64,
+        r: &mut dyn Read,
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        let what = format!("uploading blob {digest:?}");
+        let url = self.repo_url("blobs/uploads/");
+        let resp = self.send(|| {
+            request(Method::POST, &url)
+                .header("Content-Length", "0")
+                .body(&[][..])
+                .unwrap()
+        })?;
+        if resp.status() != StatusCode::ACCEPTED {
+            return Err(self.failure(resp, &what));
+        }
+        let mut location = self.location(&resp, &what)?;
+        progress.start("uploading", size);
+        let mut buf = vec![0u8; CHUNK.min(size as usize)];
+        let mut sent = 0u64;
+        let mut hasher = Hasher::default();
+        while sent < size {
+            let n = read_full(r, &mut buf)?;
+            ensure!(n > 0, "{what}: the file ended at {sent} of {size} bytes");
+            hasher.update(&buf[..n]);
+            let chunk = &buf[..n];
+            let range = format!("{sent}-{}", sent + n as u64 - 1);
+            let loc = location.clone();
+            let resp = self.send(|| {
+                request(Method::PATCH, &loc)
+                    .header("Content-Type", "application/octet-stream")
+                    .header("Content-Range", &range)
+                    .body(chunk)
+                    .unwrap()
+            })?;
+            if resp.status() != StatusCode::ACCEPTED {
+                return Err(self.failure(resp, &what));
+            }
+            location = self.location(&resp, &what)?;
+            sent += n as u64;
+            progress.advance(n as u64);
+        }
+        progress.finish();
+        ensure!(
+            hasher.finish() == *digest,
+            "{what}: the file changed while it was read"
+        );
+        let sep = if location.contains('?') { '&' } else { '?' };
+        let put = format!(
+            "{location}{sep}digest={}",
+            percent_encode(&format!("{digest:?}"))
+        );
+        let resp = self.send(|| {
+            request(Method::PUT, &put)
+                .header("Content-Length", "0")
+                .body(&[][..])
+                .unwrap()
+        })?;
+        if resp.status() != StatusCode::CREATED {
+            return Err(self.failure(resp, &what));
+        }
+        Ok(())
+    }
+
+    /// The absolute URL of a response's Location header.
+    fn location(&self, resp: &Response<Body>, what: &str) -> Result<String> {
+        let loc = resp
+            .headers()
+            .get(http::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .with_context(|| format!("{what}: the registry sent no upload location"))?;
+        Ok(
+            if loc.starts_with("http://") || loc.starts_with("https://") {
+                loc.to_string()
+            } else {
+                format!("{}/{}", self.base, loc.trim_start_matches('/'))
+            },
+        )
+    }
+
+    /// Downloads a blob to `dest`, resuming from `dest.partial` if an earlier
+    /// download stopped, and checks its size and digest before `dest` appears.
+    /// Returns the bytes received now.
+    pub fn fetch_blob(
+        &self,
+        digest: &Digest,
+        size: u64,
+        dest: &Path,
+        progress: &dyn Progress,
+    ) -> Result<u64> {
+        let partial = PathBuf::from(format!("{}.partial", dest.display()));
+        let mut f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&partial)
+            .with_context(|| format!("creating {}", partial.display()))?;
+        // One download per file at a time; a second pull waits, then resumes.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            bail!(
+                "locking {}: {}",
+                partial.display(),
+                std::io::Error::last_os_error()
+            );
+        }
+        if dest.exists() {
+            drop(f);
+            let _ = std::fs::remove_file(&partial);
+            return Ok(0);
+        }
+        let mut have = f.metadata()?.len();
+        if have > size {
+            f.set_len(0)?;
+            have = 0;
+        }
+        progress.start("downloading", size);
+        progress.advance(have);
+        let mut received = 0;
+        if have < size {
+            received = self.download_into(digest, size, &mut f, have, progress)?;
+        }
+        progress.finish();
+        f.sync_all()?;
+        // Check the whole file, including what an earlier run wrote.
+        f.seek(SeekFrom::Start(0))?;
+        let mut hasher = Hasher::default();
+        let len = std::io::copy(&mut f, &mut HashSink(&mut hasher))?;
+        let got = hasher.finish();
+        if len != size || got != *digest {
+            drop(f);
+            let _ = std::fs::remove_file(&partial);
+            bail!(
+                "blob {digest:?} from {} is corrupt or tampered: got {len} bytes hashing to {got:?}, want {size} bytes; rejected",
+                self.reference
+            );
+        }
+        std::fs::rename(&partial, dest)
+            .with_context(|| format!("renaming {} into place", partial.display()))?;
+        crate::fsutil::sync_dir(dest.parent().unwrap_or(Path::new(".")))?;
+        Ok(received)
+    }
+
+    fn download_into(
+        &self,
+        digest: &Digest,
+        size: u64,
+        f: &mut File,
+        have: u64,
+        progress: &dyn Progress,
+    ) -> Result<u64> {
+        let url = self.repo_url(&format!("blobs/{digest:?}"));
+        let what = format!("downloading blob {digest:?}");
+        let resp = self.send(|| {
+            let mut b = request(Method::GET, &url);
+            if have > 0 {
+                b = b.header("Range", format!("bytes={have}-"));
+            }
+            b.body(()).unwrap()
+        })?;
+        let start = match resp.status() {
+            StatusCode::PARTIAL_CONTENT => {
+                let from = resp
+                    .headers()
+                    .get(http::header::CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("bytes "))
+                    .and_then(|v| v.split('-').next())
+                    .and_then(|v| v.parse::<u64>().ok());
+                ensure!(
+                    from == Some(have),
+                    "{what}: asked for bytes from {have}, got a different range"
+                );
+                have
+            }
+            StatusCode::OK => 0,
+            StatusCode::NOT_FOUND => bail!(
+                "blob {digest:?} is not in {}/{} (deleted, or the index is stale)",
+                self.reference.registry,
+                self.reference.repository
+            ),
+            _ => return Err(self.failure(resp, &what)),
+        };
+        f.set_len(start)?;
+        f.seek(SeekFrom::Start(start))?;
+        let mut body = resp.into_body().into_reader();
+        let mut buf = vec![0u8; 256 << 10];
+        let began = Instant::now();
+        let mut received = 0u64;
+        let mut at = start;
+        while at < size {
+            let n = body
+                .read(&mut buf)
+                .map_err(|e| anyhow!("{what} from {}: {e}", self.reference.registry))?;
+            if n == 0 {
+                break;
+            }
+            let n = n.min((size - at) as usize);
+            f.write_all(&buf[..n])?;
+            at += n as u64;
+            received += n as u64;
+            self.received.fetch_add(n as u64, Ordering::Relaxed);
+            progress.advance(n as u64);
+            if let Some(rate) = self.limit_rate {
+                let due = Duration::from_secs_f64(received as f64 / rate.max(1) as f64);
+                if let Some(wait) = due.checked_sub(began.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+            }
+        }
+        ensure!(
+            at == size,
+            "{what} from {}: the connection ended at {at} of {size} bytes (run again to resume)",
+            self.reference.registry
+        );
+        Ok(received)
+    }
+
+    /// Downloads a small blob into memory (at most `max` bytes) and checks its digest.
+    pub fn fetch_blob_bytes(&self, digest: &Digest, max: u64) -> Result<Vec<u8>> {
+        let url = self.repo_url(&format!("blobs/{digest:?}"));
+        let what = format!("downloading blob {digest:?}");
+        let mut resp = self.send(|| get(&url))?;
+        match resp.status() {
+            s if s.is_success() => {}
+            StatusCode::NOT_FOUND => bail!(
+                "blob {digest:?} is not in {}/{}",
+                self.reference.registry,
+                self.reference.repository
+            ),
+            _ => return Err(self.failure(resp, &what)),
+        }
+        let data = resp
+            .body_mut()
+            .with_config()
+            .limit(max)
+            .read_to_vec()
+            .map_err(|e| anyhow!("{what}: {e}"))?;
+        self.received
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        let got = Digest::of(&data);
+        ensure!(
+            got == *digest,
+            "blob {digest:?} from {} is corrupt or tampered: its content hashes to {got:?}; rejected",
+            self.reference
+        );
+        Ok(data)
+    }
+
+    /// POSTs JSON to `path` below the server's base URL (the update server's
+    /// negotiation) and returns the answer's body.
+    pub fn post_json(&self, path: &str, body: &[u8]) -> Result<Vec<u8>> {
+        let url = format!("{}{path}", self.base);
+        let mut resp = self.send(|| {
+            request(Method::POST, &url)
+                .header("Content-Type", "application/json")
+                .body(body)
+                .unwrap()
+        })?;
+        if !resp.status().is_success() {
+            return Err(self.failure(resp, "the update server refused the request"));
+        }
+        resp.body_mut()
+            .with_config()
+            .limit(MAX_MANIFEST)
+            .read_to_vec()
+            .map_err(|e| anyhow!("POST {path}: {e}"))
+    }
+
+    /// A manifest by tag or digest, with its digest; `None` if there is none.
+    pub fn get_manifest(&self, reference: &str) -> Result<Option<(Vec<u8>, Digest)>> {
+        let url = self.repo_url(&format!("manifests/{reference}"));
+        let mut resp = self.send(|| {
+            request(Method::GET, &url)
+                .header("Accept", ACCEPT_MANIFESTS)
+                .body(())
+                .unwrap()
+        })?;
+        match resp.status() {
+            s if s.is_success() => {}
+            StatusCode::NOT_FOUND => return Ok(None),
+            _ => return Err(self.failure(resp, &format!("fetching manifest {reference}"))),
+        }
+        let data = resp
+            .body_mut()
+            .with_config()
+            .limit(MAX_MANIFEST)
+            .read_to_vec()
+            .map_err(|e| anyhow!("fetching manifest {reference}: {e}"))?;
+        let digest = Digest::of(&data);
+        if let Ok(want) = reference.parse::<Digest>() {
+            ensure!(
+                want == digest,
+                "manifest {reference} from {} hashes to {digest:?}; rejected",
+                self.reference.registry
+            );
+        }
+        Ok(Some((data, digest)))
+    }
+
+    /// Stores a manifest under a tag or its digest.
+    pub fn put_manifest(&self, reference: &str, data: &[u8], media_type: &str) -> Result<Digest> {
+        let url = self.repo_url(&format!("manifests/{reference}"));
+        let resp = self.send(|| {
+            request(Method::PUT, &url)
+                .header("Content-Type", media_type)
+                .body(data)
+                .unwrap()
+        })?;
+        if resp.status() != StatusCode::CREATED && !resp.status().is_success() {
+            return Err(self.failure(resp, &format!("storing manifest {reference}")));
+        }
+        Ok(Digest::of(data))
+    }
+}
+
+fn request(method: Method, url: &str) -> http::request::Builder {
+    http::Request::builder().method(method).uri(url)
+}
+
+fn get(url: &str) -> http::Request<()> {
+    request(Method::GET, url).body(()).unwrap()
+}
+
+fn head(url: &str) -> http::Request<()> {
+    request(Method::HEAD, url).body(()).unwrap()
+}
+
+fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+struct HashSink<'a>(&'a mut Hasher);
+
+impl Write for HashSink<'_> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.update(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A transport error in a few words ("Connection refused", "timed out").
+fn transport_error(e: &ureq::Error) -> String {
+    match e {
+        ureq::Error::Io(io) => io.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// The first message of an OCI error body (`{"errors":[{"code","message"}]}`).
+fn registry_message(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Errors {
+        errors: Vec<Error>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Error {
+        code: Option<String>,
+        message: Option<String>,
+    }
+    let e: Errors = serde_json::from_slice(body).ok()?;
+    let first = e.errors.into_iter().next()?;
+    Some(
+        [first.code, first.message]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(": "),
+    )
+}
+
+/// Percent-encodes a query parameter value.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_and_reads_errors() {
+        assert_eq!(
+            percent_encode("repository:a/b:pull,push"),
+            "repository%3Aa%2Fb%3Apull%2Cpush"
+        );
+        assert_eq!(
+            registry_message(
+                br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#
+            ),
+            Some("MANIFEST_UNKNOWN: manifest unknown".into())
+        );
+        assert_eq!(registry_message(b"<html>"), None);
+    }
+}

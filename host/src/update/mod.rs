@@ -1,0 +1,13 @@
+//! Moving images between machines: `push` to a registry or update server, and
+//! `pull` of the cheapest update from what a client holds, with codec
+//! negotiation (docs/ARCHITECTURE.md, "Push and pull").
+//!
+//! - [`plan`]: the cheapest path over the delta graph, codecs included.
+//! - [`push`]: a cdimg and its codecs become artifacts, and the index lists them.
+//! - [`pull`]: plan, download (resumable, checked), assemble, verify.
+//! - [`protocol`]: the update server's one request beyond the registry API.
+
+pub mod plan;
+pub mod protocol;
+pub mod pull;
+pub mod push;

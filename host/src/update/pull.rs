@@ -1,0 +1,357 @@
+//! `pull`: find the cheapest update from what the client holds, download it
+//! (resumable; every blob checked against its digest), fetch and verify codec
+//! components the client lacks if allowed, assemble one cdimg and check that it
+//! yields the wanted image before it appears at the output path.
+//!
+//! From a registry the client plans and merges itself; from an update server it
+//! sends its holdings and gets one delta the server merged.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{ensure, Context, Result};
+use serde::Serialize;
+
+use super::plan::{self, Holdings, Plan};
+use super::protocol::{PullRequest, PullResponse, PULL_PATH};
+use crate::codec::Codecs;
+use crate::digest::Digest;
+use crate::fsutil;
+use crate::image::chain::Chain;
+use crate::image::delta::{merge::merge, patch::materialize};
+use crate::image::format::{ImageKind, Reader};
+use crate::progress::Progress;
+use crate::registry::artifact::{CodecItem, Item, Manifest};
+use crate::registry::{self, Registry};
+
+/// Largest codec component fetched.
+const MAX_COMPONENT: u64 = 256 << 20;
+
+/// Where updates come from.
+pub enum Source<'a> {
+    /// An OCI registry: the client reads the index and plans.
+    Registry(&'a Registry),
+    /// A d4c update server: it plans and merges.
+    Server(&'a Registry),
+}
+
+/// What to pull and how.
+#[derive(Debug, Clone)]
+pub struct PullOptions {
+    /// Full images the client holds.
+    pub have: Vec<PathBuf>,
+    /// Codec components the client holds.
+    pub codecs: std::collections::HashSet<Digest>,
+    /// Whether codecs it lacks may be fetched.
+    pub fetch_codecs: bool,
+    /// The cdimg to write.
+    pub out: PathBuf,
+    /// Write a full image even when a delta from a held image would do.
+    pub full: bool,
+    /// Plan only.
+    pub dry_run: bool,
+    /// Where downloads wait until used.
+    pub downloads: PathBuf,
+    /// zstd level for content rebuilt while assembling.
+    pub level: i32,
+    /// Threads for merging and patching.
+    pub threads: usize,
+}
+
+/// What a pull did (or, with `dry_run`, would do).
+#[derive(Debug, Clone, Serialize)]
+pub struct PullReport {
+    /// The image pulled.
+    pub target: Digest,
+    /// The held image the update applies to (`None`: it starts from a full image).
+    pub start: Option<Digest>,
+    /// The file holding that image.
+    pub start_file: Option<PathBuf>,
+    /// The full image and deltas downloaded, in order.
+    pub path: Vec<Item>,
+    /// Codec components fetched.
+    pub codecs_fetched: Vec<CodecItem>,
+    /// Bytes the plan downloads.
+    pub bytes_planned: u64,
+    /// Blob bytes actually received (less than planned when resuming).
+    pub bytes_transferred: u64,
+    /// Deltas the server merged into the one sent (0: none).
+    pub merged_by_server: usize,
+    /// What was written: a full image or a delta from `start`; none on a dry run.
+    pub output: Option<ImageKind>,
+}
+
+/// Pulls the image tagged `tag` from `source`.
+pub fn pull(
+    source: Source,
+    tag: &str,
+    opts: &PullOptions,
+    codecs: &Codecs,
+    progress: &dyn Progress,
+) -> Result<PullReport> {
+    let mut held: HashMap<Digest, PathBuf> = HashMap::new();
+    for p in &opts.have {
+        let r = Reader::open(p)?;
+        ensure!(
+            r.header().kind == ImageKind::Image,
+            "{}: --have takes full images; this is a delta",
+            p.display()
+        );
+        held.insert(r.header().image_id, p.clone());
+    }
+    let holdings = Holdings {
+        images: held.keys().copied().collect(),
+        codecs: opts.codecs.clone(),
+        fetch_codecs: opts.fetch_codecs,
+    };
+    let (reg, plan, merged_by_server) = match source {
+        Source::Registry(reg) => {
+            let target = resolve_tag(reg, tag)?;
+            let index = registry::read_index(reg)?.with_context(|| {
+                format!(
+                    "{} has no d4c index (push images with `d4c push`)",
+                    reg.reference()
+                )
+            })?;
+            (reg, plan::plan(&index, target, &holdings)?, 0)
+        }
+        Source::Server(reg) => {
+            let req = PullRequest {
+                repository: reg.reference().repository.clone(),
+                tag: tag.to_string(),
+                have: holdings.images.clone(),
+                codecs: holdings.codecs.iter().copied().collect(),
+                fetch_codecs: holdings.fetch_codecs,
+            };
+            let body = reg.post_json(PULL_PATH, &serde_json::to_vec(&req)?)?;
+            let resp: PullResponse =
+                serde_json::from_slice(&body).context("the update server's answer")?;
+            check_server_plan(&resp.plan, &holdings)?;
+            (reg, resp.plan, resp.merged_from)
+        }
+    };
+    let mut report = PullReport {
+        target: plan.target,
+        start: plan.start,
+        start_file: plan.start.and_then(|s| held.get(&s).cloned()),
+        path: plan.steps.clone(),
+        codecs_fetched: plan.fetch.clone(),
+        bytes_planned: plan.bytes,
+        bytes_transferred: 0,
+        merged_by_server,
+        output: None,
+    };
+    if opts.dry_run {
+        return Ok(report);
+    }
+
+    let before = reg.received();
+    for c in &plan.fetch {
+        fetch_codec(reg, codecs, c)?;
+    }
+    fsutil::create_dir_all(&opts.downloads)?;
+    let mut blobs = Vec::new();
+    for step in &plan.steps {
+        let dest = opts.downloads.join(step.blob.hex());
+        reg.fetch_blob(&step.blob, step.size, &dest, progress)?;
+        let r = Reader::open(&dest)?;
+        let h = r.header();
+        ensure!(
+            h.kind == step.kind && h.image_id == step.image_id && h.base_id == step.base_id,
+            "blob {:?} is not the {} the index says it is",
+            step.blob,
+            kind_word(step.kind)
+        );
+        blobs.push(dest);
+    }
+    report.bytes_transferred = reg.received() - before;
+
+    let start_file = plan.start.map(|s| held[&s].clone());
+    let kind = assemble(&plan, start_file.as_deref(), &blobs, opts, codecs, progress)?;
+    report.output = Some(kind);
+    for b in &blobs {
+        let _ = std::fs::remove_file(b);
+    }
+    Ok(report)
+}
+
+/// The image id a tag names.
+fn resolve_tag(reg: &Registry, tag: &str) -> Result<Digest> {
+    let (data, _) = reg.get_manifest(tag)?.with_context(|| {
+        let r = reg.reference();
+        format!("tag {tag:?} not found in {}/{}", r.registry, r.repository)
+    })?;
+    let m = Manifest::parse(&data).with_context(|| format!("{}:{tag}", reg.reference()))?;
+    m.image_id()
+        .with_context(|| format!("{}:{tag}", reg.reference()))
+}
+
+/// A server's plan must respect what the client said.
+fn check_server_plan(plan: &Plan, have: &Holdings) -> Result<()> {
+    let fetched: Vec<Digest> = plan.fetch.iter().map(|c| c.digest).collect();
+    for c in plan.codecs() {
+        ensure!(
+            have.codecs.contains(&c) || (have.fetch_codecs && fetched.contains(&c)),
+            "the update server offered a delta in codec {c:?}, which this client refused"
+        );
+    }
+    if let Some(s) = plan.start {
+        ensure!(
+            have.images.contains(&s),
+            "the update server planned from image {}, which this client does not hold",
+            s.short()
+        );
+    }
+    let mut at = plan.start;
+    for s in &plan.steps {
+        ensure!(
+            s.base_id == at || s.kind == ImageKind::Image,
+            "the update server's path is broken"
+        );
+        at = Some(s.image_id);
+    }
+    ensure!(
+        at == Some(plan.target),
+        "the update server's path does not end at the target"
+    );
+    Ok(())
+}
+
+/// Downloads a codec component, checks its digest, stores and loads it.
+fn fetch_codec(reg: &Registry, codecs: &Codecs, c: &CodecItem) -> Result<()> {
+    let bytes = reg
+        .fetch_blob_bytes(&c.digest, MAX_COMPONENT.min(c.size))
+        .with_context(|| format!("fetching codec {}", c.name))?;
+    let stored = codecs.store().put(&bytes)?;
+    ensure!(stored == c.digest, "codec {} changed in flight", c.name);
+    codecs.get(&c.digest, &c.name).with_context(|| {
+        format!(
+            "codec {} ({:?}) from {} is not a usable component",
+            c.name,
+            c.digest,
+            reg.reference()
+        )
+    })?;
+    Ok(())
+}
+
+/// Writes the output from the downloads: one delta from the held image (merged
+/// if the path has several), or a full image. Checked before it is renamed
+/// into place.
+fn assemble(
+    plan: &Plan,
+    start_file: Option<&Path>,
+    blobs: &[PathBuf],
+    opts: &PullOptions,
+    codecs: &Codecs,
+    progress: &dyn Progress,
+) -> Result<ImageKind> {
+    let out = &opts.out;
+    let dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = out
+        .file_name()
+        .with_context(|| format!("{}: not a file path", out.display()))?
+        .to_string_lossy()
+        .into_owned();
+    let tmp = |what: &str| {
+        dir.join(format!(
+            "{}pull-{}-{what}-{name}",
+            fsutil::TEMP_PREFIX,
+            std::process::id()
+        ))
+    };
+    let result = tmp("out");
+    let mut scratch = vec![];
+    let want_full = opts.full || plan.start.is_none();
+    let r = (|| -> Result<()> {
+        if blobs.is_empty() {
+            // The client holds the target already.
+            let src = start_file.context("nothing to pull and nothing held")?;
+            std::fs::copy(src, &result).with_context(|| format!("copying {}", src.display()))?;
+        } else if want_full && blobs.len() == 1 && plan.start.is_none() {
+            place(&blobs[0], &result)?;
+        } else if want_full {
+            let mut chain: Vec<PathBuf> = start_file.map(Path::to_path_buf).into_iter().collect();
+            chain.extend(blobs.iter().cloned());
+            let chain = Chain::open(&chain)?;
+            materialize(&chain, codecs, &result, opts.level, opts.threads, progress)?;
+        } else if blobs.len() == 1 {
+            place(&blobs[0], &result)?;
+        } else {
+            let mut lower = blobs[0].clone();
+            for (i, upper) in blobs[1..].iter().enumerate() {
+                let next = if i + 2 == blobs.len() {
+                    result.clone()
+                } else {
+                    let t = tmp(&format!("merge{i}"));
+                    scratch.push(t.clone());
+                    t
+                };
+                merge(
+                    &Reader::open(&lower)?,
+                    &Reader::open(upper)?,
+                    codecs,
+                    &next,
+                    opts.level,
+                    opts.threads,
+                    progress,
+                )?;
+                lower = next;
+            }
+        }
+        Ok(())
+    })();
+    for s in &scratch {
+        let _ = std::fs::remove_file(s);
+    }
+    let check = r.and_then(|()| {
+        let h = Reader::open(&result)?.header().clone();
+        ensure!(
+            h.image_id == plan.target,
+            "the pulled update yields image {}, not {}",
+            h.image_id.short(),
+            plan.target.short()
+        );
+        let full = h.kind == ImageKind::Image;
+        if !full {
+            ensure!(
+                h.base_id == plan.start,
+                "the pulled delta applies to the wrong image"
+            );
+        }
+        Ok(h.kind)
+    });
+    match check {
+        Ok(kind) => {
+            std::fs::rename(&result, out)
+                .with_context(|| format!("renaming into {}", out.display()))?;
+            fsutil::sync_dir(&dir)?;
+            Ok(kind)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&result);
+            Err(e)
+        }
+    }
+}
+
+/// Moves a download to `to` (copying if it is on another file system).
+fn place(from: &Path, to: &Path) -> Result<()> {
+    if std::fs::hard_link(from, to).is_ok() {
+        return Ok(());
+    }
+    let mut f = fsutil::AtomicFile::create(to)?;
+    let mut src = std::fs::File::open(from)?;
+    std::io::copy(&mut src, f.file())?;
+    f.commit()
+}
+
+fn kind_word(k: ImageKind) -> &'static str {
+    match k {
+        ImageKind::Image => "full image",
+        ImageKind::Delta => "delta",
+    }
+}

@@ -1,0 +1,165 @@
+//! `push`: a cdimg (full image or delta) and the codec components its deltas
+//! need become OCI artifacts in a repository, and the repository index lists
+//! them. Blobs the repository already holds are not sent again.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::codec::Codecs;
+use crate::digest::{Digest, HashWriter};
+use crate::image::format::{ImageKind, Reader};
+use crate::progress::Progress;
+use crate::registry::artifact::{
+    self, CodecItem, Descriptor, Item, Manifest, RepoIndex, A_BASE_ID, A_CODECS, A_CODEC_NAME,
+    A_CODEC_VERSION, A_IMAGE_ID, A_KIND, CDIMG_TYPE, CODEC_TYPE, WASM_TYPE,
+};
+use crate::registry::{self, client::OCI_MANIFEST, Registry};
+
+/// Times the index is re-read and rewritten when another push raced this one.
+const INDEX_TRIES: usize = 8;
+
+/// What a push did.
+#[derive(Debug, Clone, Serialize)]
+pub struct PushReport {
+    /// The repository entry of the cdimg.
+    pub item: Item,
+    /// The tag that now names it, if one was given.
+    pub tag: Option<String>,
+    /// Whether the cdimg blob was sent (false: the repository had it).
+    pub uploaded: bool,
+    /// The codecs pushed beside it, and whether each was sent.
+    pub codecs: Vec<(CodecItem, bool)>,
+}
+
+/// Pushes the cdimg at `path` to `reg`, tagging it `tag`.
+pub fn push(
+    reg: &Registry,
+    path: &Path,
+    tag: Option<&str>,
+    codecs: &Codecs,
+    progress: &dyn Progress,
+) -> Result<PushReport> {
+    let reader = Reader::open(path)?;
+    let header = reader.header();
+    let (digest, size) = file_digest(path)?;
+    reg.push_blob_bytes(artifact::EMPTY_CONFIG)?;
+
+    let mut codec_items = Vec::new();
+    for c in &header.codecs {
+        let bytes = codecs.component_bytes(&c.sha256).with_context(|| {
+            format!(
+                "{} uses codec {} ({:?}), whose component is not here to push",
+                path.display(),
+                c.name,
+                c.sha256
+            )
+        })?;
+        let sent = reg.blob_size(&c.sha256)? != Some(bytes.len() as u64);
+        reg.push_blob_bytes(&bytes)?;
+        let mut ann = BTreeMap::new();
+        ann.insert(A_CODEC_NAME.to_string(), c.name.clone());
+        ann.insert(A_CODEC_VERSION.to_string(), c.version.clone());
+        let m = Manifest::artifact(
+            CODEC_TYPE,
+            Descriptor::new(WASM_TYPE, &c.sha256, bytes.len() as u64),
+            ann,
+        );
+        let md = Digest::of(&m.to_bytes());
+        reg.put_manifest(&format!("{md:?}"), &m.to_bytes(), OCI_MANIFEST)?;
+        codec_items.push((
+            CodecItem {
+                digest: c.sha256,
+                name: c.name.clone(),
+                version: c.version.clone(),
+                size: bytes.len() as u64,
+                manifest: md,
+            },
+            sent,
+        ));
+    }
+
+    let uploaded = reg.push_blob_file(path, &digest, progress)?;
+    let codec_list: Vec<Digest> = header.codecs.iter().map(|c| c.sha256).collect();
+    let mut ann = BTreeMap::new();
+    let kind = match header.kind {
+        ImageKind::Image => "image",
+        ImageKind::Delta => "delta",
+    };
+    ann.insert(A_KIND.to_string(), kind.to_string());
+    ann.insert(A_IMAGE_ID.to_string(), header.image_id.hex());
+    if let Some(b) = header.base_id {
+        ann.insert(A_BASE_ID.to_string(), b.hex());
+    }
+    if !codec_list.is_empty() {
+        let list: Vec<String> = codec_list.iter().map(|c| format!("{c:?}")).collect();
+        ann.insert(A_CODECS.to_string(), list.join(","));
+    }
+    let m = Manifest::artifact(CDIMG_TYPE, Descriptor::new(CDIMG_TYPE, &digest, size), ann);
+    let bytes = m.to_bytes();
+    let md = reg.put_manifest(&format!("{:?}", Digest::of(&bytes)), &bytes, OCI_MANIFEST)?;
+    let item = Item {
+        kind: header.kind,
+        image_id: header.image_id,
+        base_id: header.base_id,
+        blob: digest,
+        size,
+        manifest: md,
+        codecs: codec_list,
+    };
+
+    let mut mine = RepoIndex::new();
+    mine.add_item(item.clone());
+    for (c, _) in &codec_items {
+        mine.add_codec(c.clone());
+    }
+    update_index(reg, &mine)?;
+    // The tag last: whoever resolves it finds the index already listing it.
+    if let Some(t) = tag {
+        reg.put_manifest(t, &bytes, OCI_MANIFEST)?;
+    }
+    Ok(PushReport {
+        item,
+        tag: tag.map(str::to_string),
+        uploaded,
+        codecs: codec_items,
+    })
+}
+
+/// Adds `mine` to the repository index. Registries have no compare-and-swap, so
+/// after writing it re-reads, and writes again if a concurrent push won.
+fn update_index(reg: &Registry, mine: &RepoIndex) -> Result<()> {
+    for attempt in 0..INDEX_TRIES {
+        let mut idx = registry::read_index(reg)?.unwrap_or_else(RepoIndex::new);
+        if idx.contains(mine) {
+            return Ok(());
+        }
+        for i in &mine.images {
+            idx.add_item(i.clone());
+        }
+        for c in &mine.codecs {
+            idx.add_codec(c.clone());
+        }
+        registry::write_index(reg, &idx)?;
+        if attempt > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(50 << attempt.min(5)));
+        }
+    }
+    let idx = registry::read_index(reg)?.unwrap_or_else(RepoIndex::new);
+    anyhow::ensure!(
+        idx.contains(mine),
+        "the repository index kept changing under concurrent pushes; push again"
+    );
+    Ok(())
+}
+
+/// sha256 and size of a file.
+pub fn file_digest(path: &Path) -> Result<(Digest, u64)> {
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut w = HashWriter::new(std::io::sink());
+    std::io::copy(&mut f, &mut w).with_context(|| format!("reading {}", path.display()))?;
+    let (_, d, n) = w.finish();
+    Ok((d, n))
+}

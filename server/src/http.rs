@@ -1,0 +1,347 @@
+//! The HTTP surface: `/v2/...` (blobs with ranges, chunked uploads, manifests by
+//! tag or digest) and `POST /d4c/v1/pull`. Disk and CPU work runs on blocking
+//! threads, so many clients are served at once.
+
+use std::io::SeekFrom;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use d4c_host::digest::Digest;
+use d4c_host::registry::artifact::Manifest;
+use d4c_host::registry::reference::valid_repository;
+use d4c_host::update::protocol::{PullRequest, PULL_PATH};
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+use tokio_stream::StreamExt;
+
+use crate::negotiate::Negotiator;
+use crate::store::{Store, MAX_MANIFEST};
+use crate::ApiError;
+
+/// What the handlers share.
+pub struct Server {
+    /// The store.
+    pub store: Arc<Store>,
+    /// Pull planning and merging.
+    pub negotiator: Negotiator,
+}
+
+/// The server's routes.
+pub fn router(server: Arc<Server>) -> Router {
+    Router::new()
+        .route(PULL_PATH, post(pull))
+        .fallback(registry)
+        .with_state(server)
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({
+            "errors": [{"code": self.code, "message": self.message}]
+        });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+async fn pull(State(s): State<Arc<Server>>, body: axum::body::Bytes) -> Result<Response, ApiError> {
+    let req: PullRequest = serde_json::from_slice(&body)
+        .context("not a pull request")
+        .map_err(ApiError::bad_request)?;
+    let answer = tokio::task::spawn_blocking(move || s.negotiator.pull(&req))
+        .await
+        .map_err(|e| ApiError::internal(e.into()))??;
+    Ok(Json(answer).into_response())
+}
+
+/// What a `/v2/` path names.
+enum Route {
+    Base,
+    Uploads(String),
+    Upload(String, String),
+    Blob(String),
+    Manifest(String, String),
+}
+
+fn route(path: &str) -> Option<Route> {
+    let p = path.strip_prefix("/v2")?;
+    if p.is_empty() || p == "/" {
+        return Some(Route::Base);
+    }
+    let p = p.strip_prefix('/')?;
+    // The repository name may itself hold "blobs" or "manifests": the last marker counts.
+    let marker = ["/blobs/uploads", "/blobs/", "/manifests/"]
+        .into_iter()
+        .filter_map(|m| p.rfind(m).map(|i| (i, m)))
+        .max_by_key(|&(i, m)| (i, m.len()))?;
+    let (i, m) = marker;
+    let name = p[..i].to_string();
+    if !valid_repository(&name) {
+        return None;
+    }
+    let rest = &p[i + m.len()..];
+    match m {
+        "/blobs/uploads" => match rest.trim_start_matches('/') {
+            "" => Some(Route::Uploads(name)),
+            id if !id.contains('/') => Some(Route::Upload(name, id.to_string())),
+            _ => None,
+        },
+        "/blobs/" if !rest.contains('/') => Some(Route::Blob(rest.to_string())),
+        "/manifests/" if !rest.contains('/') => Some(Route::Manifest(name, rest.to_string())),
+        _ => None,
+    }
+}
+
+async fn registry(State(s): State<Arc<Server>>, req: Request) -> Response {
+    match handle(s, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+fn blocking_err(e: tokio::task::JoinError) -> ApiError {
+    ApiError::internal(e.into())
+}
+
+async fn handle(s: Arc<Server>, req: Request) -> Result<Response, ApiError> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let headers = req.headers().clone();
+    let body = req.into_body();
+    let unknown = || ApiError::not_found("UNSUPPORTED", format!("{method} {path}"));
+    let Some(r) = route(&path) else {
+        return Err(unknown());
+    };
+    match (r, &method) {
+        (Route::Base, &Method::GET | &Method::HEAD) => Ok((
+            [("Docker-Distribution-API-Version", "registry/2.0")],
+            Json(serde_json::json!({})),
+        )
+            .into_response()),
+        (Route::Uploads(name), &Method::POST) => {
+            let id = {
+                let s = s.clone();
+                tokio::task::spawn_blocking(move || s.store.new_upload())
+                    .await
+                    .map_err(blocking_err)?
+                    .map_err(ApiError::internal)?
+            };
+            Ok(Response::builder()
+                .status(StatusCode::ACCEPTED)
+                .header(header::LOCATION, format!("/v2/{name}/blobs/uploads/{id}"))
+                .header("Docker-Upload-UUID", &id)
+                .header(header::RANGE, "0-0")
+                .header(header::CONTENT_LENGTH, "0")
+                .body(Body::empty())
+                .unwrap())
+        }
+        (Route::Upload(name, id), &Method::PATCH | &Method::PUT) => {
+            let file = s.store.upload_path(&id).ok_or_else(|| {
+                ApiError::not_found("BLOB_UPLOAD_UNKNOWN", format!("upload {id}"))
+            })?;
+            let mut f = tokio::fs::OpenOptions::new()
+                .append(true)
+                .open(&file)
+                .await
+                .map_err(|e| ApiError::internal(e.into()))?;
+            let mut stream = body.into_data_stream();
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| ApiError::bad_request(anyhow::anyhow!("{e}")))?;
+                f.write_all(&chunk)
+                    .await
+                    .map_err(|e| ApiError::internal(e.into()))?;
+            }
+            f.flush().await.map_err(|e| ApiError::internal(e.into()))?;
+            let len = f
+                .metadata()
+                .await
+                .map_err(|e| ApiError::internal(e.into()))?
+                .len();
+            drop(f);
+            if method == Method::PATCH {
+                return Ok(Response::builder()
+                    .status(StatusCode::ACCEPTED)
+                    .header(header::LOCATION, format!("/v2/{name}/blobs/uploads/{id}"))
+                    .header("Docker-Upload-UUID", &id)
+                    .header(header::RANGE, format!("0-{}", len.saturating_sub(1)))
+                    .header(header::CONTENT_LENGTH, "0")
+                    .body(Body::empty())
+                    .unwrap());
+            }
+            let digest: Digest = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("digest="))
+                .map(|d| d.replace("%3A", ":").replace("%3a", ":"))
+                .ok_or_else(|| {
+                    ApiError::bad_request(anyhow::anyhow!("PUT of an upload needs ?digest="))
+                })?
+                .parse()
+                .map_err(ApiError::bad_request)?;
+            let st = s.clone();
+            tokio::task::spawn_blocking(move || st.store.adopt_blob(&file, &digest))
+                .await
+                .map_err(blocking_err)?
+                .map_err(|e| ApiError {
+                    status: StatusCode::BAD_REQUEST,
+                    code: "DIGEST_INVALID",
+                    message: format!("{e:#}"),
+                })?;
+            Ok(Response::builder()
+                .status(StatusCode::CREATED)
+                .header(header::LOCATION, format!("/v2/{name}/blobs/{digest:?}"))
+                .header("Docker-Content-Digest", format!("{digest:?}"))
+                .header(header::CONTENT_LENGTH, "0")
+                .body(Body::empty())
+                .unwrap())
+        }
+        (Route::Blob(d), &Method::GET | &Method::HEAD) => {
+            let digest: Digest = d.parse().map_err(|_| {
+                ApiError::not_found("DIGEST_INVALID", format!("not a sha256 digest: {d}"))
+            })?;
+            let size = s
+                .store
+                .blob_size(&digest)
+                .ok_or_else(|| ApiError::not_found("BLOB_UNKNOWN", format!("blob {d}")))?;
+            serve_blob(&s.store, &digest, size, &headers, method == Method::HEAD).await
+        }
+        (Route::Manifest(name, reference), &Method::GET | &Method::HEAD) => {
+            let st = s.clone();
+            let (n, r) = (name.clone(), reference.clone());
+            let found = tokio::task::spawn_blocking(move || st.store.manifest(&n, &r))
+                .await
+                .map_err(blocking_err)?
+                .map_err(ApiError::bad_request)?;
+            let (data, digest) = found.ok_or_else(|| {
+                ApiError::not_found("MANIFEST_UNKNOWN", format!("{name}:{reference}"))
+            })?;
+            let media = serde_json::from_slice::<serde_json::Value>(&data)
+                .ok()
+                .and_then(|v| v.get("mediaType")?.as_str().map(str::to_string))
+                .unwrap_or_else(|| d4c_host::registry::client::OCI_MANIFEST.to_string());
+            let len = data.len();
+            let body = if method == Method::HEAD {
+                Body::empty()
+            } else {
+                Body::from(data)
+            };
+            Ok(Response::builder()
+                .header(header::CONTENT_TYPE, media)
+                .header(header::CONTENT_LENGTH, len)
+                .header("Docker-Content-Digest", format!("{digest:?}"))
+                .body(body)
+                .unwrap())
+        }
+        (Route::Manifest(name, reference), &Method::PUT) => {
+            let data = axum::body::to_bytes(body, MAX_MANIFEST as usize)
+                .await
+                .map_err(|e| ApiError::bad_request(anyhow::anyhow!("manifest body: {e}")))?;
+            let m = Manifest::parse(&data).map_err(ApiError::bad_request)?;
+            for b in std::iter::once(&m.config).chain(&m.layers) {
+                let d = b.sha256().map_err(ApiError::bad_request)?;
+                if s.store.blob_size(&d) != Some(b.size) {
+                    return Err(ApiError::not_found(
+                        "MANIFEST_BLOB_UNKNOWN",
+                        format!("blob {d:?} of {} bytes is not here", b.size),
+                    ));
+                }
+            }
+            let st = s.clone();
+            let n = name.clone();
+            let digest =
+                tokio::task::spawn_blocking(move || st.store.put_manifest(&n, &reference, &data))
+                    .await
+                    .map_err(blocking_err)?
+                    .map_err(ApiError::bad_request)?;
+            Ok(Response::builder()
+                .status(StatusCode::CREATED)
+                .header(header::LOCATION, format!("/v2/{name}/manifests/{digest:?}"))
+                .header("Docker-Content-Digest", format!("{digest:?}"))
+                .header(header::CONTENT_LENGTH, "0")
+                .body(Body::empty())
+                .unwrap())
+        }
+        _ => Err(unknown()),
+    }
+}
+
+/// A blob, whole or from a `Range: bytes=N-[M]`.
+async fn serve_blob(
+    store: &Store,
+    digest: &Digest,
+    size: u64,
+    headers: &HeaderMap,
+    head_only: bool,
+) -> Result<Response, ApiError> {
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("bytes="))
+        .and_then(|v| {
+            let (a, b) = v.split_once('-')?;
+            let start: u64 = a.parse().ok()?;
+            let end: u64 = if b.is_empty() {
+                size.checked_sub(1)?
+            } else {
+                b.parse::<u64>().ok()?.min(size.checked_sub(1)?)
+            };
+            Some((start, end))
+        });
+    let mut resp = Response::builder()
+        .header("Docker-Content-Digest", format!("{digest:?}"))
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::ACCEPT_RANGES, "bytes");
+    let (start, len) = match range {
+        Some((start, end)) if start <= end && end < size => {
+            resp = resp
+                .status(StatusCode::PARTIAL_CONTENT)
+                .header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{size}"));
+            (start, end - start + 1)
+        }
+        Some(_) => {
+            return Ok(Response::builder()
+                .status(StatusCode::RANGE_NOT_SATISFIABLE)
+                .header(header::CONTENT_RANGE, format!("bytes */{size}"))
+                .body(Body::empty())
+                .unwrap())
+        }
+        None => (0, size),
+    };
+    resp = resp.header(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if head_only {
+        return Ok(resp.body(Body::empty()).unwrap());
+    }
+    let mut f = tokio::fs::File::open(store.blob_path(digest))
+        .await
+        .map_err(|e| ApiError::internal(e.into()))?;
+    f.seek(SeekFrom::Start(start))
+        .await
+        .map_err(|e| ApiError::internal(e.into()))?;
+    let stream = tokio_util::io::ReaderStream::new(tokio::io::AsyncReadExt::take(f, len));
+    Ok(resp.body(Body::from_stream(stream)).unwrap())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert!(matches!(route("/v2/"), Some(Route::Base)));
+        assert!(matches!(route("/v2/a/b/blobs/uploads/"), Some(Route::Uploads(n)) if n == "a/b"));
+        assert!(
+            matches!(route("/v2/a/blobs/uploads/abc"), Some(Route::Upload(n, i)) if n == "a" && i == "abc")
+        );
+        assert!(matches!(route("/v2/a/blobs/sha256:00"), Some(Route::Blob(d)) if d == "sha256:00"));
+        assert!(route("/v2/A/blobs/sha256:00").is_none());
+        assert!(
+            matches!(route("/v2/x/blobs/y/manifests/v1"), Some(Route::Manifest(n, r)) if n == "x/blobs/y" && r == "v1")
+        );
+        assert!(route("/v3/").is_none());
+        assert!(route("/v2/a/tags/list").is_none());
+    }
+}

@@ -1,0 +1,183 @@
+//! The server's answer to a pull: plan over the repository's index with the
+//! client's holdings (the same planner a registry client uses), then merge the
+//! deltas on the path into one (D4C's server-side DeltaMerging), caching each
+//! merged result so the next client with the same holdings gets it at once.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use d4c_host::codec::Codecs;
+use d4c_host::digest::Digest;
+use d4c_host::fsutil;
+use d4c_host::image::delta::merge::merge;
+use d4c_host::image::format::{ImageKind, Reader};
+use d4c_host::progress::Silent;
+use d4c_host::registry::artifact::{Item, Manifest};
+use d4c_host::update::plan::{self, Holdings};
+use d4c_host::update::protocol::{PullRequest, PullResponse};
+
+use crate::store::Store;
+use crate::ApiError;
+
+/// Plans and merges for pulls.
+pub struct Negotiator {
+    store: Arc<Store>,
+    codecs: Codecs,
+    threads: usize,
+    /// One merge per key at a time; others wait and then read the cache.
+    merging: Mutex<HashMap<Digest, Arc<Mutex<()>>>>,
+}
+
+impl Negotiator {
+    /// A negotiator over `store`, merging with `codecs`.
+    pub fn new(store: Arc<Store>, codecs: Codecs, threads: usize) -> Negotiator {
+        Negotiator {
+            store,
+            codecs,
+            threads,
+            merging: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Answers a pull request.
+    pub fn pull(&self, req: &PullRequest) -> Result<PullResponse, ApiError> {
+        let (data, _) = self
+            .store
+            .manifest(&req.repository, &req.tag)
+            .map_err(ApiError::bad_request)?
+            .ok_or_else(|| {
+                ApiError::not_found(
+                    "MANIFEST_UNKNOWN",
+                    format!("tag {:?} not found in {}", req.tag, req.repository),
+                )
+            })?;
+        let target = Manifest::parse(&data)
+            .and_then(|m| m.image_id())
+            .map_err(ApiError::bad_request)?;
+        let index = self
+            .store
+            .index(&req.repository)
+            .map_err(ApiError::internal)?
+            .ok_or_else(|| {
+                ApiError::not_found(
+                    "NAME_UNKNOWN",
+                    format!("{} has no d4c index", req.repository),
+                )
+            })?;
+        let holdings = Holdings {
+            images: req.have.clone(),
+            codecs: req.codecs.iter().copied().collect::<HashSet<_>>(),
+            fetch_codecs: req.fetch_codecs,
+        };
+        let mut plan = plan::plan(&index, target, &holdings).map_err(ApiError::no_path)?;
+        let unmerged_bytes = plan.bytes;
+        let first_delta = plan
+            .steps
+            .iter()
+            .position(|s| s.kind == ImageKind::Delta)
+            .unwrap_or(plan.steps.len());
+        let deltas = plan.steps.len() - first_delta;
+        let mut merged_from = 0;
+        if deltas >= 2 {
+            let merged = self
+                .merged(&plan.steps[first_delta..])
+                .map_err(ApiError::internal)?;
+            let sum: u64 = plan.steps[first_delta..].iter().map(|s| s.size).sum();
+            // Merging pays when the one delta is no larger than the ones it replaces.
+            if merged.size <= sum {
+                plan.steps.truncate(first_delta);
+                plan.steps.push(merged);
+                merged_from = deltas;
+                plan.bytes = plan.steps.iter().map(|s| s.size).sum::<u64>()
+                    + plan.fetch.iter().map(|c| c.size).sum::<u64>();
+            }
+        }
+        Ok(PullResponse {
+            plan,
+            merged_from,
+            unmerged_bytes,
+        })
+    }
+
+    /// The deltas `steps` merged into one, from the cache or made now.
+    fn merged(&self, steps: &[Item]) -> Result<Item> {
+        let key = Digest::of(
+            steps
+                .iter()
+                .map(|s| s.blob.hex())
+                .collect::<Vec<_>>()
+                .join(",")
+                .as_bytes(),
+        );
+        let lock = self.merging.lock().unwrap().entry(key).or_default().clone();
+        let _guard = lock.lock().unwrap();
+        let cached = self.store.scratch_dir().join(format!("{}.json", key.hex()));
+        if let Ok(text) = std::fs::read(&cached) {
+            if let Ok(item) = serde_json::from_slice::<Item>(&text) {
+                if self.store.blob_size(&item.blob) == Some(item.size) {
+                    return Ok(item);
+                }
+            }
+        }
+        for s in steps {
+            for c in &s.codecs {
+                self.install_codec(c)?;
+            }
+        }
+        let open = |s: &Item| Reader::open(&self.store.blob_path(&s.blob));
+        let scratch = |i: usize| {
+            self.store
+                .scratch_dir()
+                .join(format!("{}merge-{}-{i}", fsutil::TEMP_PREFIX, key.hex()))
+        };
+        let mut lower = self.store.blob_path(&steps[0].blob);
+        let mut made = vec![];
+        for (i, upper) in steps[1..].iter().enumerate() {
+            let out = scratch(i);
+            merge(
+                &Reader::open(&lower)?,
+                &open(upper)?,
+                &self.codecs,
+                &out,
+                19,
+                self.threads,
+                &Silent,
+            )
+            .with_context(|| format!("merging {} deltas", steps.len()))?;
+            made.push(out.clone());
+            lower = out;
+        }
+        let header = Reader::open(&lower)?.header().clone();
+        let (digest, _) = crate::store::hash_file(&lower)?;
+        let size = self.store.adopt_blob(&lower, &digest)?;
+        for m in &made {
+            let _ = std::fs::remove_file(m);
+        }
+        let item = Item {
+            kind: ImageKind::Delta,
+            image_id: header.image_id,
+            base_id: header.base_id,
+            blob: digest,
+            size,
+            // Merged blobs are offered by the server only; no manifest names them.
+            manifest: digest,
+            codecs: header.codecs.iter().map(|c| c.sha256).collect(),
+        };
+        fsutil::write_atomic(&cached, &serde_json::to_vec(&item)?)?;
+        Ok(item)
+    }
+
+    /// Makes a pushed codec component loadable by merges.
+    fn install_codec(&self, digest: &Digest) -> Result<()> {
+        if self.codecs.component_bytes(digest).is_ok() {
+            return Ok(());
+        }
+        let bytes = self
+            .store
+            .blob_bytes(digest, 256 << 20)?
+            .with_context(|| format!("codec {digest:?} was never pushed here"))?;
+        self.codecs.store().put(&bytes)?;
+        Ok(())
+    }
+}
