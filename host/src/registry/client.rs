@@ -130,8 +130,18 @@ impl Registry {
                     transport_error(&e)
                 )
             })?;
-            if resp.status() != StatusCode::UNAUTHORIZED || challenged {
+            if resp.status() != StatusCode::UNAUTHORIZED {
                 return Ok(resp);
+            }
+            if challenged {
+                bail!(
+                    "registry {} refused the login for {what} (HTTP 401){}",
+                    self.reference.registry,
+                    match &self.credentials {
+                        Some(c) => format!(" as user {:?}", c.user),
+                        None => String::new(),
+                    }
+                );
             }
             challenged = true;
             let header = resp

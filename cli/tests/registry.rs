@@ -1,0 +1,804 @@
+//! Push and pull through a real OCI registry (docker-registry 2.8, started by
+//! scripts/services) and through `d4c serve`: only the planned bytes move, codecs
+//! are negotiated and fetched by digest, interrupted downloads resume, tampered
+//! blobs are rejected, and TLS with basic auth works against a registry the test
+//! starts itself.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use d4c_tests::series::Series;
+use d4c_tests::{components, run_d4c, sh};
+use serde_json::Value;
+
+const D4C: &str = env!("CARGO_BIN_EXE_d4c");
+
+fn registry() -> String {
+    std::env::var("D4C_TEST_REGISTRY").expect(
+        "D4C_TEST_REGISTRY is not set: run the tests with scripts/test, which starts the registry",
+    )
+}
+
+/// A client machine: its own D4C_HOME (codec store, downloads).
+struct Client {
+    home: PathBuf,
+}
+
+impl Client {
+    fn new(s: &Series, name: &str) -> Client {
+        let home = s.dir.join(format!("client-{name}"));
+        let _ = std::fs::remove_dir_all(&home);
+        std::fs::create_dir_all(&home).unwrap();
+        Client { home }
+    }
+
+    fn run(&self, args: &[&str]) -> (bool, String, String) {
+        run_d4c(Path::new(D4C), &self.home, args)
+    }
+
+    fn pull(&self, args: &[&str]) -> Value {
+        let mut a = vec!["pull", "--json"];
+        a.extend_from_slice(args);
+        let (ok, out, err) = self.run(&a);
+        assert!(ok, "d4c {a:?} failed: {err}");
+        serde_json::from_str(&out).unwrap()
+    }
+
+    fn pull_fails(&self, args: &[&str]) -> String {
+        let mut a = vec!["pull"];
+        a.extend_from_slice(args);
+        let (ok, out, err) = self.run(&a);
+        assert!(!ok, "d4c {a:?} should fail: {out}");
+        assert_eq!(err.trim().lines().count(), 1, "not one line: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        err
+    }
+}
+
+fn size(s: &Series, name: &str) -> u64 {
+    std::fs::metadata(s.dir.join(name)).unwrap().len()
+}
+
+fn sha256(path: &Path) -> String {
+    d4c_host::update::push::file_digest(path).unwrap().0.hex()
+}
+
+fn blobs(report: &Value) -> Vec<String> {
+    report["path"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["blob"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn image_id(s: &Series, name: &str) -> String {
+    s.inspect(name)["image_id"].as_str().unwrap().to_string()
+}
+
+fn push(s: &Series, file: &str, reference: &str) {
+    s.ok(&["push", &s.p(file), reference]);
+}
+
+/// A unique repository per test run, so tests and reruns do not see each other's tags.
+fn repo(name: &str) -> String {
+    format!("{}/d4c-test/{name}-{}", registry(), std::process::id())
+}
+
+#[test]
+fn pull_moves_only_the_delta_bytes() {
+    let s = Series::build(Path::new(D4C), "registry-bytes");
+    let r = repo("bytes");
+    push(&s, "v1.cdimg", &format!("{r}:v1"));
+    push(&s, "d12.cdimg", &format!("{r}:v2"));
+    push(&s, "d23.cdimg", &format!("{r}:v3"));
+    push(&s, "v3.cdimg", &format!("{r}:v3-full"));
+    // Pushing again sends nothing new.
+    let again: Value =
+        serde_json::from_str(&s.ok(&["push", &s.p("d12.cdimg"), &format!("{r}:v2"), "--json"]))
+            .unwrap();
+    assert_eq!(again["uploaded"], false);
+
+    let c = Client::new(&s, "bytes");
+    let tag = format!("{r}:v3");
+    // The plan: both deltas, nothing else; a dry run moves nothing.
+    let plan = c.pull(&["--dry-run", &tag, "--have", &s.p("v1.cdimg")]);
+    let deltas = size(&s, "d12.cdimg") + size(&s, "d23.cdimg");
+    assert_eq!(plan["bytes_planned"], deltas);
+    assert_eq!(plan["bytes_transferred"], 0);
+    assert_eq!(
+        blobs(&plan),
+        vec![
+            sha256(&s.dir.join("d12.cdimg")),
+            sha256(&s.dir.join("d23.cdimg"))
+        ]
+    );
+
+    // Holding v1: exactly the two deltas' bytes cross the wire, merged into one
+    // delta v1 -> v3 locally.
+    let out = s.p("pulled-d13.cdimg");
+    let rep = c.pull(&[&tag, "--have", &s.p("v1.cdimg"), "-o", &out]);
+    assert_eq!(rep["bytes_transferred"], deltas);
+    assert_eq!(rep["output"], "delta");
+    assert_eq!(rep["start"].as_str().unwrap(), image_id(&s, "v1.cdimg"));
+    assert_eq!(image_id(&s, "pulled-d13.cdimg"), image_id(&s, "v3.cdimg"));
+    s.ok(&[
+        "patch",
+        "--base",
+        &s.p("v1.cdimg"),
+        "--delta",
+        &out,
+        "-o",
+        &s.p("p3.cdimg"),
+    ]);
+    s.same_image("p3.cdimg", "v3.cdimg");
+
+    // Holding v2: one delta. Holding nothing: the full image, the cheapest way.
+    let rep = c.pull(&[
+        &tag,
+        "--have",
+        &s.p("v2.cdimg"),
+        "-o",
+        &s.p("pulled-d23.cdimg"),
+    ]);
+    assert_eq!(rep["bytes_transferred"], size(&s, "d23.cdimg"));
+    let rep = c.pull(&[&tag, "-o", &s.p("pulled-v3.cdimg")]);
+    assert_eq!(rep["bytes_transferred"], size(&s, "v3.cdimg"));
+    assert_eq!(rep["output"], "image");
+    assert_eq!(
+        sha256(&s.dir.join("pulled-v3.cdimg")),
+        sha256(&s.dir.join("v3.cdimg"))
+    );
+    // --full from a held image: deltas, patched into the full image.
+    let rep = c.pull(&[
+        &tag,
+        "--have",
+        &s.p("v1.cdimg"),
+        "--full",
+        "-o",
+        &s.p("pulled-full.cdimg"),
+    ]);
+    assert_eq!(rep["bytes_transferred"], deltas);
+    assert_eq!(rep["output"], "image");
+    s.same_image("pulled-full.cdimg", "v3.cdimg");
+    // Downloads do not pile up.
+    let left: Vec<_> = std::fs::read_dir(c.home.join("downloads"))
+        .unwrap()
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn codecs_are_negotiated_and_fetched_by_digest() {
+    let s = Series::build(Path::new(D4C), "registry-codecs");
+    std::fs::write(s.dir.join("template.wasm"), components::TEMPLATE).unwrap();
+    let template = sha256(&s.dir.join("template.wasm"));
+    for (codec, out) in [("bsdiff", "d13b"), ("zstd-dict", "d13z")] {
+        s.ok(&[
+            "diff",
+            "--old",
+            &s.p("v1.cdimg"),
+            "--new",
+            &s.p("v3.cdimg"),
+            "--codec",
+            codec,
+            "-o",
+            &s.p(&format!("{out}.cdimg")),
+        ]);
+    }
+    s.ok(&[
+        "diff",
+        "--old",
+        &s.p("v1.cdimg"),
+        "--new",
+        &s.p("v3.cdimg"),
+        "--codec",
+        &s.p("template.wasm"),
+        "-o",
+        &s.p("d13t.cdimg"),
+    ]);
+    let bsdiff = s.inspect("d13b.cdimg")["codecs"][0]["sha256"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Repository A: bsdiff and zstd-dict deltas and the full image.
+    let a = repo("codecs-a");
+    push(&s, "v1.cdimg", &format!("{a}:v1"));
+    push(&s, "d13b.cdimg", &format!("{a}:v3"));
+    push(&s, "d13z.cdimg", &format!("{a}:v3"));
+    push(&s, "v3.cdimg", &format!("{a}:v3"));
+    let c = Client::new(&s, "codecs");
+    let have = s.p("v1.cdimg");
+    // A client without bsdiff that may not fetch never receives a bsdiff delta.
+    let rep = c.pull(&[
+        &format!("{a}:v3"),
+        "--have",
+        &have,
+        "--codecs",
+        "zstd-dict",
+        "--no-fetch-codecs",
+        "-o",
+        &s.p("z.cdimg"),
+    ]);
+    let used: Vec<&Value> = rep["path"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["codecs"].as_array().unwrap())
+        .collect();
+    assert!(
+        !used.iter().any(|c| c.as_str() == Some(bsdiff.as_str())),
+        "{rep}"
+    );
+    assert!(rep["codecs_fetched"].as_array().unwrap().is_empty());
+    let header = s.inspect("z.cdimg");
+    assert!(
+        header["codecs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["sha256"] != bsdiff.as_str()),
+        "{header}"
+    );
+    assert_eq!(image_id(&s, "z.cdimg"), image_id(&s, "v3.cdimg"));
+    // Holding no codec and fetching none: only the full image will do.
+    let rep = c.pull(&[
+        &format!("{a}:v3"),
+        "--have",
+        &have,
+        "--codecs",
+        "",
+        "--no-fetch-codecs",
+        "--dry-run",
+    ]);
+    assert_eq!(rep["path"][0]["kind"], "image");
+
+    // Repository B: only a delta in a third-party codec this client lacks.
+    let b = repo("codecs-b");
+    push(&s, "d13t.cdimg", &format!("{b}:v3"));
+    let err = c.pull_fails(&[
+        &format!("{b}:v3"),
+        "--have",
+        &have,
+        "--no-fetch-codecs",
+        "-o",
+        &s.p("t.cdimg"),
+    ]);
+    assert!(
+        err.contains("needs codecs you lack") && err.contains("template"),
+        "{err}"
+    );
+    assert!(!s.dir.join("t.cdimg").exists());
+    let stored = c.home.join("codecs").join(format!("{template}.wasm"));
+    assert!(!stored.exists());
+    // Accepting codec fetch: the component comes by digest, is checked, stored and used.
+    let rep = c.pull(&[&format!("{b}:v3"), "--have", &have, "-o", &s.p("t.cdimg")]);
+    assert_eq!(rep["codecs_fetched"][0]["digest"], template.as_str());
+    assert_eq!(
+        rep["bytes_transferred"],
+        size(&s, "d13t.cdimg") + components::TEMPLATE.len() as u64
+    );
+    assert_eq!(sha256(&stored), template);
+    let (ok, _, err) = c.run(&[
+        "patch",
+        "--base",
+        &have,
+        "--delta",
+        &s.p("t.cdimg"),
+        "-o",
+        &s.p("t-full.cdimg"),
+    ]);
+    assert!(ok, "{err}");
+    s.same_image("t-full.cdimg", "v3.cdimg");
+}
+
+/// Where the test registry keeps a blob.
+fn registry_blob(digest: &str) -> PathBuf {
+    let data = std::env::var("D4C_TEST_REGISTRY_DATA")
+        .expect("D4C_TEST_REGISTRY_DATA (scripts/services env)");
+    Path::new(&data).join(format!(
+        "docker/registry/v2/blobs/sha256/{}/{digest}/data",
+        &digest[..2]
+    ))
+}
+
+#[test]
+fn a_killed_pull_resumes() {
+    let s = Series::build(Path::new(D4C), "registry-resume");
+    // A blob no other test pushes (level 7), so the registry holds it for this test only.
+    s.ok(&[
+        "patch",
+        "--base",
+        &s.p("v1.cdimg"),
+        "--delta",
+        &s.p("d12.cdimg"),
+        &s.p("d23.cdimg"),
+        "--level",
+        "7",
+        "-o",
+        &s.p("v3-7.cdimg"),
+    ]);
+    let r = repo("resume");
+    push(&s, "v3-7.cdimg", &format!("{r}:v3"));
+    let total = size(&s, "v3-7.cdimg");
+    let digest = sha256(&s.dir.join("v3-7.cdimg"));
+    let c = Client::new(&s, "resume");
+    let out = s.dir.join("r.cdimg");
+    let partial = c.home.join("downloads").join(format!("{digest}.partial"));
+
+    // Slow the first pull down and kill it -9 midway.
+    let mut child = Command::new(D4C)
+        .args(["pull", &format!("{r}:v3"), "--limit-rate", "1M", "-o"])
+        .arg(&out)
+        .env("D4C_HOME", &c.home)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let got = loop {
+        let n = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+        if n >= total / 4 {
+            break n;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the download did not start"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the pull ended before it was killed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!out.exists(), "a killed pull left its output");
+    let kept = std::fs::metadata(&partial).unwrap().len();
+    assert!(kept >= got && kept < total, "{kept} of {total}");
+
+    // Again: only the rest moves, and the image is right.
+    let rep = c.pull(&[&format!("{r}:v3"), "-o", out.to_str().unwrap()]);
+    assert_eq!(rep["bytes_transferred"], total - kept);
+    assert_eq!(sha256(&out), digest);
+    assert!(!partial.exists());
+    s.same_image("r.cdimg", "v3.cdimg");
+}
+
+#[test]
+fn a_tampered_blob_is_rejected() {
+    let s = Series::build(Path::new(D4C), "registry-tamper");
+    // Blobs unique to this test (level 9), since the registry shares blobs between repositories.
+    s.ok(&[
+        "patch",
+        "--base",
+        &s.p("v1.cdimg"),
+        "--delta",
+        &s.p("d12.cdimg"),
+        "--level",
+        "9",
+        "-o",
+        &s.p("v2-9.cdimg"),
+    ]);
+    s.ok(&[
+        "diff",
+        "--old",
+        &s.p("v2-9.cdimg"),
+        "--new",
+        &s.p("v3.cdimg"),
+        "-o",
+        &s.p("d23-9.cdimg"),
+    ]);
+    let r = repo("tamper");
+    push(&s, "v2-9.cdimg", &format!("{r}:v2"));
+    push(&s, "d23-9.cdimg", &format!("{r}:v3"));
+    let digest = sha256(&s.dir.join("d23-9.cdimg"));
+    let blob = registry_blob(&digest);
+    let mut data = std::fs::read(&blob).unwrap();
+    let mid = data.len() / 2;
+    data[mid] ^= 0x40;
+    std::fs::write(&blob, &data).unwrap();
+
+    let c = Client::new(&s, "tamper");
+    let out = s.dir.join("t.cdimg");
+    let err = c.pull_fails(&[
+        &format!("{r}:v3"),
+        "--have",
+        &s.p("v2-9.cdimg"),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(err.contains(&digest) && err.contains("tampered"), "{err}");
+    assert!(!out.exists());
+    // Nothing of the bad blob is kept for a resume to build on.
+    let left: Vec<_> = std::fs::read_dir(c.home.join("downloads"))
+        .unwrap()
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn clear_errors() {
+    let s = Series::build(Path::new(D4C), "registry-errors");
+    let r = repo("errors");
+    push(&s, "v1.cdimg", &format!("{r}:v1"));
+    let c = Client::new(&s, "errors");
+    let o = s.p("x.cdimg");
+    let err = c.pull_fails(&[&format!("{r}:nope"), "-o", &o]);
+    assert!(err.contains("tag \"nope\" not found"), "{err}");
+    let err = c.pull_fails(&["127.0.0.1:1/x/y:v1", "-o", &o]);
+    assert!(err.contains("cannot reach registry 127.0.0.1:1"), "{err}");
+    let err = c.pull_fails(&[
+        &format!(
+            "{}/d4c-test/never-pushed-{}:v1",
+            registry(),
+            std::process::id()
+        ),
+        "-o",
+        &o,
+    ]);
+    assert!(err.contains("not found"), "{err}");
+    // A plain OCI image is not a d4c artifact.
+    let plain = format!("{}/d4c-test/plain-{}:v1", registry(), std::process::id());
+    sh(Command::new("skopeo")
+        .args(["copy", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:v1", s.p("oci")))
+        .arg(format!("docker://{plain}")))
+    .unwrap();
+    let err = c.pull_fails(&[&plain, "-o", &o]);
+    assert!(err.contains("not a d4c artifact"), "{err}");
+    let err = c.pull_fails(&[&format!("{r}:v1"), "--have", &s.p("d12.cdimg"), "-o", &o]);
+    assert!(err.contains("--have takes full images"), "{err}");
+    let (ok, _, err) = c.run(&["push", &s.p("v1.cdimg"), "127.0.0.1:1/x:v1"]);
+    assert!(!ok && err.contains("cannot reach registry"), "{err}");
+    assert!(!s.dir.join("x.cdimg").exists());
+}
+
+/// `d4c serve` on a free port, stopped on drop.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(store: &Path, home: &Path) -> Server {
+        let mut child = Command::new(D4C)
+            .args(["serve", "--listen", "127.0.0.1:0", "--store"])
+            .arg(store)
+            .env("D4C_HOME", home)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("d4c serve said {line:?}"))
+            .to_string();
+        Server { child, url }
+    }
+
+    fn host(&self) -> &str {
+        self.url.trim_start_matches("http://")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn update_server_merges_and_negotiates() {
+    let s = Series::build(Path::new(D4C), "server");
+    for (codec, old, new, out) in [
+        ("bsdiff", "v1", "v2", "b12"),
+        ("bsdiff", "v2", "v3", "b23"),
+        ("zstd-dict", "v1", "v2", "z12"),
+        ("zstd-dict", "v2", "v3", "z23"),
+    ] {
+        s.ok(&[
+            "diff",
+            "--old",
+            &s.p(&format!("{old}.cdimg")),
+            "--new",
+            &s.p(&format!("{new}.cdimg")),
+            "--codec",
+            codec,
+            "-o",
+            &s.p(&format!("{out}.cdimg")),
+        ]);
+    }
+    let bsdiff = s.inspect("b12.cdimg")["codecs"][0]["sha256"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let srv = Server::start(&s.dir.join("store"), &s.dir.join("server-home"));
+    let r = format!("{}/app", srv.host());
+    push(&s, "v1.cdimg", &format!("{r}:v1"));
+    push(&s, "d12.cdimg", &format!("{r}:v2"));
+    push(&s, "d23.cdimg", &format!("{r}:v3"));
+    push(&s, "v3.cdimg", &format!("{r}:v3"));
+
+    // Holding v1: the server merges d12 and d23 into one delta; only it moves.
+    let c = Client::new(&s, "server");
+    let have = s.p("v1.cdimg");
+    let rep = c.pull(&[
+        "--server",
+        &srv.url,
+        "app:v3",
+        "--have",
+        &have,
+        "-o",
+        &s.p("m.cdimg"),
+    ]);
+    assert_eq!(rep["merged_by_server"], 2);
+    assert_eq!(rep["path"].as_array().unwrap().len(), 1);
+    let merged = &rep["path"][0];
+    assert_eq!(
+        merged["base_id"].as_str().unwrap(),
+        image_id(&s, "v1.cdimg")
+    );
+    assert_eq!(rep["bytes_transferred"], merged["size"]);
+    assert_eq!(rep["bytes_transferred"], size(&s, "m.cdimg"));
+    assert!(size(&s, "m.cdimg") <= size(&s, "d12.cdimg") + size(&s, "d23.cdimg"));
+    s.ok(&[
+        "patch",
+        "--base",
+        &have,
+        "--delta",
+        &s.p("m.cdimg"),
+        "-o",
+        &s.p("m-full.cdimg"),
+    ]);
+    s.same_image("m-full.cdimg", "v3.cdimg");
+
+    // Many clients at once get the same merged delta (made once, then cached).
+    let outs: Vec<String> = (0..4).map(|i| s.p(&format!("m{i}.cdimg"))).collect();
+    let handles: Vec<_> = outs
+        .iter()
+        .enumerate()
+        .map(|(i, o)| {
+            let home = s.dir.join(format!("client-many-{i}"));
+            let _ = std::fs::remove_dir_all(&home);
+            std::fs::create_dir_all(&home).unwrap();
+            let (url, have, o) = (srv.url.clone(), have.clone(), o.clone());
+            std::thread::spawn(move || {
+                run_d4c(
+                    Path::new(D4C),
+                    &home,
+                    &[
+                        "pull", "--server", &url, "app:v3", "--have", &have, "-o", &o,
+                    ],
+                )
+            })
+        })
+        .collect();
+    for h in handles {
+        let (ok, _, err) = h.join().unwrap();
+        assert!(ok, "{err}");
+    }
+    for o in &outs {
+        assert_eq!(sha256(Path::new(o)), sha256(&s.dir.join("m.cdimg")));
+    }
+
+    // A second repository with bsdiff and zstd-dict deltas: a client without
+    // bsdiff that does not fetch codecs never gets bsdiff content.
+    let r2 = format!("{}/app2", srv.host());
+    push(&s, "v1.cdimg", &format!("{r2}:v1"));
+    for d in ["b12", "b23", "z12", "z23"] {
+        push(&s, &format!("{d}.cdimg"), &format!("{r2}:latest"));
+    }
+    for (codecs, fetch) in [("zstd-dict", false), ("zstd-dict", true)] {
+        let mut args = vec![
+            "--server",
+            srv.url.as_str(),
+            "app2:latest",
+            "--have",
+            have.as_str(),
+            "--codecs",
+            codecs,
+            "-o",
+        ];
+        let o = s.p(&format!("n-{fetch}.cdimg"));
+        args.push(&o);
+        if !fetch {
+            args.push("--no-fetch-codecs");
+        }
+        let rep = c.pull(&args);
+        let header = s.inspect(&format!("n-{fetch}.cdimg"));
+        assert_eq!(
+            header["image_id"].as_str().unwrap(),
+            image_id(&s, "v3.cdimg")
+        );
+        if !fetch {
+            assert!(
+                header["codecs"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|c| c["sha256"] != bsdiff.as_str()),
+                "{header}"
+            );
+            assert!(rep["codecs_fetched"].as_array().unwrap().is_empty());
+        }
+    }
+    // The server says why it cannot serve a tag.
+    let err = c.pull_fails(&["--server", &srv.url, "app:v9", "-o", &s.p("x.cdimg")]);
+    assert!(err.contains("tag \"v9\" not found"), "{err}");
+    let err = c.pull_fails(&[
+        "--server",
+        &srv.url,
+        "app2:latest",
+        "--codecs",
+        "",
+        "--no-fetch-codecs",
+        "--have",
+        &have,
+        "-o",
+        &s.p("x.cdimg"),
+    ]);
+    assert!(err.contains("needs codecs you lack"), "{err}");
+}
+
+/// A second registry, with TLS and basic auth (htpasswd), that this test starts.
+#[test]
+fn tls_and_basic_auth() {
+    let s = Series::build(Path::new(D4C), "registry-tls");
+    let d = s.dir.join("tls");
+    std::fs::create_dir_all(d.join("data")).unwrap();
+    // A CA, and a server certificate it signs (webpki refuses a CA as the server's own).
+    let ossl = |args: &[&str]| sh(Command::new("openssl").args(args).current_dir(&d)).unwrap();
+    ossl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=d4c test CA",
+        "-keyout",
+        "ca-key.pem",
+        "-out",
+        "ca.pem",
+    ]);
+    ossl(&[
+        "req",
+        "-new",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(
+        d.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    ossl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca-key.pem",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "cert.pem",
+    ]);
+    let htpasswd = sh(Command::new("htpasswd").args(["-Bbn", "alice", "s3cret"])).unwrap();
+    std::fs::write(d.join("htpasswd"), htpasswd).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = format!(
+        "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {data}\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: t\n  tls:\n    certificate: {cert}\n    key: {key}\nauth:\n  htpasswd:\n    realm: d4c-test\n    path: {pw}\n",
+        data = d.join("data").display(),
+        cert = d.join("cert.pem").display(),
+        key = d.join("key.pem").display(),
+        pw = d.join("htpasswd").display()
+    );
+    std::fs::write(d.join("config.yml"), config).unwrap();
+    let child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(d.join("config.yml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _registry = Kill(child);
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the TLS registry did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // "https://" is implied for a non-loopback name; 127.0.0.1 needs it spelled.
+    let r = format!("https://127.0.0.1:{port}/secure/app");
+    let ca = d.join("ca.pem");
+    let d4c = |args: &[&str], user: Option<(&str, &str)>, ca: Option<&Path>| {
+        let mut cmd = Command::new(D4C);
+        cmd.args(args)
+            .env("D4C_HOME", &s.home)
+            .env("HOME", &d)
+            .env_remove("D4C_CA_CERT");
+        cmd.env_remove("D4C_REGISTRY_USER")
+            .env_remove("D4C_REGISTRY_PASSWORD");
+        if let Some((u, p)) = user {
+            cmd.env("D4C_REGISTRY_USER", u)
+                .env("D4C_REGISTRY_PASSWORD", p);
+        }
+        if let Some(ca) = ca {
+            cmd.arg("--ca-cert").arg(ca);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let push_args = [&s.p("v1.cdimg"), format!("{r}:v1").as_str()].map(str::to_string);
+    let push_args: Vec<&str> = push_args.iter().map(String::as_str).collect();
+    let mut push = vec!["push"];
+    push.extend(&push_args);
+    // Untrusted certificate, no credentials, wrong password: each a clear refusal.
+    let (ok, err) = d4c(&push, Some(("alice", "s3cret")), None);
+    assert!(!ok && err.contains("cannot reach registry"), "{err}");
+    let (ok, err) = d4c(&push, None, Some(&ca));
+    assert!(!ok && err.contains("requires a login"), "{err}");
+    let (ok, err) = d4c(&push, Some(("alice", "wrong")), Some(&ca));
+    assert!(!ok && err.contains("refused the login"), "{err}");
+    let (ok, err) = d4c(&push, Some(("alice", "s3cret")), Some(&ca));
+    assert!(ok, "{err}");
+    // Credentials from a docker config file work too.
+    let auth = base64_encode(b"alice:s3cret");
+    std::fs::create_dir_all(d.join(".docker")).unwrap();
+    std::fs::write(
+        d.join(".docker/config.json"),
+        format!(r#"{{"auths":{{"127.0.0.1:{port}":{{"auth":"{auth}"}}}}}}"#),
+    )
+    .unwrap();
+    let out = s.p("tls-v1.cdimg");
+    let (ok, err) = d4c(&["pull", &format!("{r}:v1"), "-o", &out], None, Some(&ca));
+    assert!(ok, "{err}");
+    s.same_image("tls-v1.cdimg", "v1.cdimg");
+}
+
+fn base64_encode(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
