@@ -38,6 +38,14 @@ impl Client {
         run_d4c(Path::new(D4C), &self.home, args)
     }
 
+    /// Nothing waits in the download directory.
+    fn assert_no_downloads(&self) {
+        let left: Vec<_> = std::fs::read_dir(self.home.join("downloads"))
+            .unwrap()
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
     fn pull(&self, args: &[&str]) -> Value {
         let mut a = vec!["pull", "--json"];
         a.extend_from_slice(args);
@@ -164,10 +172,7 @@ fn pull_moves_only_the_delta_bytes() {
     assert_eq!(rep["output"], "image");
     s.same_image("pulled-full.cdimg", "v3.cdimg");
     // Downloads do not pile up.
-    let left: Vec<_> = std::fs::read_dir(c.home.join("downloads"))
-        .unwrap()
-        .collect();
-    assert!(left.is_empty(), "{left:?}");
+    c.assert_no_downloads();
 }
 
 #[test]
@@ -414,10 +419,7 @@ fn a_tampered_blob_is_rejected() {
     assert!(err.contains(&digest) && err.contains("tampered"), "{err}");
     assert!(!out.exists());
     // Nothing of the bad blob is kept for a resume to build on.
-    let left: Vec<_> = std::fs::read_dir(c.home.join("downloads"))
-        .unwrap()
-        .collect();
-    assert!(left.is_empty(), "{left:?}");
+    c.assert_no_downloads();
 }
 
 #[test]
