@@ -230,12 +230,18 @@ impl Registry {
             .read_to_vec()
             .unwrap_or_default();
         let detail = registry_message(&body);
-        anyhow!(
-            "{what} at {}: HTTP {}{}",
-            self.reference.registry,
-            status.as_u16(),
-            detail.map(|d| format!(" ({d})")).unwrap_or_default()
-        )
+        match detail {
+            Some(d) => anyhow!(
+                "{what} at {}: {d} (HTTP {})",
+                self.reference.registry,
+                status.as_u16()
+            ),
+            None => anyhow!(
+                "{what} at {}: HTTP {}",
+                self.reference.registry,
+                status.as_u16()
+            ),
+        }
     }
 
     /// The size of a blob if the repository has it.
@@ -543,7 +549,7 @@ impl Registry {
                 .unwrap()
         })?;
         if !resp.status().is_success() {
-            return Err(self.failure(resp, "the update server refused the request"));
+            return Err(self.failure(resp, "the update server"));
         }
         resp.body_mut()
             .with_config()
