@@ -3,6 +3,11 @@
 
     python3 fuzz/make-seeds.py DIR_WITH_CDIMGS [LAYER.tar ...]
 
+With D4C_SEED_LAYOUTS=DIR[:DIR...] (OCI layouts) and D4C_SEED_REGISTRY=DATA_DIR (a
+docker-registry storage root d4c pushed to), also seeds oci_layout (index.json,
+manifest and config with their digest links as @MANIFEST@ / @CONFIG@) and
+pull_protocol (d4c manifests and indexes as stored, auth challenges, references).
+
 DIR_WITH_CDIMGS holds cdimg files (e.g. target/test-data/image-tests after the
 tests ran: v1..v3 and the deltas d12, d23). Seeds: small cdimg files whole, every
 header's JSON, each codec delta blob (as codec_patch input: a cut byte of 0, no
@@ -53,3 +58,31 @@ for a, b in zip(bsdiff, bsdiff[1:]):
         put("bsdiff_merge", struct.pack("<H", cut) + b"\x10" + a + b)
 for tar in sys.argv[2:]:
     put("layer_tar", open(tar, "rb").read())
+
+for layout in filter(None, os.environ.get("D4C_SEED_LAYOUTS", "").split(":")):
+    index = open(os.path.join(layout, "index.json"), "rb").read()
+    md = json.loads(index)["manifests"][0]["digest"]
+    blob = lambda d: open(os.path.join(layout, "blobs", "sha256", d.split(":")[1]), "rb").read()
+    manifest = blob(md)
+    cd = json.loads(manifest)["config"]["digest"]
+    put("oci_layout", index.replace(md.encode(), b"@MANIFEST@") + b"\xff"
+        + manifest.replace(cd.encode(), b"@CONFIG@") + b"\xff" + blob(cd))
+
+reg = os.environ.get("D4C_SEED_REGISTRY")
+if reg:
+    blobs = os.path.join(reg, "docker", "registry", "v2", "blobs", "sha256")
+    for root, _, files in os.walk(blobs):
+        for f in files:
+            path = os.path.join(root, f)
+            if os.path.getsize(path) > 64 * 1024:
+                continue
+            data = open(path, "rb").read()
+            if b"dev.d4c" in data or b'"images"' in data:
+                put("pull_protocol", data)
+for text in [
+    'Bearer realm="https://auth.example.com/token",service="registry.example.com",scope="repository:a/b:pull,push"',
+    'Basic realm="Registry Realm"',
+    "127.0.0.1:5000/d4c/debian:v4",
+    "https://registry.example.com/team/app:v1",
+]:
+    put("pull_protocol", text.encode())

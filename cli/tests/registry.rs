@@ -804,3 +804,141 @@ fn base64_encode(b: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(b)
 }
+
+/// A registry with token auth, and the token service beside it (this test's own:
+/// it checks alice's password and signs RS256 JWTs with openssl, the signer's
+/// certificate in `x5c` and in the registry's `rootcertbundle`).
+#[test]
+fn bearer_token_auth() {
+    use base64::Engine;
+    use std::io::{Read, Write};
+    let s = Series::build(Path::new(D4C), "registry-token");
+    let d = s.dir.join("token");
+    std::fs::create_dir_all(d.join("data")).unwrap();
+    sh(Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
+        .args(["-subj", "/CN=d4c test token signer", "-keyout", "sign-key.pem", "-out", "sign.pem"])
+        .current_dir(&d))
+    .unwrap();
+    let der = Command::new("openssl")
+        .args(["x509", "-in", "sign.pem", "-outform", "DER"])
+        .current_dir(&d)
+        .output()
+        .unwrap()
+        .stdout;
+    let x5c = base64::engine::general_purpose::STANDARD.encode(der);
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let token_port = listener.local_addr().unwrap().port();
+    let issued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    {
+        let (d, issued) = (d.clone(), issued.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let req = String::from_utf8_lossy(&req).into_owned();
+                let want = format!(
+                    "basic {}",
+                    base64::engine::general_purpose::STANDARD.encode("alice:s3cret")
+                );
+                let authorized = req
+                    .lines()
+                    .any(|l| l.to_ascii_lowercase().starts_with("authorization:") && l[14..].trim().eq_ignore_ascii_case(&want));
+                if !authorized {
+                    let _ = conn.write_all(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                    continue;
+                }
+                // scope=repository:NAME:ACTIONS (percent-encoded).
+                let target = req.split_whitespace().nth(1).unwrap_or("").to_string();
+                let scope = target
+                    .split(['?', '&'])
+                    .find_map(|kv| kv.strip_prefix("scope="))
+                    .map(|v| v.replace("%3A", ":").replace("%2F", "/").replace("%2C", ","))
+                    .unwrap_or_default();
+                let parts: Vec<&str> = scope.splitn(3, ':').collect();
+                let access = if parts.len() == 3 {
+                    serde_json::json!([{"type": parts[0], "name": parts[1], "actions": parts[2].split(',').collect::<Vec<_>>()}])
+                } else {
+                    serde_json::json!([])
+                };
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+                let n = issued.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let b64 = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+                let header = serde_json::json!({"typ": "JWT", "alg": "RS256", "x5c": [x5c]});
+                let claims = serde_json::json!({
+                    "iss": "d4c-test-issuer", "sub": "alice", "aud": "d4c-test",
+                    "exp": now + 600, "nbf": now - 60, "iat": now - 60,
+                    "jti": format!("t{n}"), "access": access,
+                });
+                let signing_input = format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()));
+                let input = d.join(format!("jwt-{n}"));
+                std::fs::write(&input, &signing_input).unwrap();
+                let sig = Command::new("openssl")
+                    .args(["dgst", "-sha256", "-binary", "-sign", "sign-key.pem"])
+                    .arg(&input)
+                    .current_dir(&d)
+                    .output()
+                    .unwrap()
+                    .stdout;
+                let body = serde_json::json!({"token": format!("{signing_input}.{}", b64(&sig))}).to_string();
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+    }
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = format!(
+        "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {data}\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: t\nauth:\n  token:\n    realm: http://127.0.0.1:{token_port}/token\n    service: d4c-test\n    issuer: d4c-test-issuer\n    rootcertbundle: {bundle}\n",
+        data = d.join("data").display(),
+        bundle = d.join("sign.pem").display(),
+    );
+    std::fs::write(d.join("config.yml"), config).unwrap();
+    let child = Command::new("docker-registry").arg("serve").arg(d.join("config.yml")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _registry = Kill(child);
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(30), "the token registry did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let r = format!("127.0.0.1:{port}/secure/app");
+    let d4c = |args: &[&str], user: Option<(&str, &str)>| {
+        let mut cmd = Command::new(D4C);
+        cmd.args(args).env("D4C_HOME", &s.home).env("HOME", &d);
+        cmd.env_remove("D4C_REGISTRY_USER").env_remove("D4C_REGISTRY_PASSWORD");
+        if let Some((u, p)) = user {
+            cmd.env("D4C_REGISTRY_USER", u).env("D4C_REGISTRY_PASSWORD", p);
+        }
+        let out = cmd.output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let v1 = s.p("v1.cdimg");
+    let (ok, err) = d4c(&["push", &v1, &format!("{r}:v1")], None);
+    assert!(!ok && err.contains("token service") && err.contains("no credentials"), "{err}");
+    let (ok, err) = d4c(&["push", &v1, &format!("{r}:v1")], Some(("alice", "s3cret")));
+    assert!(ok, "{err}");
+    let out = s.p("token-v1.cdimg");
+    let (ok, err) = d4c(&["pull", &format!("{r}:v1"), "-o", &out], Some(("alice", "s3cret")));
+    assert!(ok, "{err}");
+    s.same_image("token-v1.cdimg", "v1.cdimg");
+    assert!(issued.load(std::sync::atomic::Ordering::SeqCst) >= 2, "no token was issued");
+}
