@@ -12,6 +12,8 @@ const HOSTILE: &[&str] = &[
     "wrong-world",
     "wasi-user",
     "huge-output",
+    "slow-drip",
+    "host-dependent",
 ];
 
 fn main() {

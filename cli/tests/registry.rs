@@ -98,11 +98,13 @@ fn repo(name: &str) -> String {
 #[test]
 fn pull_moves_only_the_delta_bytes() {
     let s = Series::build(Path::new(D4C), "registry-bytes");
+    add_v4(&s);
     let r = repo("bytes");
     push(&s, "v1.cdimg", &format!("{r}:v1"));
     push(&s, "d12.cdimg", &format!("{r}:v2"));
     push(&s, "d23.cdimg", &format!("{r}:v3"));
-    push(&s, "v3.cdimg", &format!("{r}:v3-full"));
+    push(&s, "d34.cdimg", &format!("{r}:v4"));
+    push(&s, "v4.cdimg", &format!("{r}:v4-full"));
     // Pushing again sends nothing new.
     let again: Value =
         serde_json::from_str(&s.ok(&["push", &s.p("d12.cdimg"), &format!("{r}:v2"), "--json"]))
@@ -110,28 +112,25 @@ fn pull_moves_only_the_delta_bytes() {
     assert_eq!(again["uploaded"], false);
 
     let c = Client::new(&s, "bytes");
-    let tag = format!("{r}:v3");
-    // The plan: both deltas, nothing else; a dry run moves nothing.
+    let tag = format!("{r}:v4");
+    // The plan: the three deltas, nothing else; a dry run moves nothing.
     let plan = c.pull(&["--dry-run", &tag, "--have", &s.p("v1.cdimg")]);
-    let deltas = size(&s, "d12.cdimg") + size(&s, "d23.cdimg");
+    let chain = ["d12.cdimg", "d23.cdimg", "d34.cdimg"];
+    let deltas: u64 = chain.iter().map(|d| size(&s, d)).sum();
+    assert!(deltas < size(&s, "v4.cdimg"));
     assert_eq!(plan["bytes_planned"], deltas);
     assert_eq!(plan["bytes_transferred"], 0);
-    assert_eq!(
-        blobs(&plan),
-        vec![
-            sha256(&s.dir.join("d12.cdimg")),
-            sha256(&s.dir.join("d23.cdimg"))
-        ]
-    );
+    let want: Vec<String> = chain.iter().map(|d| sha256(&s.dir.join(d))).collect();
+    assert_eq!(blobs(&plan), want);
 
-    // Holding v1: exactly the two deltas' bytes cross the wire, merged into one
-    // delta v1 -> v3 locally.
-    let out = s.p("pulled-d13.cdimg");
+    // Holding v1: exactly the deltas' bytes cross the wire, merged locally into
+    // one delta v1 -> v4.
+    let out = s.p("pulled-d14.cdimg");
     let rep = c.pull(&[&tag, "--have", &s.p("v1.cdimg"), "-o", &out]);
     assert_eq!(rep["bytes_transferred"], deltas);
     assert_eq!(rep["output"], "delta");
     assert_eq!(rep["start"].as_str().unwrap(), image_id(&s, "v1.cdimg"));
-    assert_eq!(image_id(&s, "pulled-d13.cdimg"), image_id(&s, "v3.cdimg"));
+    assert_eq!(image_id(&s, "pulled-d14.cdimg"), image_id(&s, "v4.cdimg"));
     s.ok(&[
         "patch",
         "--base",
@@ -139,40 +138,103 @@ fn pull_moves_only_the_delta_bytes() {
         "--delta",
         &out,
         "-o",
-        &s.p("p3.cdimg"),
+        &s.p("p4.cdimg"),
     ]);
-    s.same_image("p3.cdimg", "v3.cdimg");
+    s.same_image("p4.cdimg", "v4.cdimg");
 
-    // Holding v2: one delta. Holding nothing: the full image, the cheapest way.
-    let rep = c.pull(&[
-        &tag,
-        "--have",
-        &s.p("v2.cdimg"),
-        "-o",
-        &s.p("pulled-d23.cdimg"),
-    ]);
-    assert_eq!(rep["bytes_transferred"], size(&s, "d23.cdimg"));
-    let rep = c.pull(&[&tag, "-o", &s.p("pulled-v3.cdimg")]);
-    assert_eq!(rep["bytes_transferred"], size(&s, "v3.cdimg"));
-    assert_eq!(rep["output"], "image");
-    assert_eq!(
-        sha256(&s.dir.join("pulled-v3.cdimg")),
-        sha256(&s.dir.join("v3.cdimg"))
-    );
-    // --full from a held image: deltas, patched into the full image.
+    // Holding v1 and v3: the shorter way, from v3.
     let rep = c.pull(&[
         &tag,
         "--have",
         &s.p("v1.cdimg"),
+        "--have",
+        &s.p("v3.cdimg"),
+        "-o",
+        &s.p("pulled-d34.cdimg"),
+    ]);
+    assert_eq!(rep["bytes_transferred"], size(&s, "d34.cdimg"));
+    assert_eq!(rep["start"].as_str().unwrap(), image_id(&s, "v3.cdimg"));
+    // Holding nothing: the cheapest way is the full v1 and the three deltas
+    // (v4 stores its changed /opt copy of libcrypto apart, so its full image is
+    // larger), patched into the full v4.
+    let via_v1 = size(&s, "v1.cdimg") + deltas;
+    assert!(via_v1 < size(&s, "v4.cdimg"));
+    let rep = c.pull(&[&tag, "-o", &s.p("pulled-v4.cdimg")]);
+    assert_eq!(rep["bytes_transferred"], via_v1);
+    assert_eq!(rep["path"].as_array().unwrap().len(), 4);
+    assert_eq!(rep["path"][0]["kind"], "image");
+    assert_eq!(rep["output"], "image");
+    s.same_image("pulled-v4.cdimg", "v4.cdimg");
+    // --full from a held image: deltas, patched into the full image.
+    let rep = c.pull(&[
+        &tag,
+        "--have",
+        &s.p("v2.cdimg"),
         "--full",
         "-o",
         &s.p("pulled-full.cdimg"),
     ]);
-    assert_eq!(rep["bytes_transferred"], deltas);
+    assert_eq!(
+        rep["bytes_transferred"],
+        size(&s, "d23.cdimg") + size(&s, "d34.cdimg")
+    );
     assert_eq!(rep["output"], "image");
-    s.same_image("pulled-full.cdimg", "v3.cdimg");
+    s.same_image("pulled-full.cdimg", "v4.cdimg");
+    // Holding the target: nothing moves.
+    let rep = c.pull(&[&tag, "--have", &s.p("v4.cdimg"), "-o", &s.p("same.cdimg")]);
+    assert_eq!(rep["bytes_transferred"], 0);
+    s.same_image("same.cdimg", "v4.cdimg");
     // Downloads do not pile up.
     c.assert_no_downloads();
+}
+
+/// A fourth version of the series: v3 with its version file changed and a
+/// library rewritten in place (umoci repack), converted, and the delta v3 -> v4.
+fn add_v4(s: &Series) {
+    let bundle = s.dir.join("bundle-v4");
+    let oci = s.p("oci");
+    sh(Command::new("umoci")
+        .args(["unpack", "--image", &format!("{oci}:v3")])
+        .arg(&bundle))
+    .unwrap();
+    let root = bundle.join("rootfs");
+    std::fs::write(root.join("etc/app-version"), "v4\n").unwrap();
+    let lib = std::fs::read_dir(root.join("opt"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .next()
+        .expect("an app directory in /opt");
+    let lib = std::fs::read_dir(&lib)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut data = std::fs::read(&lib).unwrap();
+    let mid = data.len() / 2;
+    data[mid..mid + 16].copy_from_slice(b"d4c-series-v4...");
+    std::fs::write(&lib, data).unwrap();
+    sh(Command::new("umoci")
+        .args(["repack", "--image", &format!("{oci}:v4")])
+        .arg(&bundle))
+    .unwrap();
+    s.ok(&[
+        "convert",
+        &format!("{oci}:v4"),
+        "-o",
+        &s.p("v4.cdimg"),
+        "--level",
+        "3",
+    ]);
+    s.ok(&[
+        "diff",
+        "--old",
+        &s.p("v3.cdimg"),
+        "--new",
+        &s.p("v4.cdimg"),
+        "-o",
+        &s.p("d34.cdimg"),
+    ]);
 }
 
 #[test]
@@ -816,8 +878,17 @@ fn bearer_token_auth() {
     let d = s.dir.join("token");
     std::fs::create_dir_all(d.join("data")).unwrap();
     sh(Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
-        .args(["-subj", "/CN=d4c test token signer", "-keyout", "sign-key.pem", "-out", "sign.pem"])
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args([
+            "-subj",
+            "/CN=d4c test token signer",
+            "-keyout",
+            "sign-key.pem",
+            "-out",
+            "sign.pem",
+        ])
         .current_dir(&d))
     .unwrap();
     let der = Command::new("openssl")
@@ -849,9 +920,10 @@ fn bearer_token_auth() {
                     "basic {}",
                     base64::engine::general_purpose::STANDARD.encode("alice:s3cret")
                 );
-                let authorized = req
-                    .lines()
-                    .any(|l| l.to_ascii_lowercase().starts_with("authorization:") && l[14..].trim().eq_ignore_ascii_case(&want));
+                let authorized = req.lines().any(|l| {
+                    l.to_ascii_lowercase().starts_with("authorization:")
+                        && l[14..].trim().eq_ignore_ascii_case(&want)
+                });
                 if !authorized {
                     let _ = conn.write_all(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
                     continue;
@@ -861,7 +933,11 @@ fn bearer_token_auth() {
                 let scope = target
                     .split(['?', '&'])
                     .find_map(|kv| kv.strip_prefix("scope="))
-                    .map(|v| v.replace("%3A", ":").replace("%2F", "/").replace("%2C", ","))
+                    .map(|v| {
+                        v.replace("%3A", ":")
+                            .replace("%2F", "/")
+                            .replace("%2C", ",")
+                    })
                     .unwrap_or_default();
                 let parts: Vec<&str> = scope.splitn(3, ':').collect();
                 let access = if parts.len() == 3 {
@@ -869,7 +945,10 @@ fn bearer_token_auth() {
                 } else {
                     serde_json::json!([])
                 };
-                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs();
                 let n = issued.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let b64 = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
                 let header = serde_json::json!({"typ": "JWT", "alg": "RS256", "x5c": [x5c]});
@@ -878,7 +957,11 @@ fn bearer_token_auth() {
                     "exp": now + 600, "nbf": now - 60, "iat": now - 60,
                     "jti": format!("t{n}"), "access": access,
                 });
-                let signing_input = format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()));
+                let signing_input = format!(
+                    "{}.{}",
+                    b64(header.to_string().as_bytes()),
+                    b64(claims.to_string().as_bytes())
+                );
                 let input = d.join(format!("jwt-{n}"));
                 std::fs::write(&input, &signing_input).unwrap();
                 let sig = Command::new("openssl")
@@ -888,7 +971,8 @@ fn bearer_token_auth() {
                     .output()
                     .unwrap()
                     .stdout;
-                let body = serde_json::json!({"token": format!("{signing_input}.{}", b64(&sig))}).to_string();
+                let body = serde_json::json!({"token": format!("{signing_input}.{}", b64(&sig))})
+                    .to_string();
                 let _ = write!(
                     conn,
                     "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -898,14 +982,24 @@ fn bearer_token_auth() {
         });
     }
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let config = format!(
         "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {data}\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: t\nauth:\n  token:\n    realm: http://127.0.0.1:{token_port}/token\n    service: d4c-test\n    issuer: d4c-test-issuer\n    rootcertbundle: {bundle}\n",
         data = d.join("data").display(),
         bundle = d.join("sign.pem").display(),
     );
     std::fs::write(d.join("config.yml"), config).unwrap();
-    let child = Command::new("docker-registry").arg("serve").arg(d.join("config.yml")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(d.join("config.yml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     struct Kill(Child);
     impl Drop for Kill {
         fn drop(&mut self) {
@@ -916,7 +1010,10 @@ fn bearer_token_auth() {
     let _registry = Kill(child);
     let start = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(30), "the token registry did not start");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the token registry did not start"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 
@@ -924,21 +1021,38 @@ fn bearer_token_auth() {
     let d4c = |args: &[&str], user: Option<(&str, &str)>| {
         let mut cmd = Command::new(D4C);
         cmd.args(args).env("D4C_HOME", &s.home).env("HOME", &d);
-        cmd.env_remove("D4C_REGISTRY_USER").env_remove("D4C_REGISTRY_PASSWORD");
+        cmd.env_remove("D4C_REGISTRY_USER")
+            .env_remove("D4C_REGISTRY_PASSWORD");
         if let Some((u, p)) = user {
-            cmd.env("D4C_REGISTRY_USER", u).env("D4C_REGISTRY_PASSWORD", p);
+            cmd.env("D4C_REGISTRY_USER", u)
+                .env("D4C_REGISTRY_PASSWORD", p);
         }
         let out = cmd.output().unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let v1 = s.p("v1.cdimg");
     let (ok, err) = d4c(&["push", &v1, &format!("{r}:v1")], None);
-    assert!(!ok && err.contains("token service") && err.contains("no credentials"), "{err}");
-    let (ok, err) = d4c(&["push", &v1, &format!("{r}:v1")], Some(("alice", "s3cret")));
+    assert!(
+        !ok && err.contains("token service") && err.contains("no credentials"),
+        "{err}"
+    );
+    let (ok, err) = d4c(
+        &["push", &v1, &format!("{r}:v1")],
+        Some(("alice", "s3cret")),
+    );
     assert!(ok, "{err}");
     let out = s.p("token-v1.cdimg");
-    let (ok, err) = d4c(&["pull", &format!("{r}:v1"), "-o", &out], Some(("alice", "s3cret")));
+    let (ok, err) = d4c(
+        &["pull", &format!("{r}:v1"), "-o", &out],
+        Some(("alice", "s3cret")),
+    );
     assert!(ok, "{err}");
     s.same_image("token-v1.cdimg", "v1.cdimg");
-    assert!(issued.load(std::sync::atomic::Ordering::SeqCst) >= 2, "no token was issued");
+    assert!(
+        issued.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+        "no token was issued"
+    );
 }

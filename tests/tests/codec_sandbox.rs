@@ -61,6 +61,32 @@ fn huge_output_hits_the_memory_cap() {
 }
 
 #[test]
+fn slow_drip_hits_the_time_cap() {
+    // Right bytes, slowly: progress is no excuse past the cap.
+    let rt = tight();
+    let c = load(&rt, components::SLOW_DRIP);
+    let big = vec![7u8; 64 << 10];
+    let e = c.patch(OLD, &big).unwrap_err();
+    assert_eq!((e.kind, e.op), (ErrorKind::Timeout, Op::Patch), "{e}");
+    still_works(&rt);
+}
+
+#[test]
+fn output_that_differs_by_host_is_caught_by_the_digest() {
+    // The codec is right where memory is plentiful (as when the delta was made
+    // and checked) and wrong under a tighter cap: the digest catches it there.
+    let roomy = d4c_tests::runtime(3 << 30, Duration::from_secs(10));
+    let c = load(&roomy, components::HOST_DEPENDENT);
+    let d = c.diff(OLD, NEW, 0).unwrap();
+    assert_eq!(c.patch_checked(OLD, &d, &Digest::of(NEW)).unwrap(), NEW);
+    let tight = tight();
+    let c = load(&tight, components::HOST_DEPENDENT);
+    let e = c.patch_checked(OLD, &d, &Digest::of(NEW)).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::WrongOutput, "{e}");
+    still_works(&tight);
+}
+
+#[test]
 fn trap_is_an_error() {
     let rt = tight();
     let c = load(&rt, components::TRAP);

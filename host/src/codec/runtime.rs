@@ -117,6 +117,10 @@ impl Runtime {
             .wasm_component_model(true)
             .epoch_interruption(true)
             .cranelift_opt_level(OptLevel::Speed)
+            // The same component must give the same bytes on every host: no
+            // CPU-specific NaN bits or relaxed-SIMD results.
+            .cranelift_nan_canonicalization(true)
+            .relaxed_simd_deterministic(true)
             .parallel_compilation(true);
         let engine = Engine::new(&config)?;
         let mut h = DefaultHasher::new();
