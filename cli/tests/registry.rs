@@ -779,37 +779,16 @@ fn tls_and_basic_auth() {
         .local_addr()
         .unwrap()
         .port();
-    let config = format!(
-        "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {data}\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: t\n  tls:\n    certificate: {cert}\n    key: {key}\nauth:\n  htpasswd:\n    realm: d4c-test\n    path: {pw}\n",
-        data = d.join("data").display(),
-        cert = d.join("cert.pem").display(),
-        key = d.join("key.pem").display(),
-        pw = d.join("htpasswd").display()
+    let _registry = private_registry(
+        &d,
+        port,
+        &format!(
+            "  tls:\n    certificate: {}\n    key: {}\nauth:\n  htpasswd:\n    realm: d4c-test\n    path: {}\n",
+            d.join("cert.pem").display(),
+            d.join("key.pem").display(),
+            d.join("htpasswd").display()
+        ),
     );
-    std::fs::write(d.join("config.yml"), config).unwrap();
-    let child = Command::new("docker-registry")
-        .arg("serve")
-        .arg(d.join("config.yml"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    struct Kill(Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _registry = Kill(child);
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the TLS registry did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 
     // "https://" is implied for a non-loopback name; 127.0.0.1 needs it spelled.
     let r = format!("https://127.0.0.1:{port}/secure/app");
@@ -987,35 +966,14 @@ fn bearer_token_auth() {
         .local_addr()
         .unwrap()
         .port();
-    let config = format!(
-        "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {data}\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: t\nauth:\n  token:\n    realm: http://127.0.0.1:{token_port}/token\n    service: d4c-test\n    issuer: d4c-test-issuer\n    rootcertbundle: {bundle}\n",
-        data = d.join("data").display(),
-        bundle = d.join("sign.pem").display(),
+    let _registry = private_registry(
+        &d,
+        port,
+        &format!(
+            "auth:\n  token:\n    realm: http://127.0.0.1:{token_port}/token\n    service: d4c-test\n    issuer: d4c-test-issuer\n    rootcertbundle: {}\n",
+            d.join("sign.pem").display()
+        ),
     );
-    std::fs::write(d.join("config.yml"), config).unwrap();
-    let child = Command::new("docker-registry")
-        .arg("serve")
-        .arg(d.join("config.yml"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    struct Kill(Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _registry = Kill(child);
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the token registry did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 
     let r = format!("127.0.0.1:{port}/secure/app");
     let d4c = |args: &[&str], user: Option<(&str, &str)>| {
@@ -1055,4 +1013,43 @@ fn bearer_token_auth() {
         issued.load(std::sync::atomic::Ordering::SeqCst) >= 2,
         "no token was issued"
     );
+}
+
+/// A docker-registry of the test's own on 127.0.0.1:`port`, storing in
+/// `dir/data`, with `extra` appended to its config (TLS, auth); killed on drop.
+fn private_registry(dir: &Path, port: u16, extra: &str) -> KillOnDrop {
+    let config = format!(
+        "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: t\n{extra}",
+        dir.join("data").display()
+    );
+    // `extra` follows http's own keys: indented lines (tls) extend http:,
+    // unindented ones (auth) are top-level sections.
+    std::fs::write(dir.join("config.yml"), config).unwrap();
+    let child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(dir.join("config.yml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let guard = KillOnDrop(child);
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the registry on port {port} did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    guard
+}
+
+/// Kills and reaps a child process when dropped.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
