@@ -534,7 +534,7 @@ impl Server {
             .arg(store)
             .env("D4C_HOME", home)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(std::fs::File::create(store.with_extension("log")).unwrap())
             .spawn()
             .unwrap();
         let mut line = String::new();
@@ -696,6 +696,13 @@ fn update_server_merges_and_negotiates() {
             assert!(rep["codecs_fetched"].as_array().unwrap().is_empty());
         }
     }
+    // The server logs one line per negotiation.
+    let log = std::fs::read_to_string(s.dir.join("store.log")).unwrap();
+    assert!(
+        log.contains("pull app:v3 holding 1 image(s): 1 step(s)")
+            && log.contains("(2 deltas merged)"),
+        "{log}"
+    );
     // The server says why it cannot serve a tag.
     let err = c.pull_fails(&["--server", &srv.url, "app:v9", "-o", &s.p("x.cdimg")]);
     assert!(err.contains("tag \"v9\" not found"), "{err}");

@@ -52,10 +52,30 @@ async fn pull(State(s): State<Arc<Server>>, body: axum::body::Bytes) -> Result<R
     let req: PullRequest = serde_json::from_slice(&body)
         .context("not a pull request")
         .map_err(ApiError::bad_request)?;
+    let what = format!(
+        "pull {}:{} holding {} image(s)",
+        req.repository,
+        req.tag,
+        req.have.len()
+    );
     let answer = tokio::task::spawn_blocking(move || s.negotiator.pull(&req))
         .await
-        .map_err(|e| ApiError::internal(e.into()))??;
-    Ok(Json(answer).into_response())
+        .map_err(|e| ApiError::internal(e.into()))?;
+    // One line per negotiation: what operators ask about first.
+    match &answer {
+        Ok(a) => eprintln!(
+            "d4c serve: {what}: {} step(s), {} bytes{}",
+            a.plan.steps.len(),
+            a.plan.bytes,
+            if a.merged_from > 1 {
+                format!(" ({} deltas merged)", a.merged_from)
+            } else {
+                String::new()
+            }
+        ),
+        Err(e) => eprintln!("d4c serve: {what}: {}", e.message),
+    }
+    Ok(Json(answer?).into_response())
 }
 
 /// What a `/v2/` path names.
@@ -252,11 +272,14 @@ async fn handle(s: Arc<Server>, req: Request) -> Result<Response, ApiError> {
             }
             let st = s.clone();
             let n = name.clone();
-            let digest =
-                tokio::task::spawn_blocking(move || st.store.put_manifest(&n, &reference, &data))
-                    .await
-                    .map_err(blocking_err)?
-                    .map_err(ApiError::bad_request)?;
+            let r = reference.clone();
+            let digest = tokio::task::spawn_blocking(move || st.store.put_manifest(&n, &r, &data))
+                .await
+                .map_err(blocking_err)?
+                .map_err(ApiError::bad_request)?;
+            if reference.parse::<Digest>().is_err() {
+                eprintln!("d4c serve: {name}:{reference} is now {digest:?}");
+            }
             Ok(Response::builder()
                 .status(StatusCode::CREATED)
                 .header(header::LOCATION, format!("/v2/{name}/manifests/{digest:?}"))
