@@ -612,8 +612,16 @@ fn update_server_merges_and_negotiates() {
         merged["base_id"].as_str().unwrap(),
         image_id(&s, "v1.cdimg")
     );
-    assert_eq!(rep["bytes_transferred"], merged["size"]);
-    assert_eq!(rep["bytes_transferred"], size(&s, "m.cdimg"));
+    // It came in the compact encoding (its header against v1's tree): fewer
+    // bytes than the merged delta, rebuilt into exactly that delta.
+    assert_eq!(rep["compact"], true, "{rep}");
+    assert_eq!(rep["bytes_transferred"], rep["bytes_planned"]);
+    assert!(rep["bytes_transferred"].as_u64().unwrap() < merged["size"].as_u64().unwrap());
+    assert_eq!(merged["size"], size(&s, "m.cdimg"));
+    assert_eq!(
+        merged["blob"].as_str().unwrap(),
+        sha256(&s.dir.join("m.cdimg"))
+    );
     assert!(size(&s, "m.cdimg") <= size(&s, "d12.cdimg") + size(&s, "d23.cdimg"));
     s.ok(&[
         "patch",
@@ -696,6 +704,44 @@ fn update_server_merges_and_negotiates() {
             assert!(rep["codecs_fetched"].as_array().unwrap().is_empty());
         }
     }
+    // A compact blob that does not check out: the client falls back to the plain delta.
+    let offer: Value = std::fs::read_dir(s.dir.join("store/merged"))
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.unwrap().path()).ok())
+        .filter_map(|b| serde_json::from_slice::<Value>(&b).ok())
+        .find(|v| v.get("delta").is_some())
+        .expect("a cached compact offer");
+    let blob = s
+        .dir
+        .join("store/blobs/sha256")
+        .join(offer["blob"].as_str().unwrap());
+    let mut data = std::fs::read(&blob).unwrap();
+    let mid = data.len() / 2;
+    data[mid] ^= 1;
+    std::fs::write(&blob, data).unwrap();
+    let c2 = Client::new(&s, "server-fallback");
+    let rep = c2.pull(&[
+        "--server",
+        &srv.url,
+        "app:v3",
+        "--have",
+        &have,
+        "-o",
+        &s.p("fb.cdimg"),
+    ]);
+    assert_eq!(rep["compact"], false);
+    assert!(
+        rep["compact_fallback"]
+            .as_str()
+            .unwrap()
+            .contains("tampered"),
+        "{rep}"
+    );
+    assert_eq!(
+        sha256(&s.dir.join("fb.cdimg")),
+        sha256(&s.dir.join("m.cdimg"))
+    );
+    c2.assert_no_downloads();
     // The server logs one line per negotiation.
     let log = std::fs::read_to_string(s.dir.join("store.log")).unwrap();
     assert!(

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use d4c_host::digest::Digest;
-use d4c_host::registry::artifact::Manifest;
+use d4c_host::registry::artifact::{Manifest, INDEX_TAG};
 use d4c_host::registry::reference::valid_repository;
 use d4c_host::update::protocol::{PullRequest, PULL_PATH};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
@@ -64,13 +64,17 @@ async fn pull(State(s): State<Arc<Server>>, body: axum::body::Bytes) -> Result<R
     // One line per negotiation: what operators ask about first.
     match &answer {
         Ok(a) => eprintln!(
-            "d4c serve: {what}: {} step(s), {} bytes{}",
+            "d4c serve: {what}: {} step(s), {} bytes{}{}",
             a.plan.steps.len(),
             a.plan.bytes,
             if a.merged_from > 1 {
                 format!(" ({} deltas merged)", a.merged_from)
             } else {
                 String::new()
+            },
+            match &a.compact {
+                Some(c) => format!(", compact delta {} bytes", c.size),
+                None => String::new(),
             }
         ),
         Err(e) => eprintln!("d4c serve: {what}: {}", e.message),
@@ -277,7 +281,7 @@ async fn handle(s: Arc<Server>, req: Request) -> Result<Response, ApiError> {
                 .await
                 .map_err(blocking_err)?
                 .map_err(ApiError::bad_request)?;
-            if reference.parse::<Digest>().is_err() {
+            if reference.parse::<Digest>().is_err() && reference != INDEX_TAG {
                 eprintln!("d4c serve: {name}:{reference} is now {digest:?}");
             }
             Ok(Response::builder()

@@ -13,9 +13,10 @@ use d4c_host::fsutil;
 use d4c_host::image::delta::merge::merge;
 use d4c_host::image::format::{ImageKind, Reader};
 use d4c_host::progress::Silent;
-use d4c_host::registry::artifact::{Item, Manifest};
+use d4c_host::registry::artifact::{Item, Manifest, RepoIndex};
+use d4c_host::update::compact;
 use d4c_host::update::plan::{self, Holdings};
-use d4c_host::update::protocol::{PullRequest, PullResponse};
+use d4c_host::update::protocol::{CompactOffer, PullRequest, PullResponse};
 
 use crate::store::Store;
 use crate::ApiError;
@@ -93,11 +94,72 @@ impl Negotiator {
                     + plan.fetch.iter().map(|c| c.size).sum::<u64>();
             }
         }
+        let compact = match (plan.start, plan.steps.as_slice()) {
+            (Some(base), [only]) if only.kind == ImageKind::Delta => self
+                .compact(&index, base, only)
+                .map_err(ApiError::internal)?,
+            _ => None,
+        };
         Ok(PullResponse {
             plan,
             merged_from,
             unmerged_bytes,
+            compact,
         })
+    }
+
+    /// `delta` in the compact encoding against image `base`, made once and cached;
+    /// `None` if the repository has no cdimg of `base` or it would not be smaller.
+    fn compact(
+        &self,
+        index: &RepoIndex,
+        base: Digest,
+        delta: &Item,
+    ) -> Result<Option<CompactOffer>> {
+        let Some(of_base) = index.images.iter().find(|i| i.image_id == base) else {
+            return Ok(None);
+        };
+        let key = Digest::of(format!("compact {:?} {:?}", delta.blob, base).as_bytes());
+        let lock = self.merging.lock().unwrap().entry(key).or_default().clone();
+        let _guard = lock.lock().unwrap();
+        let cached = self.store.scratch_dir().join(format!("{}.json", key.hex()));
+        if let Ok(text) = std::fs::read(&cached) {
+            if let Ok(offer) = serde_json::from_slice::<Option<CompactOffer>>(&text) {
+                if offer
+                    .as_ref()
+                    .is_none_or(|o| self.store.blob_size(&o.blob) == Some(o.size))
+                {
+                    return Ok(offer);
+                }
+            }
+        }
+        let base_header = Reader::open(&self.store.blob_path(&of_base.blob))?
+            .header()
+            .clone();
+        let tmp =
+            self.store
+                .scratch_dir()
+                .join(format!("{}compact-{}", fsutil::TEMP_PREFIX, key.hex()));
+        let size = compact::encode(
+            &Reader::open(&self.store.blob_path(&delta.blob))?,
+            &base_header,
+            &tmp,
+        )?;
+        // Decoding costs the client little, so any real saving is worth it.
+        let offer = if size + 1024 <= delta.size {
+            let (digest, _) = crate::store::hash_file(&tmp)?;
+            let size = self.store.adopt_blob(&tmp, &digest)?;
+            Some(CompactOffer {
+                delta: delta.blob,
+                blob: digest,
+                size,
+            })
+        } else {
+            let _ = std::fs::remove_file(&tmp);
+            None
+        };
+        fsutil::write_atomic(&cached, &serde_json::to_vec(&offer)?)?;
+        Ok(offer)
     }
 
     /// The deltas `steps` merged into one, from the cache or made now.

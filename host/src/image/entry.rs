@@ -242,9 +242,22 @@ struct Canonical<'a> {
 
 /// The image id: sha256 over the canonical lines of every entry, in order.
 pub fn image_id(entries: &[Entry]) -> Digest {
+    let mut h = Hasher::default();
+    canonical_lines(entries, |line| h.update(line));
+    h.finish()
+}
+
+/// The canonical lines the image id hashes, concatenated: the same bytes for
+/// every cdimg that yields the image (used as a shared dictionary).
+pub fn canonical_tree(entries: &[Entry]) -> Vec<u8> {
+    let mut out = Vec::new();
+    canonical_lines(entries, |line| out.extend_from_slice(line));
+    out
+}
+
+fn canonical_lines(entries: &[Entry], mut emit: impl FnMut(&[u8])) {
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD;
-    let mut h = Hasher::default();
     for e in entries {
         let c = Canonical {
             path: &e.path,
@@ -263,10 +276,9 @@ pub fn image_id(entries: &[Entry]) -> Digest {
             link: e.link.as_deref(),
             rdev: e.rdev,
         };
-        h.update(serde_json::to_string(&c).expect("serialisable").as_bytes());
-        h.update(b"\n");
+        emit(serde_json::to_string(&c).expect("serialisable").as_bytes());
+        emit(b"\n");
     }
-    h.finish()
 }
 
 #[cfg(test)]

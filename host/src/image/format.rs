@@ -413,23 +413,47 @@ impl Writer {
             .validate(self.pos)
             .context("refusing to write an invalid header")?;
         let json = serde_json::to_vec(header)?;
-        let raw = zstd::bulk::compress(&json, 9)?;
         let offset = self.pos;
-        self.out.write_all(&raw)?;
-        let mut footer = Vec::with_capacity(FOOTER_LEN as usize);
-        footer.extend_from_slice(&offset.to_le_bytes());
-        footer.extend_from_slice(&(raw.len() as u64).to_le_bytes());
-        footer.extend_from_slice(&Digest::of(&raw).0);
-        footer.extend_from_slice(&[0u8; 8]);
-        footer.extend_from_slice(MAGIC);
-        self.out.write_all(&footer)?;
-        let total = offset + raw.len() as u64 + FOOTER_LEN;
+        let tail = header_tail(&json, offset)?;
+        self.out.write_all(&tail)?;
+        let total = offset + tail.len() as u64;
         self.out
             .into_inner()
             .map_err(|e| e.into_error())?
             .commit()?;
         Ok(total)
     }
+}
+
+/// The bytes that end a cdimg whose body ends at `offset`: the compressed header
+/// JSON and the footer. Deterministic, so a header sent in another encoding can be
+/// turned back into the exact file.
+pub fn header_tail(json: &[u8], offset: u64) -> Result<Vec<u8>> {
+    let raw = zstd::bulk::compress(json, 9)?;
+    let mut out = Vec::with_capacity(raw.len() + FOOTER_LEN as usize);
+    out.extend_from_slice(&raw);
+    out.extend_from_slice(&offset.to_le_bytes());
+    out.extend_from_slice(&(raw.len() as u64).to_le_bytes());
+    out.extend_from_slice(&Digest::of(&raw).0);
+    out.extend_from_slice(&[0u8; 8]);
+    out.extend_from_slice(MAGIC);
+    Ok(out)
+}
+
+/// Where a cdimg's body ends and its header JSON, decompressed (the file must be
+/// one the reader accepted).
+pub fn header_json(r: &Reader) -> Result<(u64, Vec<u8>)> {
+    let mut footer = [0u8; FOOTER_LEN as usize];
+    r.file().read_exact_at(&mut footer, r.len() - FOOTER_LEN)?;
+    let offset = u64::from_le_bytes(footer[0..8].try_into().unwrap());
+    let hlen = u64::from_le_bytes(footer[8..16].try_into().unwrap());
+    let mut raw = vec![0u8; hlen as usize];
+    r.file().read_exact_at(&mut raw, offset)?;
+    let mut json = Vec::new();
+    zstd::stream::read::Decoder::new(&raw[..])?
+        .take(MAX_HEADER_JSON)
+        .read_to_end(&mut json)?;
+    Ok((offset, json))
 }
 
 /// zstd-compresses `data` at `level`, or returns it raw when compression does not

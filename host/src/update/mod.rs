@@ -3,10 +3,12 @@
 //! negotiation (docs/ARCHITECTURE.md, "Push and pull").
 //!
 //! - [`plan`]: the cheapest path over the delta graph, codecs included.
+//! - [`compact`]: a delta's header sent against the client's base tree.
 //! - [`push`]: a cdimg and its codecs become artifacts, and the index lists them.
 //! - [`pull`]: plan, download (resumable, checked), assemble, verify.
 //! - [`protocol`]: the update server's one request beyond the registry API.
 
+pub mod compact;
 pub mod plan;
 pub mod protocol;
 pub mod pull;

@@ -33,4 +33,19 @@ pub struct PullResponse {
     pub merged_from: usize,
     /// Bytes of the path before merging.
     pub unmerged_bytes: u64,
+    /// The path's delta in the compact transfer encoding (`update::compact`)
+    /// against the client's start image, when that is smaller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compact: Option<CompactOffer>,
+}
+
+/// A delta offered in the compact transfer encoding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompactOffer {
+    /// The delta blob it rebuilds (one of the plan's steps).
+    pub delta: Digest,
+    /// The compact blob.
+    pub blob: Digest,
+    /// Its size.
+    pub size: u64,
 }

@@ -4,7 +4,8 @@
 //! yields the wanted image before it appears at the output path.
 //!
 //! From a registry the client plans and merges itself; from an update server it
-//! sends its holdings and gets one delta the server merged.
+//! sends its holdings and gets one delta the server merged, its header compressed
+//! against the image the client holds (`update::compact`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -77,6 +78,11 @@ pub struct PullReport {
     pub bytes_transferred: u64,
     /// Deltas the server merged into the one sent (0: none).
     pub merged_by_server: usize,
+    /// Whether the delta came in the compact transfer encoding (`update::compact`).
+    pub compact: bool,
+    /// Why a compact delta was not used after all (then the plain one was fetched).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compact_fallback: Option<String>,
     /// What was written: a full image or a delta from `start`; none on a dry run.
     pub output: Option<ImageKind>,
 }
@@ -104,7 +110,7 @@ pub fn pull(
         codecs: opts.codecs.clone(),
         fetch_codecs: opts.fetch_codecs,
     };
-    let (reg, plan, merged_by_server) = match source {
+    let (reg, plan, merged_by_server, compact) = match source {
         Source::Registry(reg) => {
             let target = resolve_tag(reg, tag)?;
             let index = registry::read_index(reg)?.with_context(|| {
@@ -113,7 +119,7 @@ pub fn pull(
                     reg.reference()
                 )
             })?;
-            (reg, plan::plan(&index, target, &holdings)?, 0)
+            (reg, plan::plan(&index, target, &holdings)?, 0, None)
         }
         Source::Server(reg) => {
             let req = PullRequest {
@@ -127,7 +133,10 @@ pub fn pull(
             let resp: PullResponse =
                 serde_json::from_slice(&body).context("the update server's answer")?;
             check_server_plan(&resp.plan, &holdings)?;
-            (reg, resp.plan, resp.merged_from)
+            let compact = resp.compact.filter(|c| {
+                resp.plan.start.is_some() && resp.plan.steps.iter().any(|s| s.blob == c.delta)
+            });
+            (reg, resp.plan, resp.merged_from, compact)
         }
     };
     let mut report = PullReport {
@@ -139,8 +148,18 @@ pub fn pull(
         bytes_planned: plan.bytes,
         bytes_transferred: 0,
         merged_by_server,
+        compact: compact.is_some(),
+        compact_fallback: None,
         output: None,
     };
+    if let Some(c) = &compact {
+        let plain = plan
+            .steps
+            .iter()
+            .find(|s| s.blob == c.delta)
+            .map_or(0, |s| s.size);
+        report.bytes_planned = plan.bytes - plain + c.size;
+    }
     if opts.dry_run {
         return Ok(report);
     }
@@ -151,9 +170,31 @@ pub fn pull(
     }
     fsutil::create_dir_all(&opts.downloads)?;
     let mut blobs = Vec::new();
+    let start_header = match plan.start {
+        Some(s) if compact.is_some() => Some(Reader::open(&held[&s])?.header().clone()),
+        _ => None,
+    };
     for step in &plan.steps {
         let dest = opts.downloads.join(step.blob.hex());
-        reg.fetch_blob(&step.blob, step.size, &dest, progress)?;
+        let offer = compact.as_ref().filter(|c| c.delta == step.blob);
+        let rebuilt = match (offer, &start_header) {
+            (Some(c), Some(base)) if !dest.exists() => {
+                let z = opts.downloads.join(c.blob.hex());
+                let r = reg
+                    .fetch_blob(&c.blob, c.size, &z, progress)
+                    .and_then(|_| super::compact::decode(&z, base, &step.blob, &dest));
+                let _ = std::fs::remove_file(&z);
+                if let Err(e) = &r {
+                    report.compact_fallback = Some(format!("{e:#}"));
+                    report.compact = false;
+                }
+                r.is_ok()
+            }
+            _ => false,
+        };
+        if !rebuilt {
+            reg.fetch_blob(&step.blob, step.size, &dest, progress)?;
+        }
         let r = Reader::open(&dest)?;
         let h = r.header();
         ensure!(
