@@ -82,6 +82,20 @@ fn blobs(report: &Value) -> Vec<String> {
         .collect()
 }
 
+/// Bytes a report's path moves: each step's compact form where it has one.
+fn transfer(report: &Value) -> u64 {
+    report["path"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            s["compact"]["size"]
+                .as_u64()
+                .unwrap_or_else(|| s["size"].as_u64().unwrap())
+        })
+        .sum()
+}
+
 fn image_id(s: &Series, name: &str) -> String {
     s.inspect(name)["image_id"].as_str().unwrap().to_string()
 }
@@ -113,21 +127,29 @@ fn pull_moves_only_the_delta_bytes() {
 
     let c = Client::new(&s, "bytes");
     let tag = format!("{r}:v4");
-    // The plan: the three deltas, nothing else; a dry run moves nothing.
+    // The plan: the three deltas, nothing else, each in its compact form (the
+    // registry held each one's base when it was pushed); a dry run moves nothing.
     let plan = c.pull(&["--dry-run", &tag, "--have", &s.p("v1.cdimg")]);
     let chain = ["d12.cdimg", "d23.cdimg", "d34.cdimg"];
-    let deltas: u64 = chain.iter().map(|d| size(&s, d)).sum();
+    let want: Vec<String> = chain.iter().map(|d| sha256(&s.dir.join(d))).collect();
+    assert_eq!(blobs(&plan), want);
+    for (step, d) in plan["path"].as_array().unwrap().iter().zip(chain) {
+        assert!(
+            step["compact"]["size"].as_u64().unwrap() < size(&s, d),
+            "{step}"
+        );
+    }
+    let deltas = transfer(&plan);
     assert!(deltas < size(&s, "v4.cdimg"));
     assert_eq!(plan["bytes_planned"], deltas);
     assert_eq!(plan["bytes_transferred"], 0);
-    let want: Vec<String> = chain.iter().map(|d| sha256(&s.dir.join(d))).collect();
-    assert_eq!(blobs(&plan), want);
 
-    // Holding v1: exactly the deltas' bytes cross the wire, merged locally into
-    // one delta v1 -> v4.
+    // Holding v1: exactly those bytes cross the wire; the deltas are rebuilt
+    // from their compact forms and merged locally into one delta v1 -> v4.
     let out = s.p("pulled-d14.cdimg");
     let rep = c.pull(&[&tag, "--have", &s.p("v1.cdimg"), "-o", &out]);
     assert_eq!(rep["bytes_transferred"], deltas);
+    assert_eq!(rep["compact_steps"], 3);
     assert_eq!(rep["output"], "delta");
     assert_eq!(rep["start"].as_str().unwrap(), image_id(&s, "v1.cdimg"));
     assert_eq!(image_id(&s, "pulled-d14.cdimg"), image_id(&s, "v4.cdimg"));
@@ -142,7 +164,7 @@ fn pull_moves_only_the_delta_bytes() {
     ]);
     s.same_image("p4.cdimg", "v4.cdimg");
 
-    // Holding v1 and v3: the shorter way, from v3.
+    // Holding v1 and v3: the shorter way, from v3; the one delta rebuilt exactly.
     let rep = c.pull(&[
         &tag,
         "--have",
@@ -152,8 +174,12 @@ fn pull_moves_only_the_delta_bytes() {
         "-o",
         &s.p("pulled-d34.cdimg"),
     ]);
-    assert_eq!(rep["bytes_transferred"], size(&s, "d34.cdimg"));
+    assert_eq!(rep["bytes_transferred"], transfer(&rep));
     assert_eq!(rep["start"].as_str().unwrap(), image_id(&s, "v3.cdimg"));
+    assert_eq!(
+        sha256(&s.dir.join("pulled-d34.cdimg")),
+        sha256(&s.dir.join("d34.cdimg"))
+    );
     // Holding nothing: the cheapest way is the full v1 and the three deltas
     // (v4 stores its changed /opt copy of libcrypto apart, so its full image is
     // larger), patched into the full v4.
@@ -174,10 +200,8 @@ fn pull_moves_only_the_delta_bytes() {
         "-o",
         &s.p("pulled-full.cdimg"),
     ]);
-    assert_eq!(
-        rep["bytes_transferred"],
-        size(&s, "d23.cdimg") + size(&s, "d34.cdimg")
-    );
+    assert_eq!(rep["path"].as_array().unwrap().len(), 2);
+    assert_eq!(rep["bytes_transferred"], transfer(&rep));
     assert_eq!(rep["output"], "image");
     s.same_image("pulled-full.cdimg", "v4.cdimg");
     // Holding the target: nothing moves.
@@ -463,13 +487,27 @@ fn a_tampered_blob_is_rejected() {
     push(&s, "v2-9.cdimg", &format!("{r}:v2"));
     push(&s, "d23-9.cdimg", &format!("{r}:v3"));
     let digest = sha256(&s.dir.join("d23-9.cdimg"));
-    let blob = registry_blob(&digest);
-    let mut data = std::fs::read(&blob).unwrap();
-    let mid = data.len() / 2;
-    data[mid] ^= 0x40;
-    std::fs::write(&blob, &data).unwrap();
-
     let c = Client::new(&s, "tamper");
+    // Both forms of the delta are tampered with: the compact one fails its digest,
+    // the client falls back to the plain one, which fails too.
+    let plan = c.pull(&[
+        "--dry-run",
+        &format!("{r}:v3"),
+        "--have",
+        &s.p("v2-9.cdimg"),
+    ]);
+    let compact = plan["path"][0]["compact"]["blob"]
+        .as_str()
+        .expect("a compact form")
+        .to_string();
+    for d in [&digest, &compact] {
+        let blob = registry_blob(d);
+        let mut data = std::fs::read(&blob).unwrap();
+        let mid = data.len() / 2;
+        data[mid] ^= 0x40;
+        std::fs::write(&blob, &data).unwrap();
+    }
+
     let out = s.dir.join("t.cdimg");
     let err = c.pull_fails(&[
         &format!("{r}:v3"),
@@ -614,8 +652,9 @@ fn update_server_merges_and_negotiates() {
     );
     // It came in the compact encoding (its header against v1's tree): fewer
     // bytes than the merged delta, rebuilt into exactly that delta.
-    assert_eq!(rep["compact"], true, "{rep}");
+    assert_eq!(rep["compact_steps"], 1, "{rep}");
     assert_eq!(rep["bytes_transferred"], rep["bytes_planned"]);
+    assert_eq!(rep["bytes_transferred"], transfer(&rep));
     assert!(rep["bytes_transferred"].as_u64().unwrap() < merged["size"].as_u64().unwrap());
     assert_eq!(merged["size"], size(&s, "m.cdimg"));
     assert_eq!(
@@ -709,8 +748,8 @@ fn update_server_merges_and_negotiates() {
         .unwrap()
         .filter_map(|e| std::fs::read(e.unwrap().path()).ok())
         .filter_map(|b| serde_json::from_slice::<Value>(&b).ok())
-        .find(|v| v.get("delta").is_some())
-        .expect("a cached compact offer");
+        .find(|v| v.get("blob").is_some() && v.get("image_id").is_none())
+        .expect("a cached compact form");
     let blob = s
         .dir
         .join("store/blobs/sha256")
@@ -729,7 +768,7 @@ fn update_server_merges_and_negotiates() {
         "-o",
         &s.p("fb.cdimg"),
     ]);
-    assert_eq!(rep["compact"], false);
+    assert_eq!(rep["compact_steps"], 0);
     assert!(
         rep["compact_fallback"]
             .as_str()

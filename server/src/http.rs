@@ -72,9 +72,9 @@ async fn pull(State(s): State<Arc<Server>>, body: axum::body::Bytes) -> Result<R
             } else {
                 String::new()
             },
-            match &a.compact {
-                Some(c) => format!(", compact delta {} bytes", c.size),
-                None => String::new(),
+            match a.plan.steps.last().and_then(|s| s.compact.as_ref()) {
+                Some(_) => " with the delta in compact form",
+                None => "",
             }
         ),
         Err(e) => eprintln!("d4c serve: {what}: {}", e.message),

@@ -13,10 +13,10 @@ use d4c_host::fsutil;
 use d4c_host::image::delta::merge::merge;
 use d4c_host::image::format::{ImageKind, Reader};
 use d4c_host::progress::Silent;
-use d4c_host::registry::artifact::{Item, Manifest, RepoIndex};
+use d4c_host::registry::artifact::{CompactRef, Item, Manifest, RepoIndex};
 use d4c_host::update::compact;
 use d4c_host::update::plan::{self, Holdings};
-use d4c_host::update::protocol::{CompactOffer, PullRequest, PullResponse};
+use d4c_host::update::protocol::{PullRequest, PullResponse};
 
 use crate::store::Store;
 use crate::ApiError;
@@ -94,28 +94,27 @@ impl Negotiator {
                     + plan.fetch.iter().map(|c| c.size).sum::<u64>();
             }
         }
-        let compact = match (plan.start, plan.steps.as_slice()) {
-            (Some(base), [only]) if only.kind == ImageKind::Delta => self
-                .compact(&index, base, only)
-                .map_err(ApiError::internal)?,
-            _ => None,
-        };
+        // The one delta in its compact form against the client's start image,
+        // unless it has one already (pushed with it).
+        if let (Some(base), [only]) = (plan.start, plan.steps.as_mut_slice()) {
+            if only.kind == ImageKind::Delta && only.compact.is_none() {
+                only.compact = self
+                    .compact(&index, base, only)
+                    .map_err(ApiError::internal)?;
+            }
+        }
+        plan.bytes = plan.steps.iter().map(|s| s.transfer_size()).sum::<u64>()
+            + plan.fetch.iter().map(|c| c.size).sum::<u64>();
         Ok(PullResponse {
             plan,
             merged_from,
             unmerged_bytes,
-            compact,
         })
     }
 
     /// `delta` in the compact encoding against image `base`, made once and cached;
     /// `None` if the repository has no cdimg of `base` or it would not be smaller.
-    fn compact(
-        &self,
-        index: &RepoIndex,
-        base: Digest,
-        delta: &Item,
-    ) -> Result<Option<CompactOffer>> {
+    fn compact(&self, index: &RepoIndex, base: Digest, delta: &Item) -> Result<Option<CompactRef>> {
         let Some(of_base) = index.images.iter().find(|i| i.image_id == base) else {
             return Ok(None);
         };
@@ -124,7 +123,7 @@ impl Negotiator {
         let _guard = lock.lock().unwrap();
         let cached = self.store.scratch_dir().join(format!("{}.json", key.hex()));
         if let Ok(text) = std::fs::read(&cached) {
-            if let Ok(offer) = serde_json::from_slice::<Option<CompactOffer>>(&text) {
+            if let Ok(offer) = serde_json::from_slice::<Option<CompactRef>>(&text) {
                 if offer
                     .as_ref()
                     .is_none_or(|o| self.store.blob_size(&o.blob) == Some(o.size))
@@ -149,11 +148,7 @@ impl Negotiator {
         let offer = if size + 1024 <= delta.size {
             let (digest, _) = crate::store::hash_file(&tmp)?;
             let size = self.store.adopt_blob(&tmp, &digest)?;
-            Some(CompactOffer {
-                delta: delta.blob,
-                blob: digest,
-                size,
-            })
+            Some(CompactRef { blob: digest, size })
         } else {
             let _ = std::fs::remove_file(&tmp);
             None
@@ -217,6 +212,7 @@ impl Negotiator {
             let _ = std::fs::remove_file(m);
         }
         let item = Item {
+            compact: None,
             kind: ImageKind::Delta,
             image_id: header.image_id,
             base_id: header.base_id,

@@ -14,6 +14,56 @@ use super::entry::{image_id, Compression, Data, Entry, Kind};
 use crate::digest::Digest;
 use crate::fsutil::AtomicFile;
 
+/// A cdimg's footer: where its header is and what it hashes to. Parsed alone so
+/// a header can be read from a remote file by two range requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Footer {
+    /// Where the compressed header starts (= where the body ends).
+    pub header_offset: u64,
+    /// Its length.
+    pub header_len: u64,
+    /// Its sha256.
+    pub header_digest: Digest,
+}
+
+impl Footer {
+    /// Parses and checks the last [`FOOTER_LEN`] bytes of a cdimg of `len` bytes.
+    pub fn parse(footer: &[u8], len: u64) -> Result<Footer> {
+        ensure!(
+            footer.len() as u64 == FOOTER_LEN && &footer[56..64] == MAGIC,
+            "truncated or not a cdimg (no footer)"
+        );
+        let offset = u64::from_le_bytes(footer[0..8].try_into().unwrap());
+        let hlen = u64::from_le_bytes(footer[8..16].try_into().unwrap());
+        ensure!(hlen <= MAX_HEADER, "header length {hlen} is too large");
+        ensure!(
+            offset >= MAGIC.len() as u64
+                && len >= FOOTER_LEN
+                && offset.checked_add(hlen) == Some(len - FOOTER_LEN),
+            "corrupt footer (header at {offset}+{hlen} in a file of {len} bytes)"
+        );
+        Ok(Footer {
+            header_offset: offset,
+            header_len: hlen,
+            header_digest: Digest(footer[16..48].try_into().unwrap()),
+        })
+    }
+
+    /// Checks, decompresses and validates the compressed header `raw`.
+    pub fn header(&self, raw: &[u8]) -> Result<Header> {
+        ensure!(
+            raw.len() as u64 == self.header_len && Digest::of(raw) == self.header_digest,
+            "corrupt header (digest mismatch)"
+        );
+        let json = zstd::stream::read::Decoder::new(raw)?.take(MAX_HEADER_JSON);
+        let header: Header = serde_json::from_reader(json).context("corrupt header")?;
+        header
+            .validate(self.header_offset)
+            .context("invalid header")?;
+        Ok(header)
+    }
+}
+
 /// Magic and format version, at the start and the end of every cdimg.
 pub const MAGIC: &[u8; 8] = b"D4CIMG01";
 /// Length of the footer.
@@ -224,26 +274,10 @@ impl Reader {
         }
         let mut footer = [0u8; FOOTER_LEN as usize];
         file.read_exact_at(&mut footer, len - FOOTER_LEN)?;
-        ensure!(
-            &footer[56..64] == MAGIC,
-            "truncated or not a cdimg (no footer)"
-        );
-        let offset = u64::from_le_bytes(footer[0..8].try_into().unwrap());
-        let hlen = u64::from_le_bytes(footer[8..16].try_into().unwrap());
-        ensure!(hlen <= MAX_HEADER, "header length {hlen} is too large");
-        ensure!(
-            offset >= MAGIC.len() as u64 && offset.checked_add(hlen) == Some(len - FOOTER_LEN),
-            "corrupt footer (header at {offset}+{hlen} in a file of {len} bytes)"
-        );
-        let mut raw = vec![0u8; hlen as usize];
-        file.read_exact_at(&mut raw, offset)?;
-        ensure!(
-            Digest::of(&raw).0 == footer[16..48],
-            "corrupt header (digest mismatch)"
-        );
-        let json = zstd::stream::read::Decoder::new(&raw[..])?.take(MAX_HEADER_JSON);
-        let header: Header = serde_json::from_reader(json).context("corrupt header")?;
-        header.validate(offset).context("invalid header")?;
+        let f = Footer::parse(&footer, len)?;
+        let mut raw = vec![0u8; f.header_len as usize];
+        file.read_exact_at(&mut raw, f.header_offset)?;
+        let header = f.header(&raw)?;
         Ok(Reader {
             file,
             path: path.to_path_buf(),

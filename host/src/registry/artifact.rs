@@ -181,6 +181,27 @@ pub struct Item {
     /// The codec components its content needs.
     #[serde(default)]
     pub codecs: Vec<Digest>,
+    /// The same delta in the compact transfer encoding (`update::compact`),
+    /// against the tree of its base image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compact: Option<CompactRef>,
+}
+
+/// A blob holding a delta in the compact transfer encoding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompactRef {
+    /// The compact blob.
+    pub blob: Digest,
+    /// Its size.
+    pub size: u64,
+}
+
+impl Item {
+    /// Bytes a client downloads for this edge: the compact form if there is one
+    /// (any client can decode it: it holds, or has just downloaded, the base tree).
+    pub fn transfer_size(&self) -> u64 {
+        self.compact.as_ref().map_or(self.size, |c| c.size)
+    }
 }
 
 /// A codec component in a repository.
@@ -293,6 +314,7 @@ mod tests {
             size: 10,
             manifest: d(8),
             codecs: vec![d(7)],
+            compact: None,
         });
         idx.add_item(Item {
             kind: ImageKind::Image,
@@ -302,6 +324,7 @@ mod tests {
             size: 100,
             manifest: d(5),
             codecs: vec![],
+            compact: None,
         });
         let back = RepoIndex::parse(&idx.to_bytes()).unwrap();
         assert_eq!(back, idx);

@@ -507,6 +507,43 @@ impl Registry {
         Ok(received)
     }
 
+    /// Bytes `start..start+len` of a blob (a range request; for reading one part of
+    /// a large blob, such as a cdimg's header). Unchecked: the caller verifies what
+    /// it reads (a cdimg footer names its header's sha256).
+    pub fn fetch_range(&self, digest: &Digest, start: u64, len: u64) -> Result<Vec<u8>> {
+        ensure!(len > 0 && len <= 1 << 30, "range of {len} bytes refused");
+        let url = self.repo_url(&format!("blobs/{digest:?}"));
+        let what = format!("reading bytes {start}+{len} of blob {digest:?}");
+        let range = format!("bytes={start}-{}", start + len - 1);
+        let mut resp = self.send(|| {
+            request(Method::GET, &url)
+                .header("Range", &range)
+                .body(())
+                .unwrap()
+        })?;
+        let data = match resp.status() {
+            StatusCode::PARTIAL_CONTENT => resp
+                .body_mut()
+                .with_config()
+                .limit(len)
+                .read_to_vec()
+                .map_err(|e| anyhow!("{what}: {e}"))?,
+            StatusCode::OK => {
+                // A registry that ignores ranges sends everything: skip to the part.
+                let mut r = resp.into_body().into_reader();
+                std::io::copy(&mut (&mut r).take(start), &mut std::io::sink())?;
+                let mut v = Vec::new();
+                r.take(len).read_to_end(&mut v)?;
+                v
+            }
+            StatusCode::NOT_FOUND => bail!("blob {digest:?} is not in {}", self.reference),
+            _ => return Err(self.failure(resp, &what)),
+        };
+        ensure!(data.len() as u64 == len, "{what}: got {} bytes", data.len());
+        self.received.fetch_add(len, Ordering::Relaxed);
+        Ok(data)
+    }
+
     /// Downloads a small blob into memory (at most `max` bytes) and checks its digest.
     pub fn fetch_blob_bytes(&self, digest: &Digest, max: u64) -> Result<Vec<u8>> {
         let url = self.repo_url(&format!("blobs/{digest:?}"));

@@ -42,3 +42,21 @@ pub fn write_index(reg: &Registry, index: &RepoIndex) -> Result<()> {
     reg.put_manifest(INDEX_TAG, &m.to_bytes(), client::OCI_MANIFEST)?;
     Ok(())
 }
+
+/// The header of the cdimg blob `blob` (of `size` bytes), read with two range
+/// requests (footer, then header) and checked like a local file's.
+pub fn read_header(
+    reg: &Registry,
+    blob: &crate::digest::Digest,
+    size: u64,
+) -> Result<crate::image::format::Header> {
+    use crate::image::format::{Footer, FOOTER_LEN};
+    anyhow::ensure!(
+        size >= FOOTER_LEN,
+        "blob {blob:?} is too short to be a cdimg"
+    );
+    let footer = reg.fetch_range(blob, size - FOOTER_LEN, FOOTER_LEN)?;
+    let f = Footer::parse(&footer, size).with_context(|| format!("blob {blob:?}"))?;
+    let raw = reg.fetch_range(blob, f.header_offset, f.header_len)?;
+    f.header(&raw).with_context(|| format!("blob {blob:?}"))
+}

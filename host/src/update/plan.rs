@@ -39,7 +39,7 @@ pub struct Plan {
     pub steps: Vec<Item>,
     /// Codec components to download.
     pub fetch: Vec<CodecItem>,
-    /// Bytes of all of it.
+    /// Bytes of all of it (compact forms where there are).
     pub bytes: u64,
 }
 
@@ -198,7 +198,7 @@ fn shortest(
             break;
         }
         for &(v, k) in out.get(u).into_iter().flatten() {
-            let nd = d.saturating_add(index.images[k].size);
+            let nd = d.saturating_add(index.images[k].transfer_size());
             if nd < dist[v] {
                 dist[v] = nd;
                 prev[v] = Some((u, k));
@@ -240,6 +240,7 @@ mod tests {
             size,
             manifest: d(200 + id),
             codecs: vec![],
+            compact: None,
         }
     }
 
@@ -252,6 +253,7 @@ mod tests {
             size,
             manifest: d(150 + id),
             codecs: vec![d(codec)],
+            compact: None,
         }
     }
 
@@ -313,6 +315,23 @@ mod tests {
         // Holding the target: nothing to do.
         let p = plan(&idx, d(4), &holding(&[4], &[], false)).unwrap();
         assert_eq!((p.bytes, p.steps.len()), (0, 0));
+    }
+
+    #[test]
+    fn compact_forms_count() {
+        let mut idx = index();
+        // The chain's deltas are 10 bytes each; with compact forms of 1 byte the
+        // 5-byte direct delta loses.
+        for i in idx.images.iter_mut() {
+            if i.kind == ImageKind::Delta && i.size == 10 {
+                i.compact = Some(crate::registry::artifact::CompactRef {
+                    blob: d(99),
+                    size: 1,
+                });
+            }
+        }
+        let p = plan(&idx, d(4), &holding(&[1], &[50, 60], false)).unwrap();
+        assert_eq!((p.bytes, p.steps.len()), (3, 3));
     }
 
     #[test]

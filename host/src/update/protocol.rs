@@ -27,25 +27,11 @@ pub struct PullRequest {
 /// The server's answer: a plan whose deltas are already merged into one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PullResponse {
-    /// What to download. `steps` holds at most a full image and one delta.
+    /// What to download. `steps` holds at most a full image and one delta (which
+    /// may come with a compact form against the client's start image).
     pub plan: Plan,
     /// How many deltas the server merged into the one it offers (0 or 1: none).
     pub merged_from: usize,
     /// Bytes of the path before merging.
     pub unmerged_bytes: u64,
-    /// The path's delta in the compact transfer encoding (`update::compact`)
-    /// against the client's start image, when that is smaller.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub compact: Option<CompactOffer>,
-}
-
-/// A delta offered in the compact transfer encoding.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CompactOffer {
-    /// The delta blob it rebuilds (one of the plan's steps).
-    pub delta: Digest,
-    /// The compact blob.
-    pub blob: Digest,
-    /// Its size.
-    pub size: u64,
 }

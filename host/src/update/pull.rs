@@ -4,8 +4,8 @@
 //! yields the wanted image before it appears at the output path.
 //!
 //! From a registry the client plans and merges itself; from an update server it
-//! sends its holdings and gets one delta the server merged, its header compressed
-//! against the image the client holds (`update::compact`).
+//! sends its holdings and gets one delta the server merged. Deltas come in their
+//! compact form (`update::compact`) where the repository has one.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -78,9 +78,9 @@ pub struct PullReport {
     pub bytes_transferred: u64,
     /// Deltas the server merged into the one sent (0: none).
     pub merged_by_server: usize,
-    /// Whether the delta came in the compact transfer encoding (`update::compact`).
-    pub compact: bool,
-    /// Why a compact delta was not used after all (then the plain one was fetched).
+    /// Steps that came in the compact transfer encoding (`update::compact`).
+    pub compact_steps: usize,
+    /// Why a compact form was not used after all (then the plain delta was fetched).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compact_fallback: Option<String>,
     /// What was written: a full image or a delta from `start`; none on a dry run.
@@ -110,7 +110,7 @@ pub fn pull(
         codecs: opts.codecs.clone(),
         fetch_codecs: opts.fetch_codecs,
     };
-    let (reg, plan, merged_by_server, compact) = match source {
+    let (reg, plan, merged_by_server) = match source {
         Source::Registry(reg) => {
             let target = resolve_tag(reg, tag)?;
             let index = registry::read_index(reg)?.with_context(|| {
@@ -119,7 +119,7 @@ pub fn pull(
                     reg.reference()
                 )
             })?;
-            (reg, plan::plan(&index, target, &holdings)?, 0, None)
+            (reg, plan::plan(&index, target, &holdings)?, 0)
         }
         Source::Server(reg) => {
             let req = PullRequest {
@@ -133,10 +133,7 @@ pub fn pull(
             let resp: PullResponse =
                 serde_json::from_slice(&body).context("the update server's answer")?;
             check_server_plan(&resp.plan, &holdings)?;
-            let compact = resp.compact.filter(|c| {
-                resp.plan.start.is_some() && resp.plan.steps.iter().any(|s| s.blob == c.delta)
-            });
-            (reg, resp.plan, resp.merged_from, compact)
+            (reg, resp.plan, resp.merged_from)
         }
     };
     let mut report = PullReport {
@@ -148,18 +145,10 @@ pub fn pull(
         bytes_planned: plan.bytes,
         bytes_transferred: 0,
         merged_by_server,
-        compact: compact.is_some(),
+        compact_steps: 0,
         compact_fallback: None,
         output: None,
     };
-    if let Some(c) = &compact {
-        let plain = plan
-            .steps
-            .iter()
-            .find(|s| s.blob == c.delta)
-            .map_or(0, |s| s.size);
-        report.bytes_planned = plan.bytes - plain + c.size;
-    }
     if opts.dry_run {
         return Ok(report);
     }
@@ -170,15 +159,17 @@ pub fn pull(
     }
     fsutil::create_dir_all(&opts.downloads)?;
     let mut blobs = Vec::new();
-    let start_header = match plan.start {
-        Some(s) if compact.is_some() => Some(Reader::open(&held[&s])?.header().clone()),
+    // Each compact step is encoded against its base's tree: the held start's,
+    // then each downloaded step's.
+    let any_compact = plan.steps.iter().any(|s| s.compact.is_some());
+    let mut base_header = match plan.start {
+        Some(s) if any_compact => Some(Reader::open(&held[&s])?.header().clone()),
         _ => None,
     };
     for step in &plan.steps {
         let dest = opts.downloads.join(step.blob.hex());
-        let offer = compact.as_ref().filter(|c| c.delta == step.blob);
-        let rebuilt = match (offer, &start_header) {
-            (Some(c), Some(base)) if !dest.exists() => {
+        let rebuilt = match (&step.compact, &base_header) {
+            (Some(c), Some(base)) if !dest.exists() && step.base_id == Some(base.image_id) => {
                 let z = opts.downloads.join(c.blob.hex());
                 let r = reg
                     .fetch_blob(&c.blob, c.size, &z, progress)
@@ -186,13 +177,14 @@ pub fn pull(
                 let _ = std::fs::remove_file(&z);
                 if let Err(e) = &r {
                     report.compact_fallback = Some(format!("{e:#}"));
-                    report.compact = false;
                 }
                 r.is_ok()
             }
             _ => false,
         };
-        if !rebuilt {
+        if rebuilt {
+            report.compact_steps += 1;
+        } else {
             reg.fetch_blob(&step.blob, step.size, &dest, progress)?;
         }
         let r = Reader::open(&dest)?;
@@ -203,6 +195,9 @@ pub fn pull(
             step.blob,
             kind_word(step.kind)
         );
+        if any_compact {
+            base_header = Some(h.clone());
+        }
         blobs.push(dest);
     }
     report.bytes_transferred = reg.received() - before;

@@ -13,8 +13,8 @@ use crate::digest::{Digest, HashWriter};
 use crate::image::format::{ImageKind, Reader};
 use crate::progress::Progress;
 use crate::registry::artifact::{
-    self, CodecItem, Descriptor, Item, Manifest, RepoIndex, A_BASE_ID, A_CODECS, A_CODEC_NAME,
-    A_CODEC_VERSION, A_IMAGE_ID, A_KIND, CDIMG_TYPE, CODEC_TYPE, WASM_TYPE,
+    self, CodecItem, CompactRef, Descriptor, Item, Manifest, RepoIndex, A_BASE_ID, A_CODECS,
+    A_CODEC_NAME, A_CODEC_VERSION, A_IMAGE_ID, A_KIND, CDIMG_TYPE, CODEC_TYPE, WASM_TYPE,
 };
 use crate::registry::{self, client::OCI_MANIFEST, Registry};
 
@@ -100,6 +100,10 @@ pub fn push(
     let m = Manifest::artifact(CDIMG_TYPE, Descriptor::new(CDIMG_TYPE, &digest, size), ann);
     let bytes = m.to_bytes();
     let md = reg.put_manifest(&format!("{:?}", Digest::of(&bytes)), &bytes, OCI_MANIFEST)?;
+    let compact = match header.base_id {
+        Some(base) => push_compact(reg, &reader, base, size, progress)?,
+        None => None,
+    };
     let item = Item {
         kind: header.kind,
         image_id: header.image_id,
@@ -108,6 +112,7 @@ pub fn push(
         size,
         manifest: md,
         codecs: codec_list,
+        compact,
     };
 
     let mut mine = RepoIndex::new();
@@ -126,6 +131,38 @@ pub fn push(
         uploaded,
         codecs: codec_items,
     })
+}
+
+/// Pushes the compact form of a delta (`update::compact`) if the repository holds
+/// a cdimg of its base image (whose tree it is encoded against) and it is
+/// smaller by at least a KiB.
+fn push_compact(
+    reg: &Registry,
+    delta: &Reader,
+    base: Digest,
+    size: u64,
+    progress: &dyn Progress,
+) -> Result<Option<CompactRef>> {
+    let Some(index) = registry::read_index(reg)? else {
+        return Ok(None);
+    };
+    let Some(of_base) = index.images.iter().find(|i| i.image_id == base) else {
+        return Ok(None);
+    };
+    let base_header = registry::read_header(reg, &of_base.blob, of_base.size)
+        .context("reading the base image's tree for the compact form")?;
+    let dir = tempfile::tempdir()?;
+    let tmp = dir.path().join("compact");
+    let n = super::compact::encode(delta, &base_header, &tmp)?;
+    if n + 1024 > size {
+        return Ok(None);
+    }
+    let (digest, n) = file_digest(&tmp)?;
+    reg.push_blob_file(&tmp, &digest, progress)?;
+    Ok(Some(CompactRef {
+        blob: digest,
+        size: n,
+    }))
 }
 
 /// Adds `mine` to the repository index. Registries have no compare-and-swap, so
