@@ -75,7 +75,7 @@ pub fn decode(compact: &Path, base: &Header, want: &Digest, out: &Path) -> Resul
     let num = |i: usize| u64::from_le_bytes(prefix[40 + 8 * i..48 + 8 * i].try_into().unwrap());
     let (body_len, json_len, z_len) = (num(0), num(1), num(2));
     ensure!(
-        json_len <= MAX_JSON,
+        json_len <= MAX_JSON && z_len <= MAX_JSON,
         "a compact delta's header is too large"
     );
     ensure!(
@@ -88,12 +88,15 @@ pub fn decode(compact: &Path, base: &Header, want: &Digest, out: &Path) -> Resul
     let mut z = Vec::with_capacity(z_len as usize);
     f.read_to_end(&mut z)?;
     let dict = canonical_tree(&base.entries);
-    let json = zstd::bulk::Decompressor::with_dictionary(&dict)?
-        .decompress(&z, json_len as usize)
+    // Streamed and capped: the stated length is not trusted for an allocation.
+    let mut json = Vec::new();
+    zstd::stream::read::Decoder::with_dictionary(&z[..], &dict)?
+        .take(json_len + 1)
+        .read_to_end(&mut json)
         .context("the compact delta's header does not decompress")?;
     ensure!(
         json.len() as u64 == json_len,
-        "the compact delta's header is short"
+        "the compact delta's header is not the length it states"
     );
     hasher.write_all(&format::header_tail(&json, body_len)?)?;
     let (_, got, _) = hasher.finish();
