@@ -646,6 +646,7 @@ fn update_server_merges_and_negotiates() {
     assert_eq!(rep["merged_by_server"], 2);
     assert_eq!(rep["path"].as_array().unwrap().len(), 1);
     let merged = &rep["path"][0];
+    let merged_blob = merged["blob"].as_str().unwrap().to_string();
     assert_eq!(
         merged["base_id"].as_str().unwrap(),
         image_id(&s, "v1.cdimg")
@@ -744,12 +745,17 @@ fn update_server_merges_and_negotiates() {
         }
     }
     // A compact blob that does not check out: the client falls back to the plain delta.
-    let offer: Value = std::fs::read_dir(s.dir.join("store/merged"))
-        .unwrap()
-        .filter_map(|e| std::fs::read(e.unwrap().path()).ok())
-        .filter_map(|b| serde_json::from_slice::<Value>(&b).ok())
-        .find(|v| v.get("blob").is_some() && v.get("image_id").is_none())
-        .expect("a cached compact form");
+    // The server caches it under sha256("compact <delta> <base>").
+    let key = d4c_host::digest::Digest::of(
+        format!(
+            "compact sha256:{} sha256:{}",
+            merged_blob,
+            image_id(&s, "v1.cdimg")
+        )
+        .as_bytes(),
+    );
+    let cached = s.dir.join(format!("store/merged/{}.json", key.hex()));
+    let offer: Value = serde_json::from_slice(&std::fs::read(&cached).unwrap()).unwrap();
     let blob = s
         .dir
         .join("store/blobs/sha256")
