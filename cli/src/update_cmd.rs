@@ -209,7 +209,15 @@ pub fn pull(cli: &Cli, a: &PullArgs) -> Result<()> {
         }
     );
     for s in &report.path {
-        println!("  {}: {}", describe(s), human_bytes(s.size));
+        match &s.compact {
+            Some(c) => println!(
+                "  {}: {} ({} compact)",
+                describe(s),
+                human_bytes(s.size),
+                human_bytes(c.size)
+            ),
+            None => println!("  {}: {}", describe(s), human_bytes(s.size)),
+        }
     }
     for c in &report.codecs_fetched {
         println!(
