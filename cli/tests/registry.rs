@@ -70,7 +70,7 @@ fn size(s: &Series, name: &str) -> u64 {
 }
 
 fn sha256(path: &Path) -> String {
-    d4c_host::update::push::file_digest(path).unwrap().0.hex()
+    d4c_host::digest::of_file(path).unwrap().0.hex()
 }
 
 fn blobs(report: &Value) -> Vec<String> {

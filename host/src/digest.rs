@@ -5,6 +5,21 @@ use std::str::FromStr;
 
 use sha2::{Digest as _, Sha256};
 
+/// sha256 and length of everything `r` yields.
+pub fn of_reader(r: &mut impl std::io::Read) -> std::io::Result<(Digest, u64)> {
+    let mut w = HashWriter::new(std::io::sink());
+    std::io::copy(r, &mut w)?;
+    let (_, d, n) = w.finish();
+    Ok((d, n))
+}
+
+/// sha256 and size of the file at `path`.
+pub fn of_file(path: &std::path::Path) -> anyhow::Result<(Digest, u64)> {
+    use anyhow::Context;
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    of_reader(&mut f).with_context(|| format!("reading {}", path.display()))
+}
+
 /// A sha256 digest.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Digest(pub [u8; 32]);

@@ -146,7 +146,7 @@ impl Negotiator {
         )?;
         // Decoding costs the client little, so any real saving is worth it.
         let offer = if size + 1024 <= delta.size {
-            let (digest, _) = crate::store::hash_file(&tmp)?;
+            let (digest, _) = d4c_host::digest::of_file(&tmp)?;
             let size = self.store.adopt_blob(&tmp, &digest)?;
             Some(CompactRef { blob: digest, size })
         } else {
@@ -206,7 +206,7 @@ impl Negotiator {
             lower = out;
         }
         let header = Reader::open(&lower)?.header().clone();
-        let (digest, _) = crate::store::hash_file(&lower)?;
+        let (digest, _) = d4c_host::digest::of_file(&lower)?;
         let size = self.store.adopt_blob(&lower, &digest)?;
         for m in &made {
             let _ = std::fs::remove_file(m);

@@ -17,7 +17,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
-use d4c_host::digest::{Digest, Hasher};
+use d4c_host::digest::Digest;
 use d4c_host::fsutil::{self, AtomicFile};
 use d4c_host::registry::artifact::{Manifest, RepoIndex, INDEX_TAG, INDEX_TYPE};
 use d4c_host::registry::reference::{valid_repository, valid_tag};
@@ -87,7 +87,7 @@ impl Store {
 
     /// Moves a finished file into the blob store under its digest, which is checked.
     pub fn adopt_blob(&self, path: &Path, digest: &Digest) -> Result<u64> {
-        let (got, size) = hash_file(path)?;
+        let (got, size) = d4c_host::digest::of_file(path)?;
         if got != *digest {
             let _ = std::fs::remove_file(path);
             bail!("the uploaded content hashes to {got:?}, not {digest:?}");
@@ -164,21 +164,4 @@ impl Store {
             .context("the index blob is missing")?;
         RepoIndex::parse(&blob).map(Some)
     }
-}
-
-/// sha256 and size of a file.
-pub fn hash_file(path: &Path) -> Result<(Digest, u64)> {
-    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut h = Hasher::default();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut n = 0u64;
-    loop {
-        let k = f.read(&mut buf)?;
-        if k == 0 {
-            break;
-        }
-        h.update(&buf[..k]);
-        n += k as u64;
-    }
-    Ok((h.finish(), n))
 }

@@ -415,9 +415,7 @@ impl Registry {
         f.sync_all()?;
         // Check the whole file, including what an earlier run wrote.
         f.seek(SeekFrom::Start(0))?;
-        let mut hasher = Hasher::default();
-        let len = std::io::copy(&mut f, &mut HashSink(&mut hasher))?;
-        let got = hasher.finish();
+        let (got, len) = crate::digest::of_reader(&mut f)?;
         if len != size || got != *digest {
             drop(f);
             let _ = std::fs::remove_file(&partial);
@@ -663,18 +661,6 @@ fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> Result<usize> {
         }
     }
     Ok(n)
-}
-
-struct HashSink<'a>(&'a mut Hasher);
-
-impl Write for HashSink<'_> {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.update(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// A transport error in a few words ("Connection refused", "timed out").

@@ -156,7 +156,7 @@ mod tests {
         let mut w = Writer::create(&delta).unwrap();
         w.blob(b"some body bytes").unwrap();
         w.finish(&delta_h).unwrap();
-        let want = crate::update::push::file_digest(&delta).unwrap().0;
+        let want = crate::digest::of_file(&delta).unwrap().0;
         let r = Reader::open(&delta).unwrap();
         let compact = dir.path().join("d.compact");
         let n = encode(&r, &base, &compact).unwrap();

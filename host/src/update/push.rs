@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::codec::Codecs;
-use crate::digest::{Digest, HashWriter};
+use crate::digest::Digest;
 use crate::image::format::{ImageKind, Reader};
 use crate::progress::Progress;
 use crate::registry::artifact::{
@@ -44,7 +44,7 @@ pub fn push(
 ) -> Result<PushReport> {
     let reader = Reader::open(path)?;
     let header = reader.header();
-    let (digest, size) = file_digest(path)?;
+    let (digest, size) = crate::digest::of_file(path)?;
     reg.push_blob_bytes(artifact::EMPTY_CONFIG)?;
 
     let mut codec_items = Vec::new();
@@ -157,7 +157,7 @@ fn push_compact(
     if n + 1024 > size {
         return Ok(None);
     }
-    let (digest, n) = file_digest(&tmp)?;
+    let (digest, n) = crate::digest::of_file(&tmp)?;
     reg.push_blob_file(&tmp, &digest, progress)?;
     Ok(Some(CompactRef {
         blob: digest,
@@ -190,13 +190,4 @@ fn update_index(reg: &Registry, mine: &RepoIndex) -> Result<()> {
         "the repository index kept changing under concurrent pushes; push again"
     );
     Ok(())
-}
-
-/// sha256 and size of a file.
-pub fn file_digest(path: &Path) -> Result<(Digest, u64)> {
-    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut w = HashWriter::new(std::io::sink());
-    std::io::copy(&mut f, &mut w).with_context(|| format!("reading {}", path.display()))?;
-    let (_, d, n) = w.finish();
-    Ok((d, n))
 }
