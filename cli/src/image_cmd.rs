@@ -64,6 +64,10 @@ pub struct DiffArgs {
     /// The delta to write.
     #[arg(short, long)]
     output: PathBuf,
+    /// Encode every file against its old version alone, without shared
+    /// dictionaries (docs/FORMAT.md, "Dictionaries").
+    #[arg(long)]
+    no_dicts: bool,
     #[command(flatten)]
     jobs: Jobs,
 }
@@ -179,10 +183,22 @@ pub fn diff(cli: &Cli, a: &DiffArgs) -> Result<()> {
         codec: choice,
         level: a.level,
         threads: a.jobs.threads,
+        dicts: !a.no_dicts,
     };
     let s = diff::diff(&old, &new, &opts, &a.output, &Bar::new())?;
+    for f in &s.codec_failures {
+        eprintln!("d4c: warning: codec failed on {f}; another codec or full storage took the file");
+    }
+    let dicts = match s.dicts {
+        0 => String::new(),
+        n => format!(
+            ", {} against {n} shared dictionar{}",
+            s.dict_files,
+            if n == 1 { "y" } else { "ies" }
+        ),
+    };
     println!(
-        "{}: delta {} -> {} ({} same, {} delta, {} full; {})",
+        "{}: delta {} -> {} ({} same, {} delta{dicts}, {} full; {})",
         a.output.display(),
         old.header().image_id.short(),
         new.header().image_id.short(),
@@ -307,6 +323,17 @@ struct CodecUse {
 }
 
 #[derive(Serialize)]
+struct DictUse {
+    sha256: Digest,
+    /// Dictionary length.
+    size: u64,
+    /// Bytes its blob takes.
+    bytes: u64,
+    /// Codec steps that use it.
+    files: usize,
+}
+
+#[derive(Serialize)]
 struct Inspect {
     kind: d4c_host::image::format::ImageKind,
     image_id: Digest,
@@ -316,6 +343,7 @@ struct Inspect {
     content_bytes: u64,
     files: Files,
     codecs: Vec<CodecUse>,
+    dicts: Vec<DictUse>,
     #[serde(skip_serializing_if = "Option::is_none")]
     file_list: Option<Vec<FileInfo>>,
 }
@@ -363,6 +391,7 @@ pub fn inspect(a: &InspectArgs) -> Result<()> {
     let h = r.header();
     let mut files = Files::default();
     let mut uses: BTreeMap<usize, (usize, u64)> = BTreeMap::new();
+    let mut dict_files = vec![0usize; h.dicts.len()];
     for e in &h.entries {
         match &e.data {
             Some(Data::Full { .. } | Data::Inline) => files.full += 1,
@@ -373,6 +402,9 @@ pub fn inspect(a: &InspectArgs) -> Result<()> {
                     let u = uses.entry(s.codec as usize).or_default();
                     u.0 += 1;
                     u.1 += s.length;
+                    if let Some(d) = s.dict {
+                        dict_files[d as usize] += 1;
+                    }
                 }
             }
             None => {}
@@ -402,6 +434,17 @@ pub fn inspect(a: &InspectArgs) -> Result<()> {
         content_bytes: h.entries.iter().map(|e| e.file_size()).sum(),
         files,
         codecs,
+        dicts: h
+            .dicts
+            .iter()
+            .zip(dict_files)
+            .map(|(d, files)| DictUse {
+                sha256: d.digest,
+                size: d.size,
+                bytes: d.length,
+                files,
+            })
+            .collect(),
         file_list: a
             .files
             .then(|| h.entries.iter().filter_map(|e| file_info(h, e)).collect()),
@@ -437,6 +480,15 @@ pub fn inspect(a: &InspectArgs) -> Result<()> {
             c.sha256,
             c.files,
             human_bytes(c.bytes)
+        );
+    }
+    for d in &report.dicts {
+        println!(
+            "  dict      {}: {} in {}, used by {} files",
+            d.sha256,
+            human_bytes(d.size),
+            human_bytes(d.bytes),
+            d.files
         );
     }
     for f in report.file_list.iter().flatten() {

@@ -722,3 +722,197 @@ fn a_file_over_4_gib_streams_through_convert_diff_patch_extract_export() {
     };
     assert_eq!(id(&p("re2.cdimg")), id(&p("v2.cdimg")));
 }
+
+/// Real ELF binaries of this machine, the base of the dictionary test's series.
+fn host_binaries() -> Vec<(String, Vec<u8>)> {
+    let names = [
+        "ls", "cp", "mv", "rm", "ln", "cat", "chmod", "chown", "mkdir", "touch", "head", "tail",
+        "sort", "uniq", "wc", "cut", "tr", "tee", "du", "df", "date", "env",
+    ];
+    names
+        .iter()
+        .filter_map(|n| {
+            let b = std::fs::read(Path::new("/usr/bin").join(n)).ok()?;
+            b.starts_with(b"\x7fELF").then(|| (n.to_string(), b))
+        })
+        .collect()
+}
+
+/// A layer with `files` under `bin/`.
+fn bin_layer(files: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in files {
+        let mut h = hdr(tar::EntryType::Regular, 0o755, data.len() as u64, None);
+        h.set_path(format!("bin/{name}")).unwrap();
+        h.set_cksum();
+        b.append(&h, &data[..]).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn shared_dictionaries_shrink_many_files_with_the_same_new_code_and_stay_correct() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let run = |args: &[&str]| d4c_tests::run_d4c(Path::new(env!("CARGO_BIN_EXE_d4c")), &home, args);
+    let d4c = |args: &[&str]| {
+        let (ok, out, err) = run(args);
+        assert!(ok, "d4c {args:?}: {err}");
+        out
+    };
+    let p = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
+    let inspect = |n: &str| -> serde_json::Value {
+        serde_json::from_str(&d4c(&["inspect", &p(n), "--json"])).unwrap()
+    };
+
+    // v1: real binaries. v2: each with the same 48 KiB of new "library code"
+    // linked in (incompressible bytes, as machine code nearly is) and a version
+    // string changed: what a toolchain update does to a hundred small binaries.
+    // v3: one more small edit per file.
+    let v1 = host_binaries();
+    assert!(v1.len() >= 10, "too few binaries in /usr/bin: {}", v1.len());
+    let mut code = Vec::with_capacity(48 << 10);
+    let mut seed = d4c_host::digest::Digest::of(b"new library code");
+    while code.len() < 48 << 10 {
+        code.extend_from_slice(&seed.0);
+        seed = d4c_host::digest::Digest::of(&seed.0);
+    }
+    let v2: Vec<(String, Vec<u8>)> = v1
+        .iter()
+        .map(|(n, b)| {
+            let mut b = b.clone();
+            let at = b.len() / 2;
+            b.splice(at..at, code.iter().copied());
+            b[100..108].copy_from_slice(b"v2.0.0\0\0");
+            (n.clone(), b)
+        })
+        .collect();
+    let v3: Vec<(String, Vec<u8>)> = v2
+        .iter()
+        .map(|(n, b)| {
+            let mut b = b.clone();
+            b[100..108].copy_from_slice(b"v3.0.0\0\0");
+            (n.clone(), b)
+        })
+        .collect();
+    for (v, files) in [("v1", &v1), ("v2", &v2), ("v3", &v3)] {
+        d4c_tests::write_layout(&dir.path().join(v), v, &[bin_layer(files)]).unwrap();
+        d4c(&[
+            "convert",
+            &format!("{}:{v}", p(v)),
+            "-o",
+            &p(&format!("{v}.cdimg")),
+        ]);
+    }
+    let diff = |old: &str, new: &str, out: &str, extra: &[&str]| {
+        let mut args = vec!["diff", "--old", old, "--new", new, "-o", out];
+        args.extend_from_slice(extra);
+        d4c(&args)
+    };
+    let (v1c, v2c, v3c) = (p("v1.cdimg"), p("v2.cdimg"), p("v3.cdimg"));
+    diff(&v1c, &v2c, &p("d12.cdimg"), &[]);
+    diff(&v1c, &v2c, &p("plain.cdimg"), &["--no-dicts"]);
+    diff(&v2c, &v3c, &p("d23.cdimg"), &[]);
+
+    // One dictionary, used by every file, and it pays: without it each file
+    // carries the new code again.
+    let d12 = inspect("d12.cdimg");
+    let dicts = d12["dicts"].as_array().unwrap();
+    assert_eq!(dicts.len(), 1, "{d12}");
+    assert_eq!(
+        dicts[0]["files"].as_u64().unwrap() as usize,
+        v1.len(),
+        "{d12}"
+    );
+    assert_eq!(inspect("plain.cdimg")["dicts"].as_array().unwrap().len(), 0);
+    let (with, without) = (
+        d12["bytes"].as_u64().unwrap(),
+        inspect("plain.cdimg")["bytes"].as_u64().unwrap(),
+    );
+    assert!(
+        with * 3 < without,
+        "with dictionary {with} bytes, without {without}"
+    );
+    // The same inputs give the same bytes (training is deterministic).
+    diff(&v1c, &v2c, &p("again.cdimg"), &["--threads", "1"]);
+    assert_eq!(
+        std::fs::read(p("again.cdimg")).unwrap(),
+        std::fs::read(p("d12.cdimg")).unwrap()
+    );
+
+    // patch, extract and a merge across a dictionary step give exactly v2 and v3.
+    d4c(&[
+        "patch",
+        "--base",
+        &v1c,
+        "--delta",
+        &p("d12.cdimg"),
+        "-o",
+        &p("p2.cdimg"),
+    ]);
+    assert_eq!(
+        inspect("p2.cdimg")["image_id"],
+        inspect("v2.cdimg")["image_id"]
+    );
+    d4c(&["extract", &v1c, &p("d12.cdimg"), "-o", &p("x12")]);
+    d4c(&["extract", &v2c, "-o", &p("x2")]);
+    assert_eq!(
+        tree_listing(Path::new(&p("x12"))),
+        tree_listing(Path::new(&p("x2")))
+    );
+    d4c(&[
+        "merge",
+        "--lower",
+        &p("d12.cdimg"),
+        "--upper",
+        &p("d23.cdimg"),
+        "-o",
+        &p("d13.cdimg"),
+    ]);
+    let d13 = inspect("d13.cdimg");
+    assert_eq!(d13["dicts"].as_array().unwrap().len(), 1, "{d13}");
+    d4c(&[
+        "patch",
+        "--base",
+        &v1c,
+        "--delta",
+        &p("d13.cdimg"),
+        "-o",
+        &p("p3.cdimg"),
+    ]);
+    assert_eq!(
+        inspect("p3.cdimg")["image_id"],
+        inspect("v3.cdimg")["image_id"]
+    );
+
+    // A flipped byte in the dictionary's blob is caught and named.
+    let r = Reader::open(Path::new(&p("d12.cdimg"))).unwrap();
+    let at = r.header().dicts[0].offset + r.header().dicts[0].length / 2;
+    let mut bytes = std::fs::read(p("d12.cdimg")).unwrap();
+    bytes[at as usize] ^= 0x40;
+    std::fs::write(p("bad.cdimg"), &bytes).unwrap();
+    let (ok, _, err) = run(&["extract", &v1c, &p("bad.cdimg"), "-o", &p("never")]);
+    assert!(!ok && err.contains("dictionary"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(!Path::new(&p("never")).exists());
+}
+
+#[test]
+fn a_codec_failing_on_files_leaves_them_to_full_storage_with_a_warning() {
+    use d4c_tests::components;
+    let s = series();
+    // One traps in diff; the other's deltas do not patch back to the new file.
+    for (name, wasm) in [("trap", components::TRAP), ("liar", components::LIAR)] {
+        let codec = s.p(&format!("{name}.wasm"));
+        std::fs::write(&codec, wasm).unwrap();
+        let out = format!("d12-{name}.cdimg");
+        let (ok, _, err) = s.diff("v1.cdimg", "v2.cdimg", &out, &["--codec", &codec]);
+        assert!(ok, "{name}: {err}");
+        assert!(err.contains("warning: codec failed on"), "{name}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        let d = s.inspect(&out);
+        assert_eq!(d["files"]["delta"], 0, "{name}: {d}");
+        s.patch("v1.cdimg", &[&out], &format!("p2-{name}.cdimg"));
+        s.same_image(&format!("p2-{name}.cdimg"), "v2.cdimg");
+    }
+}

@@ -153,15 +153,7 @@ fn pull_moves_only_the_delta_bytes() {
     assert_eq!(rep["output"], "delta");
     assert_eq!(rep["start"].as_str().unwrap(), image_id(&s, "v1.cdimg"));
     assert_eq!(image_id(&s, "pulled-d14.cdimg"), image_id(&s, "v4.cdimg"));
-    s.ok(&[
-        "patch",
-        "--base",
-        &s.p("v1.cdimg"),
-        "--delta",
-        &out,
-        "-o",
-        &s.p("p4.cdimg"),
-    ]);
+    s.patch("v1.cdimg", &["pulled-d14.cdimg"], "p4.cdimg");
     s.same_image("p4.cdimg", "v4.cdimg");
 
     // Holding v1 and v3: the shorter way, from v3; the one delta rebuilt exactly.

@@ -33,6 +33,7 @@ fn base() -> &'static Header {
             base_id: None,
             config: "{}".into(),
             codecs: vec![],
+            dicts: vec![],
             entries,
         }
     })

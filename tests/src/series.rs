@@ -85,6 +85,26 @@ impl Series {
         err
     }
 
+    /// `d4c diff --old OLD --new NEW -o OUT` and `extra` arguments, names in the
+    /// series directory except those in `extra`; returns (success, stdout, stderr).
+    pub fn diff(&self, old: &str, new: &str, out: &str, extra: &[&str]) -> (bool, String, String) {
+        let (old, new, out) = (self.p(old), self.p(new), self.p(out));
+        let mut args = vec!["diff", "--old", &old, "--new", &new, "-o", &out];
+        args.extend_from_slice(extra);
+        self.run(&args)
+    }
+
+    /// `d4c patch --base BASE --delta DELTA... -o OUT`, names in the series
+    /// directory, which must succeed.
+    pub fn patch(&self, base: &str, deltas: &[&str], out: &str) {
+        let (base, out) = (self.p(base), self.p(out));
+        let deltas: Vec<String> = deltas.iter().map(|d| self.p(d)).collect();
+        let mut args = vec!["patch", "--base", &base, "--delta"];
+        args.extend(deltas.iter().map(String::as_str));
+        args.extend(["-o", &out]);
+        self.ok(&args);
+    }
+
     /// `d4c inspect --json` of a file in the series directory.
     pub fn inspect(&self, name: &str) -> serde_json::Value {
         serde_json::from_str(&self.ok(&["inspect", &self.p(name), "--json"])).unwrap()

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, ensure, Context, Result};
 
-use super::entry::{Data, Entry};
+use super::entry::{Data, Entry, Step};
 use super::format::{Header, ImageKind, Reader};
 use crate::codec::Codecs;
 use crate::digest::{CheckedReader, Digest};
@@ -183,10 +183,7 @@ impl Chain {
                     .context("'delta' in the bottom image")?;
                 let mut data = self.resolve(codecs, below, self.find(below, source)?)?;
                 for step in steps {
-                    let c = &reader.header().codecs[step.codec as usize];
-                    let codec = codecs.get(&c.sha256, &c.name)?;
-                    let delta = reader.blob(step.offset, step.length)?;
-                    data = codec.patch_checked(&data, &delta, &step.digest)?;
+                    data = apply_step(reader, codecs, step, data)?;
                 }
                 data
             }
@@ -202,4 +199,24 @@ impl Chain {
         );
         Ok(out)
     }
+}
+
+/// Applies one codec step of `reader` to `base`: the step's codec patches its
+/// delta blob onto the base (behind the step's dictionary, if it names one), and
+/// the output must have the step's sha256.
+pub fn apply_step(reader: &Reader, codecs: &Codecs, step: &Step, base: Vec<u8>) -> Result<Vec<u8>> {
+    let c = &reader.header().codecs[step.codec as usize];
+    let codec = codecs.get(&c.sha256, &c.name)?;
+    let delta = reader.blob(step.offset, step.length)?;
+    let old = match step.dict {
+        None => base,
+        Some(i) => {
+            let dict = reader.dict(i)?;
+            let mut old = Vec::with_capacity(dict.len() + base.len());
+            old.extend_from_slice(&dict);
+            old.extend_from_slice(&base);
+            old
+        }
+    };
+    Ok(codec.patch_checked(&old, &delta, &step.digest)?)
 }

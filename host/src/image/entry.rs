@@ -74,6 +74,10 @@ pub struct Step {
     pub length: u64,
     /// sha256 of this step's output.
     pub digest: Digest,
+    /// Index into the header's dictionary table: the codec's base input is that
+    /// dictionary followed by the previous content (docs/FORMAT.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dict: Option<u32>,
 }
 
 /// One entry of the file tree.

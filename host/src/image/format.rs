@@ -6,6 +6,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -94,6 +95,24 @@ pub struct CodecRef {
     pub version: String,
 }
 
+/// A shared dictionary of a delta: bytes that codec steps see in front of their
+/// base content, so that many small files can borrow from content that is new in
+/// this version (say, library code that a hundred rebuilt binaries all link).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dict {
+    /// Absolute offset of the blob (one zstd frame).
+    pub offset: u64,
+    /// Blob length.
+    pub length: u64,
+    /// Dictionary length, decompressed.
+    pub size: u64,
+    /// sha256 of the decompressed dictionary.
+    pub digest: Digest,
+}
+
+/// Largest dictionary a reader accepts.
+pub const MAX_DICT: u64 = 16 << 20;
+
 /// The header of a cdimg.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Header {
@@ -107,6 +126,9 @@ pub struct Header {
     pub config: String,
     /// Codecs the entries refer to by index.
     pub codecs: Vec<CodecRef>,
+    /// Dictionaries the codec steps refer to by index (deltas only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dicts: Vec<Dict>,
     /// The tree, sorted by path.
     pub entries: Vec<Entry>,
 }
@@ -125,6 +147,17 @@ impl Header {
             offset >= MAGIC.len() as u64
                 && offset.checked_add(length).is_some_and(|e| e <= body_end)
         };
+        ensure!(
+            self.dicts.is_empty() || self.kind == ImageKind::Delta,
+            "dictionaries in a full image"
+        );
+        for (i, d) in self.dicts.iter().enumerate() {
+            ensure!(
+                in_body(d.offset, d.length),
+                "dictionary {i} outside the body"
+            );
+            ensure!(d.size <= MAX_DICT, "dictionary {i} is too large");
+        }
         let mut prev: Option<&str> = None;
         for e in &self.entries {
             let p = e.path.as_str();
@@ -198,6 +231,10 @@ impl Header {
                             in_body(s.offset, s.length),
                             "{p:?}: delta blob outside the body"
                         );
+                        ensure!(
+                            s.dict.is_none_or(|d| (d as usize) < self.dicts.len()),
+                            "{p:?}: dictionary index out of range"
+                        );
                     }
                     ensure!(
                         steps.last().map(|s| s.digest) == e.digest,
@@ -216,6 +253,14 @@ impl Header {
             "the image id does not match the tree"
         );
         Ok(())
+    }
+
+    /// The index of the dictionary with `digest`, if the table has it.
+    pub fn dict_index(&self, digest: &Digest) -> Option<u32> {
+        self.dicts
+            .iter()
+            .position(|d| d.digest == *digest)
+            .map(|i| i as u32)
     }
 
     /// The index of `codec` in the codec table, adding it if absent.
@@ -243,6 +288,8 @@ pub struct Reader {
     path: PathBuf,
     header: Header,
     len: u64,
+    /// Dictionaries read so far, by index (each is read and checked once).
+    dicts: Vec<std::sync::OnceLock<Arc<Vec<u8>>>>,
 }
 
 impl Reader {
@@ -278,11 +325,13 @@ impl Reader {
         let mut raw = vec![0u8; f.header_len as usize];
         file.read_exact_at(&mut raw, f.header_offset)?;
         let header = f.header(&raw)?;
+        let dicts = header.dicts.iter().map(|_| Default::default()).collect();
         Ok(Reader {
             file,
             path: path.to_path_buf(),
             header,
             len,
+            dicts,
         })
     }
 
@@ -318,6 +367,31 @@ impl Reader {
             .read_exact_at(&mut buf, offset)
             .with_context(|| format!("{}: reading blob at {offset}", self.path.display()))?;
         Ok(buf)
+    }
+
+    /// Dictionary `index`, decompressed and checked against its digest.
+    pub fn dict(&self, index: u32) -> Result<Arc<Vec<u8>>> {
+        let slot = self
+            .dicts
+            .get(index as usize)
+            .with_context(|| format!("{}: no dictionary {index}", self.path.display()))?;
+        if let Some(d) = slot.get() {
+            return Ok(d.clone());
+        }
+        let d = &self.header.dicts[index as usize];
+        let raw = self.blob(d.offset, d.length)?;
+        let mut bytes = Vec::with_capacity(d.size as usize);
+        zstd::stream::read::Decoder::new(&raw[..])?
+            .take(d.size + 1)
+            .read_to_end(&mut bytes)
+            .with_context(|| format!("{}: corrupt dictionary {index}", self.path.display()))?;
+        ensure!(
+            bytes.len() as u64 == d.size && Digest::of(&bytes) == d.digest,
+            "{}: dictionary {index} is corrupt (size or sha256 differs)",
+            self.path.display()
+        );
+        // Two threads may both read it; either copy is the same bytes.
+        Ok(slot.get_or_init(|| Arc::new(bytes)).clone())
     }
 
     /// A reader over a blob's raw bytes.

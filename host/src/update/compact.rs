@@ -138,6 +138,7 @@ mod tests {
             base_id: None,
             config: "{}".into(),
             codecs: vec![],
+            dicts: vec![],
             entries: base_entries,
         };
         let mut entries = tree(2000, 3);
@@ -150,6 +151,7 @@ mod tests {
             base_id: Some(base.image_id),
             config: "{}".into(),
             codecs: vec![],
+            dicts: vec![],
             entries,
         };
         let delta = dir.path().join("d.cdimg");

@@ -360,6 +360,7 @@ pub fn convert(
         base_id: None,
         config,
         codecs: Vec::new(),
+        dicts: Vec::new(),
         entries,
     };
     let bytes = w.finish(&header)?;

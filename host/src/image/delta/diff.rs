@@ -9,11 +9,14 @@ use std::path::Path;
 use anyhow::{ensure, Context, Result};
 use rayon::prelude::*;
 
+use std::collections::HashMap;
+
+use super::dict;
 use super::similar::Similar;
 use crate::codec::Codec;
 use crate::digest::Digest;
 use crate::image::entry::{Data, Entry, Kind, Step};
-use crate::image::format::{CodecRef, Header, ImageKind, Reader, Writer};
+use crate::image::format::{CodecRef, Dict, Header, ImageKind, Reader, Writer};
 use crate::progress::Progress;
 
 /// Which codec encodes changed files.
@@ -58,6 +61,9 @@ pub struct DiffOptions {
     pub level: u8,
     /// Worker threads.
     pub threads: usize,
+    /// Whether small files may be encoded against shared dictionaries
+    /// ([`super::dict`]); only with the built-in zstd-dict among the codecs.
+    pub dicts: bool,
 }
 
 /// What `diff` produced.
@@ -69,6 +75,13 @@ pub struct DiffSummary {
     pub delta: usize,
     /// Files stored in full.
     pub full: usize,
+    /// Shared dictionaries stored, and the files encoded against one.
+    pub dicts: usize,
+    /// Files encoded against a shared dictionary.
+    pub dict_files: usize,
+    /// Codec calls that failed (hit a cap, trapped, or did not patch back); the
+    /// file was then encoded by another candidate or stored in full.
+    pub codec_failures: Vec<String>,
     /// Size of the delta file.
     pub bytes: u64,
 }
@@ -81,16 +94,31 @@ enum Plan<'a> {
     Dup,
 }
 
+/// One codec's delta for a file, possibly against a trained dictionary.
+struct Encoded {
+    codec: Codec,
+    delta: Vec<u8>,
+    /// Index into the trained dictionaries.
+    dict: Option<usize>,
+}
+
 enum Outcome {
     Data(Data),
     Copy,
     Dup,
     Delta {
         source: Digest,
-        codec: Codec,
-        delta: Vec<u8>,
         digest: Digest,
+        best: Encoded,
+        /// Bytes the file costs without a dictionary (as far as tried).
+        plain_cost: u64,
     },
+}
+
+/// A trained dictionary, raw and as stored.
+struct Trained {
+    bytes: Vec<u8>,
+    compressed: Vec<u8>,
 }
 
 /// Writes the delta from `old` to `new` (both full images) at `out`.
@@ -138,29 +166,114 @@ pub fn diff(
         .filter(|(p, _)| matches!(p, Plan::Encode(_)))
         .map(|(_, e)| e.file_size())
         .sum();
-    progress.start("diffing", work);
 
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(opts.threads.max(1))
         .build()?;
-    let outcomes: Vec<Result<Outcome>> = pool.install(|| {
-        plans
-            .into_par_iter()
-            .zip(new_entries.par_iter())
-            .map(|(plan, e)| match plan {
-                Plan::Keep(d) => Ok(Outcome::Data(d)),
-                Plan::Copy => Ok(Outcome::Copy),
-                Plan::Dup => Ok(Outcome::Dup),
-                Plan::Encode(src) => {
-                    let r = encode(old, new, src, e, opts)
-                        .with_context(|| format!("diffing {}", e.path));
-                    progress.advance(e.file_size());
-                    r
-                }
+    let dict_codec = if opts.dicts {
+        dict_codec(&opts.codec)
+    } else {
+        None
+    };
+    let (trained, kinds) = match dict_codec {
+        Some(_) => pool.install(|| train_dicts(new, &plans, new_entries))?,
+        None => (Vec::new(), HashMap::new()),
+    };
+
+    progress.start("diffing", work);
+    let failures = std::sync::Mutex::new(Vec::new());
+    // Largest files first, so that no long codec call starts last and runs alone.
+    let mut order: Vec<usize> = (0..plans.len()).collect();
+    order.sort_by_key(|&i| match plans[i] {
+        Plan::Encode(_) => std::cmp::Reverse(new_entries[i].file_size()),
+        _ => std::cmp::Reverse(0),
+    });
+    let mut slots: Vec<Option<Plan>> = plans.into_iter().map(Some).collect();
+    let jobs: Vec<(usize, Plan)> = order
+        .iter()
+        .map(|&i| (i, slots[i].take().expect("each index once")))
+        .collect();
+    let done: Vec<(usize, Result<Outcome>)> = pool.install(|| {
+        // One job per split: rayon otherwise hands each thread a long run of
+        // jobs to do in sequence, and a thread with the big files ends alone.
+        jobs.into_par_iter()
+            .with_max_len(1)
+            .map(|(i, plan)| {
+                let e = &new_entries[i];
+                let r = match plan {
+                    Plan::Keep(d) => Ok(Outcome::Data(d)),
+                    Plan::Copy => Ok(Outcome::Copy),
+                    Plan::Dup => Ok(Outcome::Dup),
+                    Plan::Encode(src) => {
+                        let dict = match (dict_codec, kinds.get(&i)) {
+                            (Some(c), Some(&k)) => Some((c, k, &trained[k].bytes[..])),
+                            _ => None,
+                        };
+                        let r = encode(old, new, src, e, opts, dict, &failures)
+                            .with_context(|| format!("diffing {}", e.path));
+                        progress.advance(e.file_size());
+                        r
+                    }
+                };
+                (i, r)
             })
             .collect()
     });
+    let mut outcomes: Vec<Option<Result<Outcome>>> = (0..new_entries.len()).map(|_| None).collect();
+    for (i, r) in done {
+        outcomes[i] = Some(r);
+    }
+    let outcomes: Vec<Result<Outcome>> = outcomes
+        .into_iter()
+        .map(|o| o.expect("every entry planned"))
+        .collect();
     progress.finish();
+    let mut outcomes = outcomes.into_iter().collect::<Result<Vec<_>>>()?;
+
+    // A dictionary stays only if the files using it saved more than it costs;
+    // otherwise they go back to their best plain encoding.
+    let mut saved = vec![0i64; trained.len()];
+    for o in &outcomes {
+        if let Outcome::Delta {
+            best:
+                Encoded {
+                    dict: Some(k),
+                    delta,
+                    ..
+                },
+            plain_cost,
+            ..
+        } = o
+        {
+            saved[*k] += *plain_cost as i64 - delta.len() as i64;
+        }
+    }
+    let keep: Vec<bool> = saved
+        .iter()
+        .zip(&trained)
+        .map(|(s, t)| *s > t.compressed.len() as i64)
+        .collect();
+    let redo: Vec<usize> = outcomes
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| matches!(o, Outcome::Delta { best: Encoded { dict: Some(k), .. }, .. } if !keep[*k]))
+        .map(|(i, _)| i)
+        .collect();
+    let redone: Vec<(usize, Result<Outcome>)> = pool.install(|| {
+        redo.into_par_iter()
+            .with_max_len(1)
+            .map(|i| {
+                let e = &new_entries[i];
+                let src = similar.source(e).expect("encoded files have a source");
+                let r = encode(old, new, src, e, opts, None, &failures)
+                    .with_context(|| format!("diffing {}", e.path));
+                (i, r)
+            })
+            .collect()
+    });
+    for (i, r) in redone {
+        outcomes[i] = r?;
+    }
 
     let mut header = Header {
         kind: ImageKind::Delta,
@@ -168,15 +281,18 @@ pub fn diff(
         base_id: Some(old.header().image_id),
         config: new.header().config.clone(),
         codecs: Vec::new(),
+        dicts: Vec::new(),
         entries: Vec::with_capacity(new_entries.len()),
     };
     let mut w = Writer::create(out)?;
     let mut summary = DiffSummary::default();
-    let mut stored: std::collections::HashMap<Digest, Data> = std::collections::HashMap::new();
+    // Trained dictionary → index in the header, for those kept and used.
+    let mut dict_index: HashMap<usize, u32> = HashMap::new();
+    let mut stored: HashMap<Digest, Data> = HashMap::new();
     for (e, outcome) in new_entries.iter().zip(outcomes) {
         let mut e = e.clone();
         if e.kind == Kind::File {
-            let data = match outcome? {
+            let data = match outcome {
                 Outcome::Data(d) => d,
                 Outcome::Dup => stored
                     .get(&e.digest.expect("file"))
@@ -185,17 +301,40 @@ pub fn diff(
                 Outcome::Copy => copy_full(new, &e, &mut w)?,
                 Outcome::Delta {
                     source,
-                    codec,
-                    delta,
                     digest,
+                    best,
+                    ..
                 } => {
-                    let idx = header.codec_index(codec_ref(&codec));
-                    let offset = w.blob(&delta)?;
+                    let dict = match best.dict {
+                        None => None,
+                        Some(k) => {
+                            summary.dict_files += 1;
+                            Some(match dict_index.get(&k) {
+                                Some(&i) => i,
+                                None => {
+                                    let t = &trained[k];
+                                    let offset = w.blob(&t.compressed)?;
+                                    header.dicts.push(Dict {
+                                        offset,
+                                        length: t.compressed.len() as u64,
+                                        size: t.bytes.len() as u64,
+                                        digest: Digest::of(&t.bytes),
+                                    });
+                                    let i = (header.dicts.len() - 1) as u32;
+                                    dict_index.insert(k, i);
+                                    i
+                                }
+                            })
+                        }
+                    };
+                    let idx = header.codec_index(codec_ref(&best.codec));
+                    let offset = w.blob(&best.delta)?;
                     let step = Step {
                         codec: idx,
                         offset,
-                        length: delta.len() as u64,
+                        length: best.delta.len() as u64,
                         digest,
+                        dict,
                     };
                     Data::Delta {
                         source,
@@ -213,8 +352,66 @@ pub fn diff(
         }
         header.entries.push(e);
     }
+    summary.dicts = header.dicts.len();
+    summary.codec_failures = failures.into_inner().unwrap_or_default();
     summary.bytes = w.finish(&header)?;
     Ok(summary)
+}
+
+/// The codec that encodes against shared dictionaries: the built-in zstd-dict,
+/// if the rule uses it (a dictionary only lengthens its base; for suffix-array
+/// codecs such as bsdiff it would cost far more time than it saves).
+fn dict_codec(choice: &CodecChoice) -> Option<&Codec> {
+    match choice {
+        CodecChoice::Auto { zstd_dict, .. } => Some(zstd_dict),
+        CodecChoice::Fixed(c) if c.name() == "zstd-dict" => Some(c),
+        CodecChoice::Fixed(_) => None,
+    }
+}
+
+/// Trains one dictionary per kind of small file to be encoded, on the new
+/// contents. Returns the dictionaries and, per entry index, which one it may use.
+fn train_dicts(
+    new: &Reader,
+    plans: &[Plan],
+    entries: &[Entry],
+) -> Result<(Vec<Trained>, HashMap<usize, usize>)> {
+    let candidates: Vec<(usize, dict::Kind, Vec<u8>)> = plans
+        .par_iter()
+        .zip(entries.par_iter())
+        .enumerate()
+        .filter(|(_, (p, e))| matches!(p, Plan::Encode(_)) && e.file_size() <= dict::FILE_LIMIT)
+        .map(|(i, (_, e))| {
+            let bytes = new.full_content(e)?;
+            Ok(dict::classify(&bytes).map(|k| (i, k, bytes)))
+        })
+        .filter_map(Result::transpose)
+        .collect::<Result<_>>()?;
+    let mut by_kind: std::collections::BTreeMap<dict::Kind, Vec<usize>> = Default::default();
+    for (n, (_, k, _)) in candidates.iter().enumerate() {
+        by_kind.entry(*k).or_default().push(n);
+    }
+    let groups: Vec<Vec<usize>> = by_kind.into_values().collect();
+    let dicts: Vec<Option<Trained>> = groups
+        .par_iter()
+        .map(|members| {
+            let samples: Vec<&[u8]> = members.iter().map(|&n| &candidates[n].2[..]).collect();
+            let bytes = dict::train(&samples)?;
+            let compressed = zstd::bulk::compress(&bytes, 19).ok()?;
+            Some(Trained { bytes, compressed })
+        })
+        .collect();
+    let mut trained = Vec::new();
+    let mut kinds = HashMap::new();
+    for (members, d) in groups.into_iter().zip(dicts) {
+        if let Some(d) = d {
+            for n in members {
+                kinds.insert(candidates[n].0, trained.len());
+            }
+            trained.push(d);
+        }
+    }
+    Ok((trained, kinds))
 }
 
 /// The header's record of a codec.
@@ -257,6 +454,8 @@ fn encode(
     src: &Entry,
     e: &Entry,
     opts: &DiffOptions,
+    dict: Option<(&Codec, usize, &[u8])>,
+    failures: &std::sync::Mutex<Vec<String>>,
 ) -> Result<Outcome> {
     let full_cost = match e.data {
         Some(Data::Full { length, .. }) => length,
@@ -272,24 +471,63 @@ fn encode(
     let old_bytes = old.full_content(src)?;
     let new_bytes = new.full_content(e)?;
     let digest = e.digest.expect("file");
-    let mut best: Option<(Codec, Vec<u8>)> = None;
+    // A codec that fails on one file (a cap reached, a trap, a delta that does
+    // not patch back) must not sink the whole diff: another candidate, or full
+    // storage, takes the file, and the failure is reported.
+    let attempt = |c: &Codec, base: &[u8]| -> Option<Vec<u8>> {
+        let r = c.diff(base, &new_bytes, opts.level).and_then(|delta| {
+            // A delta that does not patch back is a codec bug; catch it here, not
+            // on a user's machine. Patching costs little next to diffing.
+            c.patch_checked(base, &delta, &digest).map(|_| delta)
+        });
+        match r {
+            Ok(delta) => Some(delta),
+            Err(err) => {
+                let mut f = failures.lock().unwrap_or_else(|p| p.into_inner());
+                f.push(format!("{}: {err}", e.path));
+                None
+            }
+        }
+    };
+    // With a dictionary, the dictionary codec runs once, with it: the old file
+    // is still in its window, and indexing the base is most of its cost. Should
+    // the dictionary not pay overall, the file is encoded again without it.
+    let mut plain: Option<Encoded> = None;
     for c in candidates {
-        let delta = c.diff(&old_bytes, &new_bytes, opts.level)?;
-        if best.as_ref().is_none_or(|(_, b)| delta.len() < b.len()) {
-            best = Some((c.clone(), delta));
+        if dict.is_some_and(|(d, ..)| d.digest() == c.digest()) {
+            continue;
+        }
+        if let Some(delta) = attempt(c, &old_bytes) {
+            if plain.as_ref().is_none_or(|b| delta.len() < b.delta.len()) {
+                plain = Some(Encoded {
+                    codec: c.clone(),
+                    delta,
+                    dict: None,
+                });
+            }
         }
     }
-    let (codec, delta) = best.expect("a candidate");
-    if delta.len() as u64 >= full_cost {
-        return Ok(Outcome::Copy);
-    }
-    // A delta that does not patch back is a codec bug; catch it here, not on a
-    // user's machine. Patching costs little next to diffing.
-    codec.patch_checked(&old_bytes, &delta, &digest)?;
-    Ok(Outcome::Delta {
-        source: src.digest.expect("file"),
-        codec,
-        delta,
-        digest,
+    let plain = plain.filter(|p| (p.delta.len() as u64) < full_cost);
+    let plain_cost = plain.as_ref().map_or(full_cost, |p| p.delta.len() as u64);
+    let with_dict = dict.and_then(|(c, k, bytes)| {
+        let mut base = Vec::with_capacity(bytes.len() + old_bytes.len());
+        base.extend_from_slice(bytes);
+        base.extend_from_slice(&old_bytes);
+        let delta = attempt(c, &base)?;
+        ((delta.len() as u64) < plain_cost).then(|| Encoded {
+            codec: c.clone(),
+            delta,
+            dict: Some(k),
+        })
+    });
+    let source = src.digest.expect("file");
+    Ok(match with_dict.or(plain) {
+        Some(best) => Outcome::Delta {
+            source,
+            digest,
+            best,
+            plain_cost,
+        },
+        None => Outcome::Copy,
     })
 }

@@ -12,6 +12,7 @@ use rayon::prelude::*;
 use super::diff::{codec_ref, copy_full};
 use crate::codec::Codecs;
 use crate::digest::Digest;
+use crate::image::chain::apply_step;
 use crate::image::entry::{Compression, Data, Entry, Kind, Step};
 use crate::image::format::{self, Header, ImageKind, Reader, Writer};
 use crate::progress::Progress;
@@ -142,11 +143,7 @@ pub fn merge(
                                     lower.full_content(l)?
                                 };
                                 for s in steps {
-                                    let c = &uh.codecs[s.codec as usize];
-                                    let delta = upper.blob(s.offset, s.length)?;
-                                    data = codecs
-                                        .get(&c.sha256, &c.name)?
-                                        .patch_checked(&data, &delta, &s.digest)?;
+                                    data = apply_step(upper, codecs, s, data)?;
                                 }
                                 let (bytes, comp) = format::compress(&data, level)?;
                                 Merged::Rebuilt(bytes, comp)
@@ -170,6 +167,7 @@ pub fn merge(
         base_id: lh.base_id,
         config: uh.config.clone(),
         codecs: Vec::new(),
+        dicts: Vec::new(),
         entries: Vec::with_capacity(uh.entries.len()),
     };
     let mut summary = MergeSummary::default();
@@ -219,6 +217,7 @@ pub fn merge(
                                     offset,
                                     length: delta.len() as u64,
                                     digest,
+                                    dict: None,
                                 }
                             }
                         });
@@ -238,13 +237,34 @@ pub fn merge(
 
 fn copy_step(from: &Reader, s: &Step, header: &mut Header, w: &mut Writer) -> Result<Step> {
     let idx = header.codec_index(from.header().codecs[s.codec as usize].clone());
+    let dict = match s.dict {
+        Some(i) => Some(copy_dict(from, i, header, w)?),
+        None => None,
+    };
     let (offset, length) = w.blob_from(&mut from.blob_reader(s.offset, s.length))?;
     Ok(Step {
         codec: idx,
         offset,
         length,
         digest: s.digest,
+        dict,
     })
+}
+
+/// The index in `header` of `from`'s dictionary `i`, copying its blob the first
+/// time (both inputs may carry the same dictionary; it is stored once).
+fn copy_dict(from: &Reader, i: u32, header: &mut Header, w: &mut Writer) -> Result<u32> {
+    let d = &from.header().dicts[i as usize];
+    if let Some(j) = header.dict_index(&d.digest) {
+        return Ok(j);
+    }
+    let (offset, length) = w.blob_from(&mut from.blob_reader(d.offset, d.length))?;
+    header.dicts.push(format::Dict {
+        offset,
+        length,
+        ..d.clone()
+    });
+    Ok((header.dicts.len() - 1) as u32)
 }
 
 /// Two consecutive single-step deltas in the same mergeable codec become one step
@@ -268,6 +288,11 @@ fn compose<'a>(
     let ([l], [u]) = (lower_steps, upper_steps) else {
         return chained();
     };
+    // A codec merge assumes the upper step's base is the lower step's output; a
+    // dictionary in front of either breaks that.
+    if l.dict.is_some() || u.dict.is_some() {
+        return chained();
+    }
     let (lc, uc) = (
         &lower.header().codecs[l.codec as usize],
         &upper.header().codecs[u.codec as usize],

@@ -93,6 +93,7 @@ pub fn materialize(
         base_id: None,
         config: top.config.clone(),
         codecs: Vec::new(),
+        dicts: Vec::new(),
         entries,
     };
     w.finish(&header)

@@ -1,0 +1,79 @@
+//! Shared dictionaries for a delta. A file diffed against its own old version
+//! alone cannot borrow from what is new elsewhere in the image: when a toolchain
+//! changes, a hundred small binaries each carry their copy of the same new
+//! library code. Whole-image compressors (`zstd --long` on a squashed tar) get
+//! that for free; per-file deltas pay it a hundred times. A dictionary trained on
+//! the new versions of such files, stored once in the delta and placed in front
+//! of each file's base, gives it back while every file stays decodable alone.
+//!
+//! Files are grouped by kind (their first bytes) so that one dictionary serves
+//! content that looks alike. Only kinds whose files share much across files get
+//! one: ELF objects (the same library code linked into many) and gettext
+//! catalogues (the same messages in many packages). Other files were measured to
+//! gain almost nothing (debian bookworm -> trixie: 2.7 KB over 1,400 files) for a
+//! codec call each that costs as much as compressing the dictionary.
+
+/// Files above this size get no dictionary: they carry enough context of their own.
+pub const FILE_LIMIT: u64 = 1 << 20;
+/// A kind needs this many files to get a dictionary.
+const MIN_FILES: usize = 8;
+/// ... and this many bytes of them.
+const MIN_BYTES: usize = 256 << 10;
+/// Dictionary size bounds; between them, 1/16 of the sample bytes.
+const MIN_SIZE: usize = 16 << 10;
+const MAX_SIZE: usize = 512 << 10;
+
+/// What a file looks like, as far as sharing a dictionary goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// An ELF object: executables, shared libraries, modules.
+    Elf,
+    /// A gettext message catalogue (`.mo`).
+    Gettext,
+}
+
+/// The kind of a file starting with `head`, if it is one that gets a dictionary.
+pub fn classify(head: &[u8]) -> Option<Kind> {
+    if head.starts_with(b"\x7fELF") {
+        Some(Kind::Elf)
+    } else if head.starts_with(&[0xde, 0x12, 0x04, 0x95])
+        || head.starts_with(&[0x95, 0x04, 0x12, 0xde])
+    {
+        Some(Kind::Gettext)
+    } else {
+        None
+    }
+}
+
+/// A dictionary trained on `samples` (the new contents of files of one kind), or
+/// None when there are too few of them or training fails (degenerate input).
+pub fn train(samples: &[&[u8]]) -> Option<Vec<u8>> {
+    let total: usize = samples.iter().map(|s| s.len()).sum();
+    if samples.len() < MIN_FILES || total < MIN_BYTES {
+        return None;
+    }
+    let size = (total / 16).clamp(MIN_SIZE, MAX_SIZE);
+    zstd::dict::from_samples(samples, size)
+        .ok()
+        .filter(|d| !d.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classify_by_magic() {
+        assert_eq!(classify(b"\x7fELF\x02\x01"), Some(Kind::Elf));
+        assert_eq!(classify(&[0xde, 0x12, 0x04, 0x95, 0]), Some(Kind::Gettext));
+        assert_eq!(classify(b"\x1f\x8b\x08\x00"), None);
+        assert_eq!(classify(b"#!/bin/sh\n"), None);
+        assert_eq!(classify(b""), None);
+    }
+
+    #[test]
+    fn too_few_samples_give_no_dictionary() {
+        let s = vec![0u8; 1 << 20];
+        assert!(train(&[&s[..]]).is_none());
+    }
+}
