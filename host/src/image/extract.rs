@@ -123,8 +123,11 @@ pub fn extract(
         .num_threads(threads.max(1))
         .build()?;
     pool.install(|| {
+        // One file per work item: rayon otherwise gives each thread a long run
+        // of entries to do in order, and the one holding the big files ends alone.
         entries
             .par_iter()
+            .with_max_len(1)
             .filter(|e| e.kind == Kind::File)
             .try_for_each(|e| -> Result<()> {
                 let p = target(root, e)?;

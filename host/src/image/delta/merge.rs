@@ -108,6 +108,7 @@ pub fn merge(
     let plans: Vec<Result<Option<Merged>>> = pool.install(|| {
         uh.entries
             .par_iter()
+            .with_max_len(1)
             .map(|e| {
                 progress.advance(1);
                 if e.kind != Kind::File {

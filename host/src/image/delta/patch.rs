@@ -41,6 +41,7 @@ pub fn materialize(
     let rebuilt: Vec<Option<Result<Compressed>>> = pool.install(|| {
         top.entries
             .par_iter()
+            .with_max_len(1)
             .map(|e| {
                 if e.kind != Kind::File || chain.raw_source(e).is_some() {
                     return None;

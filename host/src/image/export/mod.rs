@@ -150,6 +150,7 @@ fn write_tree<W: Write>(
         let mut rebuilt: HashMap<usize, Vec<u8>> = pool.install(|| {
             (start..end)
                 .into_par_iter()
+                .with_max_len(1)
                 .filter(|&i| needs_codec(i))
                 .map(|i| {
                     let e = &entries[i];
