@@ -27,6 +27,15 @@ fn matchlen(a: &[u8], b: &[u8]) -> usize {
     i
 }
 
+/// Whether `a < b` for slices of equal length, as `a < b` on slices decides it
+/// but eight bytes at a time: in wasm32 the slice comparison is a byte-wise
+/// `memcmp` loop, and on long matches the suffix search spent nearly all its
+/// time there.
+fn less(a: &[u8], b: &[u8]) -> bool {
+    let n = matchlen(a, b);
+    n < a.len() && a[n] < b[n]
+}
+
 /// The old position whose suffix shares the longest prefix with `new`, and that
 /// length. `sa` is the (non-empty) suffix array of `old`.
 fn search(sa: &[i32], old: &[u8], new: &[u8]) -> (usize, usize) {
@@ -35,7 +44,7 @@ fn search(sa: &[i32], old: &[u8], new: &[u8]) -> (usize, usize) {
         let x = st + (en - st) / 2;
         let p = sa[x] as usize;
         let m = (old.len() - p).min(new.len());
-        if old[p..p + m] < new[..m] {
+        if less(&old[p..p + m], &new[..m]) {
             st = x;
         } else {
             en = x;
@@ -172,6 +181,32 @@ pub fn diff(old: &[u8], new: &[u8]) -> Delta {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn less_orders_like_slices() {
+        let cases: [(&[u8], &[u8]); 6] = [
+            (b"", b""),
+            (b"abcdefghij", b"abcdefghij"),
+            (b"abcdefghia", b"abcdefghib"),
+            (b"abcdefghib", b"abcdefghia"),
+            (b"b", b"a"),
+            (b"0123456789abcdeX", b"0123456789abcdeY"),
+        ];
+        for (a, b) in cases {
+            assert_eq!(less(a, b), a < b, "{a:?} {b:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn less_agrees_with_slice_order(
+            a in proptest::collection::vec(0u8..3, 0..40),
+            b in proptest::collection::vec(0u8..3, 0..40),
+        ) {
+            let n = a.len().min(b.len());
+            proptest::prop_assert_eq!(less(&a[..n], &b[..n]), a[..n] < b[..n]);
+        }
+    }
 
     #[test]
     fn matchlen_counts_common_prefix() {

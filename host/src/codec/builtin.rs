@@ -28,3 +28,13 @@ pub fn builtin_components() -> &'static [BuiltinComponent] {
     ];
     ALL
 }
+
+/// Earlier builds of built-in codecs (codecs/retired/README.md), kept so the
+/// deltas made with them still decode; never used to diff.
+pub fn retired_components() -> &'static [BuiltinComponent] {
+    const ALL: &[BuiltinComponent] = &[BuiltinComponent {
+        name: "bsdiff",
+        bytes: include_bytes!("../../../codecs/retired/bsdiff-1.0.0-7d763bd9.wasm"),
+    }];
+    ALL
+}

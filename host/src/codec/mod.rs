@@ -15,7 +15,7 @@ mod error;
 mod runtime;
 mod store;
 
-pub use builtin::{builtin_components, BuiltinComponent};
+pub use builtin::{builtin_components, retired_components, BuiltinComponent};
 pub use component::{Codec, CodecInfo};
 pub use error::{CodecError, ErrorKind, Op};
 pub use runtime::{Limits, Runtime};

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use super::builtin::builtin_components;
+use super::builtin::{builtin_components, retired_components};
 use super::component::Codec;
 use super::runtime::Runtime;
 use crate::digest::Digest;
@@ -157,10 +157,12 @@ impl Codecs {
         })
     }
 
-    /// Digests of every codec this machine holds: the built-ins and the store.
+    /// Digests of every codec this machine holds: the built-ins (current and
+    /// retired) and the store.
     pub fn held(&self) -> Result<Vec<Digest>> {
         let mut out: Vec<Digest> = builtin_components()
             .iter()
+            .chain(retired_components())
             .map(|b| Digest::of(b.bytes))
             .collect();
         out.extend(self.store.list()?);
@@ -205,6 +207,7 @@ impl Codecs {
         }
         if let Some(b) = builtin_components()
             .iter()
+            .chain(retired_components())
             .find(|b| Digest::of(b.bytes) == *digest)
         {
             return self.load_bytes(b.bytes);
@@ -229,6 +232,7 @@ impl Codecs {
             .with_context(|| format!("loading {}", path.display()))?;
         if builtin_components()
             .iter()
+            .chain(retired_components())
             .any(|b| b.bytes == bytes.as_slice())
         {
             return Ok((codec, CodecOrigin::Builtin));
