@@ -1,6 +1,7 @@
 //! A cdimg file from hostile bytes: the reader must refuse it with an error or
 //! accept a header that passes validation, and everything built on a valid
-//! header (image id, the mount's inode table) must not panic.
+//! header (image id, the mount's inode table, blobs and dictionaries) must not
+//! panic.
 #![no_main]
 
 use std::io::Write;
@@ -38,6 +39,9 @@ fuzz_target!(|data: &[u8]| {
         use_header(r.header());
         for e in &r.header().entries {
             let _ = r.full_content(e);
+        }
+        for i in 0..r.header().dicts.len() as u32 {
+            let _ = r.dict(i);
         }
     }
     // The header's JSON alone, through validation (most inputs never get past the
