@@ -75,7 +75,7 @@ pub struct DiffSummary {
     pub delta: usize,
     /// Files stored in full.
     pub full: usize,
-    /// Shared dictionaries stored, and the files encoded against one.
+    /// Shared dictionaries stored.
     pub dicts: usize,
     /// Files encoded against a shared dictionary.
     pub dict_files: usize,
