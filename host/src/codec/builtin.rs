@@ -38,3 +38,9 @@ pub fn retired_components() -> &'static [BuiltinComponent] {
     }];
     ALL
 }
+
+/// Every component d4c can decode without the store: the built-ins, then the
+/// retired ones.
+pub fn decodable_components() -> impl Iterator<Item = &'static BuiltinComponent> {
+    builtin_components().iter().chain(retired_components())
+}

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use super::builtin::{builtin_components, retired_components};
+use super::builtin::{builtin_components, decodable_components};
 use super::component::Codec;
 use super::runtime::Runtime;
 use crate::digest::Digest;
@@ -160,9 +160,7 @@ impl Codecs {
     /// Digests of every codec this machine holds: the built-ins (current and
     /// retired) and the store.
     pub fn held(&self) -> Result<Vec<Digest>> {
-        let mut out: Vec<Digest> = builtin_components()
-            .iter()
-            .chain(retired_components())
+        let mut out: Vec<Digest> = decodable_components()
             .map(|b| Digest::of(b.bytes))
             .collect();
         out.extend(self.store.list()?);
@@ -205,11 +203,7 @@ impl Codecs {
         {
             return Ok(c.clone());
         }
-        if let Some(b) = builtin_components()
-            .iter()
-            .chain(retired_components())
-            .find(|b| Digest::of(b.bytes) == *digest)
-        {
+        if let Some(b) = decodable_components().find(|b| Digest::of(b.bytes) == *digest) {
             return self.load_bytes(b.bytes);
         }
         match self.store.get(digest)? {
@@ -230,11 +224,7 @@ impl Codecs {
         let codec = self
             .load_bytes(&bytes)
             .with_context(|| format!("loading {}", path.display()))?;
-        if builtin_components()
-            .iter()
-            .chain(retired_components())
-            .any(|b| b.bytes == bytes.as_slice())
-        {
+        if decodable_components().any(|b| b.bytes == bytes.as_slice()) {
             return Ok((codec, CodecOrigin::Builtin));
         }
         self.store.put(&bytes)?;

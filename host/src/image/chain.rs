@@ -210,13 +210,7 @@ pub fn apply_step(reader: &Reader, codecs: &Codecs, step: &Step, base: Vec<u8>) 
     let delta = reader.blob(step.offset, step.length)?;
     let old = match step.dict {
         None => base,
-        Some(i) => {
-            let dict = reader.dict(i)?;
-            let mut old = Vec::with_capacity(dict.len() + base.len());
-            old.extend_from_slice(&dict);
-            old.extend_from_slice(&base);
-            old
-        }
+        Some(i) => super::delta::dict::behind(&reader.dict(i)?, &base),
     };
     Ok(codec.patch_checked(&old, &delta, &step.digest)?)
 }

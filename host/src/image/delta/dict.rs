@@ -45,6 +45,15 @@ pub fn classify(head: &[u8]) -> Option<Kind> {
     }
 }
 
+/// A codec's base input for a step with a dictionary: the dictionary, then the
+/// base content (docs/FORMAT.md); the one place both diff and patch build it.
+pub fn behind(dict: &[u8], base: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(dict.len() + base.len());
+    out.extend_from_slice(dict);
+    out.extend_from_slice(base);
+    out
+}
+
 /// A dictionary trained on `samples` (the new contents of files of one kind), or
 /// None when there are too few of them or training fails (degenerate input).
 pub fn train(samples: &[&[u8]]) -> Option<Vec<u8>> {

@@ -219,16 +219,15 @@ pub fn diff(
             })
             .collect()
     });
-    let mut outcomes: Vec<Option<Result<Outcome>>> = (0..new_entries.len()).map(|_| None).collect();
+    progress.finish();
+    let mut placed: Vec<Option<Outcome>> = (0..new_entries.len()).map(|_| None).collect();
     for (i, r) in done {
-        outcomes[i] = Some(r);
+        placed[i] = Some(r?);
     }
-    let outcomes: Vec<Result<Outcome>> = outcomes
+    let mut outcomes: Vec<Outcome> = placed
         .into_iter()
         .map(|o| o.expect("every entry planned"))
         .collect();
-    progress.finish();
-    let mut outcomes = outcomes.into_iter().collect::<Result<Vec<_>>>()?;
 
     // A dictionary stays only if the files using it saved more than it costs;
     // otherwise they go back to their best plain encoding.
@@ -309,22 +308,13 @@ pub fn diff(
                         None => None,
                         Some(k) => {
                             summary.dict_files += 1;
-                            Some(match dict_index.get(&k) {
-                                Some(&i) => i,
-                                None => {
-                                    let t = &trained[k];
-                                    let offset = w.blob(&t.compressed)?;
-                                    header.dicts.push(Dict {
-                                        offset,
-                                        length: t.compressed.len() as u64,
-                                        size: t.bytes.len() as u64,
-                                        digest: Digest::of(&t.bytes),
-                                    });
-                                    let i = (header.dicts.len() - 1) as u32;
-                                    dict_index.insert(k, i);
-                                    i
-                                }
-                            })
+                            Some(stored_dict(
+                                k,
+                                &trained,
+                                &mut dict_index,
+                                &mut header,
+                                &mut w,
+                            )?)
                         }
                     };
                     let idx = header.codec_index(codec_ref(&best.codec));
@@ -356,6 +346,31 @@ pub fn diff(
     summary.codec_failures = failures.into_inner().unwrap_or_default();
     summary.bytes = w.finish(&header)?;
     Ok(summary)
+}
+
+/// The header index of trained dictionary `k`, writing its blob the first time a
+/// kept file uses it (a dictionary no file ended up using is never written).
+fn stored_dict(
+    k: usize,
+    trained: &[Trained],
+    written: &mut HashMap<usize, u32>,
+    header: &mut Header,
+    w: &mut Writer,
+) -> Result<u32> {
+    if let Some(&i) = written.get(&k) {
+        return Ok(i);
+    }
+    let t = &trained[k];
+    let offset = w.blob(&t.compressed)?;
+    header.dicts.push(Dict {
+        offset,
+        length: t.compressed.len() as u64,
+        size: t.bytes.len() as u64,
+        digest: Digest::of(&t.bytes),
+    });
+    let i = (header.dicts.len() - 1) as u32;
+    written.insert(k, i);
+    Ok(i)
 }
 
 /// The codec that encodes against shared dictionaries: the built-in zstd-dict,
@@ -510,10 +525,7 @@ fn encode(
     let plain = plain.filter(|p| (p.delta.len() as u64) < full_cost);
     let plain_cost = plain.as_ref().map_or(full_cost, |p| p.delta.len() as u64);
     let with_dict = dict.and_then(|(c, k, bytes)| {
-        let mut base = Vec::with_capacity(bytes.len() + old_bytes.len());
-        base.extend_from_slice(bytes);
-        base.extend_from_slice(&old_bytes);
-        let delta = attempt(c, &base)?;
+        let delta = attempt(c, &dict::behind(bytes, &old_bytes))?;
         ((delta.len() as u64) < plain_cost).then(|| Encoded {
             codec: c.clone(),
             delta,
