@@ -1,7 +1,9 @@
 //! Finding the old file a new file most likely evolved from, when the path alone
 //! does not say: versioned directories (`numpy-1.26.0.dist-info` →
 //! `numpy-1.26.1.dist-info`, `/opt/yarn-v1.22.19` → `/opt/yarn-v1.22.22`) and
-//! soname bumps (`libfoo.so.3.0.20` → `libfoo.so.3.0.22`).
+//! soname bumps (`libfoo.so.3.0.20` → `libfoo.so.3.0.22`), and a path that was a
+//! symlink and is now a file (glibc 2.34 made `libc.so.6`, once a link to
+//! `libc-2.31.so`, the library itself).
 
 use std::collections::HashMap;
 
@@ -31,6 +33,8 @@ fn basename(path: &str) -> &str {
 
 /// An index of the old image's regular files by name.
 pub struct Similar<'a> {
+    /// Every old entry, for following symlinks.
+    all: HashMap<&'a str, &'a Entry>,
     by_path: HashMap<&'a str, &'a Entry>,
     by_blind: HashMap<String, Vec<&'a Entry>>,
     by_base: HashMap<String, Vec<&'a Entry>>,
@@ -40,6 +44,7 @@ impl<'a> Similar<'a> {
     /// Indexes the non-empty regular files of `old`.
     pub fn new(old: &'a [Entry]) -> Similar<'a> {
         let mut s = Similar {
+            all: old.iter().map(|e| (e.path.as_str(), e)).collect(),
             by_path: HashMap::new(),
             by_blind: HashMap::new(),
             by_base: HashMap::new(),
@@ -61,11 +66,15 @@ impl<'a> Similar<'a> {
         s
     }
 
-    /// The old file to diff `new` against: the same path; else the same path up to
-    /// version numbers; else the same file name (up to versions) elsewhere with a
-    /// comparable size. Among several, the closest in size.
+    /// The old file to diff `new` against: the same path, or the file an old
+    /// symlink at that path led to; else the same path up to version numbers; else
+    /// the same file name (up to versions) elsewhere with a comparable size. Among
+    /// several, the closest in size.
     pub fn source(&self, new: &Entry) -> Option<&'a Entry> {
         if let Some(e) = self.by_path.get(new.path.as_str()) {
+            return Some(e);
+        }
+        if let Some(e) = self.follow(&new.path) {
             return Some(e);
         }
         let size = new.file_size();
@@ -87,7 +96,51 @@ impl<'a> Similar<'a> {
         let (a, b) = (c.file_size().max(1), size.max(1));
         (a.max(b) <= 2 * a.min(b)).then_some(c)
     }
+
+    /// The non-empty regular file `path` names in the old tree, following
+    /// symlinks in any component (absolute targets from the root, `..` stopping
+    /// at the root) and hardlinks to their file; `None` for a dangling name or a
+    /// loop.
+    fn follow(&self, path: &str) -> Option<&'a Entry> {
+        // Components still to walk, the next one last.
+        let mut pending: Vec<&str> = path.split('/').rev().collect();
+        let mut walked: Vec<&str> = Vec::new();
+        let mut hops = 0;
+        while let Some(c) = pending.pop() {
+            match c {
+                "" | "." => continue,
+                ".." => {
+                    walked.pop();
+                    continue;
+                }
+                _ => walked.push(c),
+            }
+            let Some(e) = self.all.get(walked.join("/").as_str()) else {
+                continue;
+            };
+            if e.kind == Kind::Symlink {
+                hops += 1;
+                if hops > MAX_HOPS {
+                    return None;
+                }
+                walked.pop();
+                let target = e.link.as_deref()?;
+                if target.starts_with('/') {
+                    walked.clear();
+                }
+                pending.extend(target.split('/').rev());
+            }
+        }
+        let mut e = *self.all.get(walked.join("/").as_str())?;
+        if e.kind == Kind::Hardlink {
+            e = self.all.get(e.link.as_deref()?)?;
+        }
+        (e.kind == Kind::File && e.file_size() > 0).then_some(e)
+    }
 }
+
+/// Symlinks followed for one name before giving up (Linux allows 40).
+const MAX_HOPS: usize = 40;
 
 #[cfg(test)]
 mod tests {
@@ -130,5 +183,48 @@ mod tests {
         assert_eq!(src("srv/cli.js", 9).unwrap(), "etc/other/cli.js");
         assert_eq!(src("srv/cli.js", 5_000_000), None);
         assert_eq!(src("brand/new", 10), None);
+    }
+
+    fn link(path: &str, kind: Kind, target: &str) -> Entry {
+        Entry {
+            kind,
+            link: Some(target.to_string()),
+            ..Entry::dir(path)
+        }
+    }
+
+    #[test]
+    fn a_file_that_was_a_symlink_diffs_against_the_link_target() {
+        let old = vec![
+            Entry::dir("usr/lib"),
+            link("lib", Kind::Symlink, "usr/lib"),
+            file("usr/lib/libc-2.31.so", 1900),
+            link("usr/lib/libc.so.6", Kind::Symlink, "libc-2.31.so"),
+            link(
+                "usr/lib/libm.so.6",
+                Kind::Symlink,
+                "/lib/./sub/../libm-2.31.so",
+            ),
+            link(
+                "usr/lib/libm-2.31.so",
+                Kind::Hardlink,
+                "usr/lib/libc-2.31.so",
+            ),
+            link("usr/lib/up", Kind::Symlink, "../../../../usr/lib/libc.so.6"),
+            link("loop/a", Kind::Symlink, "b"),
+            link("loop/b", Kind::Symlink, "a"),
+            link("usr/lib/gone.so", Kind::Symlink, "nowhere.so"),
+            link("usr/lib/dir", Kind::Symlink, "/usr"),
+        ];
+        let s = Similar::new(&old);
+        let src = |p: &str| s.source(&file(p, 1950)).map(|e| e.path.clone());
+        assert_eq!(src("usr/lib/libc.so.6").unwrap(), "usr/lib/libc-2.31.so");
+        // Through a directory symlink, an absolute target, `.`, `..` and a hardlink.
+        assert_eq!(src("usr/lib/libm.so.6").unwrap(), "usr/lib/libc-2.31.so");
+        assert_eq!(src("lib/libc.so.6").unwrap(), "usr/lib/libc-2.31.so");
+        assert_eq!(src("usr/lib/up").unwrap(), "usr/lib/libc-2.31.so");
+        assert_eq!(src("loop/a"), None);
+        assert_eq!(src("usr/lib/gone.so"), None);
+        assert_eq!(src("usr/lib/dir"), None);
     }
 }
