@@ -6,6 +6,7 @@ use std::path::PathBuf;
 const BUILTINS: &[(&str, &str)] = &[
     ("d4c-codec-bsdiff", "BSDIFF"),
     ("d4c-codec-zstd-dict", "ZSTD_DICT"),
+    ("d4c-codec-gzip", "GZIP"),
 ];
 
 fn main() {

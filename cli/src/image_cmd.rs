@@ -173,6 +173,7 @@ pub fn diff(cli: &Cli, a: &DiffArgs) -> Result<()> {
         CodecChoice::Auto {
             bsdiff: codecs.builtin("bsdiff")?,
             zstd_dict: codecs.builtin("zstd-dict")?,
+            gzip: codecs.builtin("gzip")?,
         }
     } else {
         CodecChoice::Fixed(codecs.resolve(&a.codec)?)

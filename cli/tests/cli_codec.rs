@@ -17,7 +17,7 @@ fn list_json_names_the_builtins() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let arr = v.as_array().unwrap();
     let names: Vec<&str> = arr.iter().map(|c| c["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["bsdiff", "zstd-dict"]);
+    assert_eq!(names, ["bsdiff", "zstd-dict", "gzip"]);
     for c in arr {
         let sha = c["sha256"].as_str().unwrap();
         assert_eq!(sha.len(), 64);
@@ -26,6 +26,7 @@ fn list_json_names_the_builtins() {
     }
     assert_eq!(arr[0]["merge"], true);
     assert_eq!(arr[1]["merge"], false);
+    assert_eq!(arr[2]["merge"], false);
 }
 
 #[test]

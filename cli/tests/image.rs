@@ -740,10 +740,15 @@ fn host_binaries() -> Vec<(String, Vec<u8>)> {
 
 /// A layer with `files` under `bin/`.
 fn bin_layer(files: &[(String, Vec<u8>)]) -> Vec<u8> {
+    layer_in("bin", files)
+}
+
+/// A layer with `files` under `dir/`.
+fn layer_in(dir: &str, files: &[(String, Vec<u8>)]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for (name, data) in files {
         let mut h = hdr(tar::EntryType::Regular, 0o755, data.len() as u64, None);
-        h.set_path(format!("bin/{name}")).unwrap();
+        h.set_path(format!("{dir}/{name}")).unwrap();
         h.set_cksum();
         b.append(&h, &data[..]).unwrap();
     }
@@ -753,17 +758,7 @@ fn bin_layer(files: &[(String, Vec<u8>)]) -> Vec<u8> {
 #[test]
 fn shared_dictionaries_shrink_many_files_with_the_same_new_code_and_stay_correct() {
     let dir = tempfile::tempdir().unwrap();
-    let home = dir.path().join("home");
-    let run = |args: &[&str]| d4c_tests::run_d4c(Path::new(env!("CARGO_BIN_EXE_d4c")), &home, args);
-    let d4c = |args: &[&str]| {
-        let (ok, out, err) = run(args);
-        assert!(ok, "d4c {args:?}: {err}");
-        out
-    };
-    let p = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
-    let inspect = |n: &str| -> serde_json::Value {
-        serde_json::from_str(&d4c(&["inspect", &p(n), "--json"])).unwrap()
-    };
+    let s = Series::empty(Path::new(env!("CARGO_BIN_EXE_d4c")), dir.path());
 
     // v1: real binaries. v2: each with the same 48 KiB of new "library code"
     // linked in (incompressible bytes, as machine code nearly is) and a version
@@ -797,26 +792,19 @@ fn shared_dictionaries_shrink_many_files_with_the_same_new_code_and_stay_correct
         .collect();
     for (v, files) in [("v1", &v1), ("v2", &v2), ("v3", &v3)] {
         d4c_tests::write_layout(&dir.path().join(v), v, &[bin_layer(files)]).unwrap();
-        d4c(&[
-            "convert",
-            &format!("{}:{v}", p(v)),
-            "-o",
-            &p(&format!("{v}.cdimg")),
-        ]);
+        s.convert(v, v);
     }
     let diff = |old: &str, new: &str, out: &str, extra: &[&str]| {
-        let mut args = vec!["diff", "--old", old, "--new", new, "-o", out];
-        args.extend_from_slice(extra);
-        d4c(&args)
+        let (ok, _, err) = s.diff(old, new, out, extra);
+        assert!(ok, "diff {out}: {err}");
     };
-    let (v1c, v2c, v3c) = (p("v1.cdimg"), p("v2.cdimg"), p("v3.cdimg"));
-    diff(&v1c, &v2c, &p("d12.cdimg"), &[]);
-    diff(&v1c, &v2c, &p("plain.cdimg"), &["--no-dicts"]);
-    diff(&v2c, &v3c, &p("d23.cdimg"), &[]);
+    diff("v1.cdimg", "v2.cdimg", "d12.cdimg", &[]);
+    diff("v1.cdimg", "v2.cdimg", "plain.cdimg", &["--no-dicts"]);
+    diff("v2.cdimg", "v3.cdimg", "d23.cdimg", &[]);
 
     // One dictionary, used by every file, and it pays: without it each file
     // carries the new code again.
-    let d12 = inspect("d12.cdimg");
+    let d12 = s.inspect("d12.cdimg");
     let dicts = d12["dicts"].as_array().unwrap();
     assert_eq!(dicts.len(), 1, "{d12}");
     assert_eq!(
@@ -824,77 +812,67 @@ fn shared_dictionaries_shrink_many_files_with_the_same_new_code_and_stay_correct
         v1.len(),
         "{d12}"
     );
-    assert_eq!(inspect("plain.cdimg")["dicts"].as_array().unwrap().len(), 0);
+    let plain = s.inspect("plain.cdimg");
+    assert_eq!(plain["dicts"].as_array().unwrap().len(), 0);
     let (with, without) = (
         d12["bytes"].as_u64().unwrap(),
-        inspect("plain.cdimg")["bytes"].as_u64().unwrap(),
+        plain["bytes"].as_u64().unwrap(),
     );
     assert!(
         with * 3 < without,
         "with dictionary {with} bytes, without {without}"
     );
     // The same inputs give the same bytes (training is deterministic).
-    diff(&v1c, &v2c, &p("again.cdimg"), &["--threads", "1"]);
+    diff("v1.cdimg", "v2.cdimg", "again.cdimg", &["--threads", "1"]);
     assert_eq!(
-        std::fs::read(p("again.cdimg")).unwrap(),
-        std::fs::read(p("d12.cdimg")).unwrap()
+        std::fs::read(s.p("again.cdimg")).unwrap(),
+        std::fs::read(s.p("d12.cdimg")).unwrap()
     );
 
     // patch, extract and a merge across a dictionary step give exactly v2 and v3.
-    d4c(&[
-        "patch",
-        "--base",
-        &v1c,
-        "--delta",
-        &p("d12.cdimg"),
+    s.patch("v1.cdimg", &["d12.cdimg"], "p2.cdimg");
+    s.same_image("p2.cdimg", "v2.cdimg");
+    s.ok(&[
+        "extract",
+        &s.p("v1.cdimg"),
+        &s.p("d12.cdimg"),
         "-o",
-        &p("p2.cdimg"),
+        &s.p("x12"),
     ]);
+    s.ok(&["extract", &s.p("v2.cdimg"), "-o", &s.p("x2")]);
     assert_eq!(
-        inspect("p2.cdimg")["image_id"],
-        inspect("v2.cdimg")["image_id"]
+        tree_listing(Path::new(&s.p("x12"))),
+        tree_listing(Path::new(&s.p("x2")))
     );
-    d4c(&["extract", &v1c, &p("d12.cdimg"), "-o", &p("x12")]);
-    d4c(&["extract", &v2c, "-o", &p("x2")]);
-    assert_eq!(
-        tree_listing(Path::new(&p("x12"))),
-        tree_listing(Path::new(&p("x2")))
-    );
-    d4c(&[
+    s.ok(&[
         "merge",
         "--lower",
-        &p("d12.cdimg"),
+        &s.p("d12.cdimg"),
         "--upper",
-        &p("d23.cdimg"),
+        &s.p("d23.cdimg"),
         "-o",
-        &p("d13.cdimg"),
+        &s.p("d13.cdimg"),
     ]);
-    let d13 = inspect("d13.cdimg");
+    let d13 = s.inspect("d13.cdimg");
     assert_eq!(d13["dicts"].as_array().unwrap().len(), 1, "{d13}");
-    d4c(&[
-        "patch",
-        "--base",
-        &v1c,
-        "--delta",
-        &p("d13.cdimg"),
-        "-o",
-        &p("p3.cdimg"),
-    ]);
-    assert_eq!(
-        inspect("p3.cdimg")["image_id"],
-        inspect("v3.cdimg")["image_id"]
-    );
+    s.patch("v1.cdimg", &["d13.cdimg"], "p3.cdimg");
+    s.same_image("p3.cdimg", "v3.cdimg");
 
     // A flipped byte in the dictionary's blob is caught and named.
-    let r = Reader::open(Path::new(&p("d12.cdimg"))).unwrap();
+    let r = Reader::open(Path::new(&s.p("d12.cdimg"))).unwrap();
     let at = r.header().dicts[0].offset + r.header().dicts[0].length / 2;
-    let mut bytes = std::fs::read(p("d12.cdimg")).unwrap();
+    let mut bytes = std::fs::read(s.p("d12.cdimg")).unwrap();
     bytes[at as usize] ^= 0x40;
-    std::fs::write(p("bad.cdimg"), &bytes).unwrap();
-    let (ok, _, err) = run(&["extract", &v1c, &p("bad.cdimg"), "-o", &p("never")]);
-    assert!(!ok && err.contains("dictionary"), "{err}");
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert!(!Path::new(&p("never")).exists());
+    std::fs::write(s.p("bad.cdimg"), &bytes).unwrap();
+    let err = s.fails(&[
+        "extract",
+        &s.p("v1.cdimg"),
+        &s.p("bad.cdimg"),
+        "-o",
+        &s.p("never"),
+    ]);
+    assert!(err.contains("dictionary"), "{err}");
+    assert!(!Path::new(&s.p("never")).exists());
 }
 
 #[test]
@@ -914,5 +892,151 @@ fn a_codec_failing_on_files_leaves_them_to_full_storage_with_a_warning() {
         assert_eq!(d["files"]["delta"], 0, "{name}: {d}");
         s.patch("v1.cdimg", &[&out], &format!("p2-{name}.cdimg"));
         s.same_image(&format!("p2-{name}.cdimg"), "v2.cdimg");
+    }
+}
+
+/// Runs the system's `gzip` (GNU gzip, which Debian compresses packages' man
+/// pages and changelogs with) as a filter.
+fn gzip_tool(args: &[&str], input: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("gzip")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("running gzip");
+    let mut stdin = child.stdin.take().unwrap();
+    let data = input.to_vec();
+    let feeder = std::thread::spawn(move || stdin.write_all(&data));
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap().unwrap();
+    assert!(out.status.success(), "gzip {args:?} failed");
+    out.stdout
+}
+
+/// A gzip file holding `data` in one stored (uncompressed) deflate block: valid
+/// gzip that no zlib setting produces.
+fn stored_gzip(data: &[u8]) -> Vec<u8> {
+    let crc = data.iter().fold(!0u32, |mut c, &b| {
+        c ^= b as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                (c >> 1) ^ 0xedb8_8320
+            } else {
+                c >> 1
+            };
+        }
+        c
+    });
+    let n = data.len() as u16;
+    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 1];
+    out.extend_from_slice(&n.to_le_bytes());
+    out.extend_from_slice(&(!n).to_le_bytes());
+    out.extend_from_slice(data);
+    out.extend_from_slice(&(!crc).to_le_bytes());
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    out
+}
+
+#[test]
+fn gzip_files_are_diffed_by_their_content_and_rebuilt_bit_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Series::empty(Path::new(env!("CARGO_BIN_EXE_d4c")), dir.path());
+
+    // v1: real man pages as Debian ships them (gzip -9n). v2: the same pages
+    // after a documentation update, compressed again by the same tool.
+    let version = &d4c_tests::debian_versions("openssl").unwrap()[0];
+    let man = d4c_tests::debian_root("openssl", version)
+        .unwrap()
+        .join("usr/share/man/man1");
+    let mut names: Vec<_> = std::fs::read_dir(&man)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|f| {
+            f.extension().is_some_and(|x| x == "gz")
+                && !f.is_symlink()
+                && f.metadata().unwrap().len() < 6000
+        })
+        .collect();
+    names.sort();
+    names.truncate(40);
+    assert!(
+        names.len() >= 20,
+        "too few man pages in openssl {version}: {}",
+        names.len()
+    );
+    let mut v1: Vec<(String, Vec<u8>)> = names
+        .iter()
+        .map(|f| {
+            let name = f.file_name().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read(f).unwrap())
+        })
+        .collect();
+    let mut v2: Vec<(String, Vec<u8>)> = v1
+        .iter()
+        .map(|(n, gz)| {
+            let text = String::from_utf8(gzip_tool(&["-dc"], gz)).unwrap();
+            let text = text.replacen(".SH", ".SH NOTES\nUpdated for 3.5.\n.SH", 1) + ".\\\" end\n";
+            (n.clone(), gzip_tool(&["-9n"], text.as_bytes()))
+        })
+        .collect();
+    // One more file: gzip that no zlib setting reproduces (one stored block).
+    let odd = |text: &str| {
+        (
+            "odd.gz".to_string(),
+            stored_gzip(text.repeat(50).as_bytes()),
+        )
+    };
+    v1.push(odd("first version\n"));
+    v2.push(odd("second version\n"));
+    for (v, files) in [("v1", &v1), ("v2", &v2)] {
+        d4c_tests::write_layout(&dir.path().join(v), v, &[layer_in("man1", files)]).unwrap();
+        s.convert(v, v);
+    }
+    for (out, extra) in [
+        ("d12.cdimg", &[][..]),
+        ("z12.cdimg", &["--codec", "zstd-dict"][..]),
+    ] {
+        let (ok, _, err) = s.diff("v1.cdimg", "v2.cdimg", out, extra);
+        assert!(ok && !err.contains("warning"), "diff {out}: {err}");
+    }
+
+    let d12 = s.inspect("d12.cdimg");
+    let gz = d12["codecs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "gzip")
+        .unwrap_or_else(|| panic!("gzip codec unused: {d12}"));
+    // Small man pages are the single-block case zlib reproduces; the stored
+    // block is not, and goes to a byte-level codec without a warning.
+    let files = gz["files"].as_u64().unwrap() as usize;
+    assert!(
+        files * 10 >= (v2.len() - 1) * 9 && files < v2.len(),
+        "{d12}"
+    );
+    // On deflate streams a byte-level codec sees noise from the first change on.
+    let (with, bytewise) = (
+        gz["bytes"].as_u64().unwrap(),
+        s.inspect("z12.cdimg")["bytes"].as_u64().unwrap(),
+    );
+    assert!(
+        with * 4 < bytewise,
+        "gzip deltas {with} bytes, zstd-dict's whole delta {bytewise}"
+    );
+
+    // Rebuilt bit for bit: the patched image is v2, and so are its files.
+    s.patch("v1.cdimg", &["d12.cdimg"], "p2.cdimg");
+    s.same_image("p2.cdimg", "v2.cdimg");
+    s.ok(&[
+        "extract",
+        &s.p("v1.cdimg"),
+        &s.p("d12.cdimg"),
+        "-o",
+        &s.p("root"),
+    ]);
+    for (name, bytes) in &v2 {
+        let got = std::fs::read(dir.path().join("root/man1").join(name)).unwrap();
+        assert_eq!(&got, bytes, "{name}");
     }
 }

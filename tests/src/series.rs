@@ -55,6 +55,25 @@ impl Series {
         s
     }
 
+    /// The same helpers over `dir` with no images yet, for a test that makes its own.
+    pub fn empty(bin: &Path, dir: &Path) -> Series {
+        Series {
+            dir: dir.to_path_buf(),
+            home: dir.join("home"),
+            bin: bin.to_path_buf(),
+        }
+    }
+
+    /// `d4c convert LAYOUT:TAG -o TAG.cdimg` for a layout in the series directory.
+    pub fn convert(&self, layout: &str, tag: &str) {
+        self.ok(&[
+            "convert",
+            &format!("{}:{tag}", self.p(layout)),
+            "-o",
+            &self.p(&format!("{tag}.cdimg")),
+        ]);
+    }
+
     /// A path in the series directory, as a string for arguments.
     pub fn p(&self, name: &str) -> String {
         self.dir.join(name).to_string_lossy().into_owned()

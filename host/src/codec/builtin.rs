@@ -25,6 +25,10 @@ pub fn builtin_components() -> &'static [BuiltinComponent] {
             name: "zstd-dict",
             bytes: embedded::ZSTD_DICT,
         },
+        BuiltinComponent {
+            name: "gzip",
+            bytes: embedded::GZIP,
+        },
     ];
     ALL
 }

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use super::dict;
 use super::similar::Similar;
-use crate::codec::Codec;
+use crate::codec::{Codec, ErrorKind, Op};
 use crate::digest::Digest;
 use crate::image::entry::{Data, Entry, Kind, Step};
 use crate::image::format::{CodecRef, Dict, Header, ImageKind, Reader, Writer};
@@ -30,6 +30,8 @@ pub enum CodecChoice {
         bsdiff: Codec,
         /// The built-in zstd-dict.
         zstd_dict: Codec,
+        /// The built-in gzip.
+        gzip: Codec,
     },
 }
 
@@ -38,18 +40,42 @@ pub enum CodecChoice {
 /// bsdiff's suffix search does not.
 pub const AUTO_BOTH_LIMIT: u64 = 16 << 20;
 
-/// The codecs `auto` tries for a file of `size` bytes (docs/FORMAT.md).
-pub fn auto_codecs(choice: &CodecChoice, old_size: u64, new_size: u64) -> Vec<&Codec> {
+/// The codecs `auto` tries, in order, for a file whose new content starts with
+/// `new_head` (docs/FORMAT.md, "How `diff` chooses").
+pub fn auto_codecs<'a>(
+    choice: &'a CodecChoice,
+    old_size: u64,
+    new_size: u64,
+    new_head: &[u8],
+) -> Vec<&'a Codec> {
     match choice {
         CodecChoice::Fixed(c) => vec![c],
-        CodecChoice::Auto { bsdiff, zstd_dict } => {
-            if old_size.max(new_size) <= AUTO_BOTH_LIMIT {
-                vec![bsdiff, zstd_dict]
-            } else {
-                vec![zstd_dict]
+        CodecChoice::Auto {
+            bsdiff,
+            zstd_dict,
+            gzip,
+        } => {
+            let mut out = Vec::with_capacity(3);
+            if new_head.starts_with(GZIP_MAGIC) {
+                out.push(gzip);
             }
+            if old_size.max(new_size) <= AUTO_BOTH_LIMIT {
+                out.push(bsdiff);
+            }
+            out.push(zstd_dict);
+            out
         }
     }
+}
+
+/// A gzip member with deflate: what the gzip codec may apply to.
+const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b, 8];
+
+/// Whether a delta from `c` ends `auto`'s search: the gzip codec's, which sees
+/// the uncompressed content, is smaller than any byte-level delta of a deflate
+/// stream, so the other codecs are not run.
+fn final_under_auto(choice: &CodecChoice, c: &Codec) -> bool {
+    matches!(choice, CodecChoice::Auto { gzip, .. } if gzip.digest() == c.digest())
 }
 
 /// Options for [`diff`].
@@ -476,19 +502,25 @@ fn encode(
         Some(Data::Full { length, .. }) => length,
         _ => 0,
     };
-    let candidates: Vec<&Codec> = auto_codecs(&opts.codec, src.file_size(), e.file_size())
-        .into_iter()
-        .filter(|c| c.accepts(&[src.file_size() as usize, e.file_size() as usize]))
-        .collect();
-    if candidates.is_empty() {
+    let sizes = [src.file_size() as usize, e.file_size() as usize];
+    if !auto_codecs(&opts.codec, src.file_size(), e.file_size(), &[])
+        .iter()
+        .any(|c| c.accepts(&sizes))
+    {
         return Ok(Outcome::Copy);
     }
     let old_bytes = old.full_content(src)?;
     let new_bytes = new.full_content(e)?;
+    let candidates: Vec<&Codec> =
+        auto_codecs(&opts.codec, src.file_size(), e.file_size(), &new_bytes)
+            .into_iter()
+            .filter(|c| c.accepts(&sizes))
+            .collect();
     let digest = e.digest.expect("file");
     // A codec that fails on one file (a cap reached, a trap, a delta that does
     // not patch back) must not sink the whole diff: another candidate, or full
-    // storage, takes the file, and the failure is reported.
+    // storage, takes the file, and the failure is reported. A codec that
+    // answers `unsupported` does not apply to this file: no failure.
     let attempt = |c: &Codec, base: &[u8]| -> Option<Vec<u8>> {
         let r = c.diff(base, &new_bytes, opts.level).and_then(|delta| {
             // A delta that does not patch back is a codec bug; catch it here, not
@@ -497,6 +529,7 @@ fn encode(
         });
         match r {
             Ok(delta) => Some(delta),
+            Err(err) if err.op == Op::Diff && err.kind == ErrorKind::Unsupported => None,
             Err(err) => {
                 let mut f = failures.lock().unwrap_or_else(|p| p.into_inner());
                 f.push(format!("{}: {err}", e.path));
@@ -519,6 +552,9 @@ fn encode(
                     delta,
                     dict: None,
                 });
+            }
+            if final_under_auto(&opts.codec, c) {
+                break;
             }
         }
     }
