@@ -1,9 +1,10 @@
-//! The built-in codecs' patch on hostile deltas: an error or some output, never
+//! The built-in codecs' patch (bsdiff, zstd-dict, gzip) on hostile deltas: an error or some output, never
 //! a panic, and never more output than the codec's input limit.
 #![no_main]
 
 use d4c_codec_bsdiff::Bsdiff;
 use d4c_codec_guest::Codec;
+use d4c_codec_gzip::Gzip;
 use d4c_codec_zstd_dict::ZstdDict;
 use libfuzzer_sys::fuzz_target;
 
@@ -19,5 +20,10 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(out) = ZstdDict::patch(old, delta) {
         assert!(out.len() as u64 <= ZstdDict::MAX_INPUT);
+    }
+    // gzip's output is its content deflated again: bounded by the content cap
+    // plus deflate's worst-case growth and the header.
+    if let Ok(out) = Gzip::patch(old, delta) {
+        assert!(out.len() as u64 <= (512 << 20) + (512 << 20) / 1000 + (1 << 21));
     }
 });

@@ -26,8 +26,10 @@ use zstd::zstd_safe::{self, CCtx, CParameter, DCtx, DParameter};
 const MAGIC: &[u8; 8] = b"D4CGZIP1";
 /// Flag: the base of the inner delta is the old file inflated.
 const OLD_INFLATED: u8 = 1;
-/// Largest uncompressed content handled (a gzip bomb answers `too-large`).
-const MAX_RAW: usize = 512 << 20;
+/// Largest uncompressed content handled. Larger content (a gzip bomb, or just a
+/// big archive) counts as not inflatable: the codec does not apply to such a
+/// new file, and such an old file is the base as it is.
+const MAX_RAW: usize = 256 << 20;
 /// zlib settings tried to reproduce a stream, most common first: `gzip -9`,
 /// zlib's default (6), then the other levels; memLevel 8 is zlib's default.
 const SETTINGS: &[(u8, u8)] = &[
@@ -231,7 +233,7 @@ impl Drop for Stream {
 
 /// Inflates the raw deflate stream at the start of `body`. Returns the content
 /// and how many bytes of `body` the stream took, or `None` if `body` does not
-/// start with a complete, valid stream.
+/// start with a complete, valid stream of at most [`MAX_RAW`] bytes.
 fn inflate(body: &[u8]) -> Result<Option<(Vec<u8>, usize)>> {
     let mut s = Stream::inflate()?;
     let mut out = Vec::new();
@@ -243,9 +245,7 @@ fn inflate(body: &[u8]) -> Result<Option<(Vec<u8>, usize)>> {
         let (rc, read, written) = s.step(&body[pos..end], &mut buf, z::Z_NO_FLUSH);
         pos += read;
         if out.len() + written > MAX_RAW {
-            return Err(Error::TooLarge(format!(
-                "inflates to more than {MAX_RAW} bytes"
-            )));
+            return Ok(None);
         }
         out.extend_from_slice(&buf[..written]);
         match rc {
@@ -405,9 +405,9 @@ impl Codec for Gzip {
         Self::check_size("old", old.len())?;
         Self::check_size("new", new.len())?;
         let Some((hl, raw)) = gunzip_exact(new)? else {
-            return Err(Error::Unsupported(
-                "new is not a single-member gzip file with a valid trailer".into(),
-            ));
+            return Err(Error::Unsupported(format!(
+                "new is not a single-member gzip file with a valid trailer and at most {MAX_RAW} bytes of content"
+            )));
         };
         let stream = &new[hl..new.len() - 8];
         let mut setting = None;
@@ -549,6 +549,22 @@ mod tests {
                 new.len()
             );
         }
+    }
+
+    #[test]
+    fn content_over_the_cap_is_not_inflated() {
+        // 300 MiB of zeros deflate to 300 KiB: a new file like that is refused,
+        // an old one is used as it is, on both sides alike.
+        let bomb = gzip(&vec![0u8; 300 << 20], 9);
+        assert!(bomb.len() < 2 << 20, "{}", bomb.len());
+        assert!(matches!(
+            Gzip::diff(b"", &bomb, 0),
+            Err(Error::Unsupported(_))
+        ));
+        let new = gzip(b"small", 9);
+        let d = Gzip::diff(&bomb, &new, 0).unwrap();
+        assert_eq!(d[8] & OLD_INFLATED, 0);
+        assert_eq!(Gzip::patch(&bomb, &d).unwrap(), new);
     }
 
     #[test]

@@ -41,7 +41,7 @@ pub enum CodecChoice {
 pub const AUTO_BOTH_LIMIT: u64 = 16 << 20;
 
 /// The codecs `auto` tries, in order, for a file whose new content starts with
-/// `new_head` (docs/FORMAT.md, "How `diff` chooses").
+/// `new_head` (docs/ARCHITECTURE.md, "diff").
 pub fn auto_codecs<'a>(
     choice: &'a CodecChoice,
     old_size: u64,
