@@ -533,11 +533,16 @@ impl Writer {
     }
 }
 
+/// zstd level of the header. A delta's header is mostly sha256 digests, which
+/// no level shrinks, but 19 against 9 still takes 10% off it (39 KB of a 24 MB
+/// debian delta) for about half a second per file written.
+const HEADER_LEVEL: i32 = 19;
+
 /// The bytes that end a cdimg whose body ends at `offset`: the compressed header
 /// JSON and the footer. Deterministic, so a header sent in another encoding can be
 /// turned back into the exact file.
 pub fn header_tail(json: &[u8], offset: u64) -> Result<Vec<u8>> {
-    let raw = zstd::bulk::compress(json, 9)?;
+    let raw = zstd::bulk::compress(json, HEADER_LEVEL)?;
     let mut out = Vec::with_capacity(raw.len() + FOOTER_LEN as usize);
     out.extend_from_slice(&raw);
     out.extend_from_slice(&offset.to_le_bytes());
