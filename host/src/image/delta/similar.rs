@@ -67,9 +67,11 @@ impl<'a> Similar<'a> {
     }
 
     /// The old file to diff `new` against: the same path, or the file an old
-    /// symlink at that path led to; else the same path up to version numbers; else
-    /// the same file name (up to versions) elsewhere with a comparable size. Among
-    /// several, the closest in size.
+    /// symlink at that path led to; else the same path up to version numbers (the
+    /// closest in size); else the same file name (up to versions) elsewhere with a
+    /// comparable size, in the directory that shares the longest start with the
+    /// new one (a renamed package's `usr/share/doc/libssl3t64/changelog.gz` takes
+    /// `usr/share/doc/libssl3/`'s, not another package's of about its size).
     pub fn source(&self, new: &Entry) -> Option<&'a Entry> {
         if let Some(e) = self.by_path.get(new.path.as_str()) {
             return Some(e);
@@ -91,10 +93,24 @@ impl<'a> Similar<'a> {
         {
             return Some(c);
         }
-        let c = closest(self.by_base.get(&version_blind(basename(&new.path)))?)?;
         // Elsewhere in the tree the name alone is weak evidence; require a similar size.
-        let (a, b) = (c.file_size().max(1), size.max(1));
-        (a.max(b) <= 2 * a.min(b)).then_some(c)
+        let comparable = |e: &&&'a Entry| {
+            let (a, b) = (e.file_size().max(1), size.max(1));
+            a.max(b) <= 2 * a.min(b)
+        };
+        self.by_base
+            .get(&version_blind(basename(&new.path)))?
+            .iter()
+            .filter(comparable)
+            .min_by_key(|e| {
+                let shared = common_prefix(&e.path, &new.path);
+                (
+                    std::cmp::Reverse(shared),
+                    e.file_size().abs_diff(size),
+                    &e.path,
+                )
+            })
+            .copied()
     }
 
     /// The non-empty regular file `path` names in the old tree, following
@@ -142,6 +158,11 @@ impl<'a> Similar<'a> {
 /// Symlinks followed for one name before giving up (Linux allows 40).
 const MAX_HOPS: usize = 40;
 
+/// Bytes two paths share from the start.
+fn common_prefix(a: &str, b: &str) -> usize {
+    a.bytes().zip(b.bytes()).take_while(|(x, y)| x == y).count()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,6 +202,22 @@ mod tests {
             "usr/lib/python3/numpy-1.26.0.dist-info/RECORD"
         );
         assert_eq!(src("srv/cli.js", 9).unwrap(), "etc/other/cli.js");
+        // Among files of the same name, the one in the most similar directory.
+        let old = vec![
+            file("usr/share/doc/libssl3/changelog.gz", 5000),
+            file("usr/share/doc/libsystemd0/changelog.gz", 6000),
+            file("usr/share/doc/zlib1g/changelog.gz", 6100),
+        ];
+        let s = Similar::new(&old);
+        let src = |p: &str, n: u64| s.source(&file(p, n)).map(|e| e.path.clone());
+        assert_eq!(
+            src("usr/share/doc/libssl3t64/changelog.gz", 6100).unwrap(),
+            "usr/share/doc/libssl3/changelog.gz"
+        );
+        assert_eq!(
+            src("usr/share/doc/other/changelog.gz", 6100).unwrap(),
+            "usr/share/doc/zlib1g/changelog.gz"
+        );
         assert_eq!(src("srv/cli.js", 5_000_000), None);
         assert_eq!(src("brand/new", 10), None);
     }
