@@ -20,12 +20,80 @@
 //! `zstd --patch-from` makes). The trailer (CRC-32, length) is recomputed.
 
 use d4c_codec_guest::{varint, Codec, Error, Result};
-use libz_sys as z;
 use zstd::zstd_safe::{self, CCtx, CParameter, DCtx, DParameter};
+
+/// The vendored zlib (zlib/README.d4c), symbols prefixed `z_`.
+#[allow(non_camel_case_types, missing_docs)]
+mod z {
+    use std::os::raw::{c_char, c_int, c_uint, c_ulong, c_void};
+
+    pub type voidpf = *mut c_void;
+    pub type uInt = c_uint;
+
+    #[repr(C)]
+    pub struct z_stream {
+        pub next_in: *mut u8,
+        pub avail_in: c_uint,
+        pub total_in: c_ulong,
+        pub next_out: *mut u8,
+        pub avail_out: c_uint,
+        pub total_out: c_ulong,
+        pub msg: *mut c_char,
+        pub state: *mut c_void,
+        pub zalloc: extern "C" fn(voidpf, uInt, uInt) -> voidpf,
+        pub zfree: extern "C" fn(voidpf, voidpf),
+        pub opaque: voidpf,
+        pub data_type: c_int,
+        pub adler: c_ulong,
+        pub reserved: c_ulong,
+    }
+
+    extern "C" {
+        pub fn z_zlibVersion() -> *const c_char;
+        pub fn z_deflateInit2_(
+            strm: *mut z_stream,
+            level: c_int,
+            method: c_int,
+            window_bits: c_int,
+            mem_level: c_int,
+            strategy: c_int,
+            version: *const c_char,
+            stream_size: c_int,
+        ) -> c_int;
+        pub fn z_deflate(strm: *mut z_stream, flush: c_int) -> c_int;
+        pub fn z_deflateEnd(strm: *mut z_stream) -> c_int;
+        pub fn z_inflateInit2_(
+            strm: *mut z_stream,
+            window_bits: c_int,
+            version: *const c_char,
+            stream_size: c_int,
+        ) -> c_int;
+        pub fn z_inflate(strm: *mut z_stream, flush: c_int) -> c_int;
+        pub fn z_inflateEnd(strm: *mut z_stream) -> c_int;
+        pub fn z_crc32(crc: c_ulong, buf: *const u8, len: c_uint) -> c_ulong;
+        pub fn d4c_deflateBlockEnds(strm: *mut z_stream, ends: *const c_ulong, n: c_uint) -> c_int;
+    }
+
+    pub const Z_OK: c_int = 0;
+    pub const Z_STREAM_END: c_int = 1;
+    pub const Z_BUF_ERROR: c_int = -5;
+    pub const Z_NO_FLUSH: c_int = 0;
+    pub const Z_FINISH: c_int = 4;
+    pub const Z_BLOCK: c_int = 5;
+    pub const Z_DEFLATED: c_int = 8;
+    pub const Z_DEFAULT_STRATEGY: c_int = 0;
+}
 
 const MAGIC: &[u8; 8] = b"D4CGZIP1";
 /// Flag: the base of the inner delta is the old file inflated.
 const OLD_INFLATED: u8 = 1;
+/// Flag: the stream is GNU gzip's: zlib's parse with 32K-symbol blocks ended
+/// where the delta records (gzip ends blocks by a rule of its own).
+const BLOCK_ENDS: u8 = 2;
+/// log2 of GNU gzip's symbols per block.
+const GNU_LIT_LOG: u8 = 15;
+/// Levels tried for GNU gzip streams: `gzip -9` (Debian's), then gzip's default.
+const GNU_LEVELS: &[u8] = &[9, 6];
 /// Largest uncompressed content handled. Larger content (a gzip bomb, or just a
 /// big archive) counts as not inflatable: the codec does not apply to such a
 /// new file, and such an old file is the base as it is.
@@ -135,6 +203,8 @@ extern "C" fn zfree(_: z::voidpf, p: z::voidpf) {
 struct Stream {
     s: Box<z::z_stream>,
     deflate: bool,
+    /// Block ends the deflate stream points to (must live as long as it).
+    _ends: Vec<std::os::raw::c_ulong>,
 }
 
 impl Stream {
@@ -159,40 +229,64 @@ impl Stream {
 
     fn inflate() -> Result<Stream> {
         let mut s = Self::blank();
-        // SAFETY: `s` is a zeroed z_stream; -15 selects a raw deflate stream.
+        // SAFETY: `s` is a fresh z_stream; -15 selects a raw deflate stream.
         let rc = unsafe {
-            z::inflateInit2_(
+            z::z_inflateInit2_(
                 &mut *s,
                 -15,
-                z::zlibVersion(),
+                z::z_zlibVersion(),
                 std::mem::size_of::<z::z_stream>() as i32,
             )
         };
         if rc != z::Z_OK {
             return Err(zerr("inflateInit2", rc));
         }
-        Ok(Stream { s, deflate: false })
+        Ok(Stream {
+            s,
+            deflate: false,
+            _ends: Vec::new(),
+        })
     }
 
-    fn deflate(level: u8, mem_level: u8) -> Result<Stream> {
+    fn deflate(setting: &Setting) -> Result<Stream> {
         let mut s = Self::blank();
-        // SAFETY: as above; the settings are within zlib's documented ranges.
-        let rc = unsafe {
-            z::deflateInit2_(
+        let ends: Vec<std::os::raw::c_ulong> = setting
+            .ends
+            .iter()
+            .map(|&e| e as std::os::raw::c_ulong)
+            .collect();
+        if !ends.is_empty() {
+            s.reserved = GNU_LIT_LOG.into();
+        }
+        // SAFETY: as above; the settings are within zlib's documented ranges,
+        // and `ends` is kept in the Stream, which outlives every deflate call.
+        unsafe {
+            let rc = z::z_deflateInit2_(
                 &mut *s,
-                level.into(),
+                setting.level.into(),
                 z::Z_DEFLATED,
                 -15,
-                mem_level.into(),
+                setting.mem_level.into(),
                 z::Z_DEFAULT_STRATEGY,
-                z::zlibVersion(),
+                z::z_zlibVersion(),
                 std::mem::size_of::<z::z_stream>() as i32,
-            )
-        };
-        if rc != z::Z_OK {
-            return Err(zerr("deflateInit2", rc));
+            );
+            if rc != z::Z_OK {
+                return Err(zerr("deflateInit2", rc));
+            }
+            if !ends.is_empty() {
+                let rc = z::d4c_deflateBlockEnds(&mut *s, ends.as_ptr(), ends.len() as u32);
+                if rc != z::Z_OK {
+                    z::z_deflateEnd(&mut *s);
+                    return Err(zerr("block ends", rc));
+                }
+            }
         }
-        Ok(Stream { s, deflate: true })
+        Ok(Stream {
+            s,
+            deflate: true,
+            _ends: ends,
+        })
     }
 
     /// One zlib call from `input` into `out`; returns (return code, bytes read,
@@ -207,9 +301,9 @@ impl Stream {
         // zlib only reads `input` and writes within `out`.
         let rc = unsafe {
             if self.deflate {
-                z::deflate(s, flush)
+                z::z_deflate(s, flush)
             } else {
-                z::inflate(s, flush)
+                z::z_inflate(s, flush)
             }
         };
         let read = input.len() - s.avail_in as usize;
@@ -223,33 +317,59 @@ impl Drop for Stream {
         // SAFETY: the stream was initialised by the matching *Init2_ call.
         unsafe {
             if self.deflate {
-                z::deflateEnd(&mut *self.s);
+                z::z_deflateEnd(&mut *self.s);
             } else {
-                z::inflateEnd(&mut *self.s);
+                z::z_inflateEnd(&mut *self.s);
             }
         }
     }
 }
 
-/// Inflates the raw deflate stream at the start of `body`. Returns the content
-/// and how many bytes of `body` the stream took, or `None` if `body` does not
-/// start with a complete, valid stream of at most [`MAX_RAW`] bytes.
-fn inflate(body: &[u8]) -> Result<Option<(Vec<u8>, usize)>> {
+/// A deflate stream inflated: the content, how many bytes of input the stream
+/// took, and where its blocks ended (bytes of content before each later block).
+struct Inflated {
+    raw: Vec<u8>,
+    used: usize,
+    ends: Vec<u64>,
+}
+
+/// Inflates the raw deflate stream at the start of `body`, or `None` if `body`
+/// does not start with a complete, valid stream of at most [`MAX_RAW`] bytes.
+fn inflate(body: &[u8]) -> Result<Option<Inflated>> {
     let mut s = Stream::inflate()?;
     let mut out = Vec::new();
+    let mut ends = Vec::new();
     let mut buf = vec![0u8; CHUNK];
     let mut pos = 0;
     loop {
-        // zlib counts in u32; feed at most 1 GiB at a time.
+        // zlib counts in u32; feed at most 1 GiB at a time. Z_BLOCK returns at
+        // every block boundary, which is where the block ends are read.
         let end = body.len().min(pos + (1 << 30));
-        let (rc, read, written) = s.step(&body[pos..end], &mut buf, z::Z_NO_FLUSH);
+        let (rc, read, written) = s.step(&body[pos..end], &mut buf, z::Z_BLOCK);
         pos += read;
         if out.len() + written > MAX_RAW {
             return Ok(None);
         }
         out.extend_from_slice(&buf[..written]);
+        // Bit 7 of data_type: stopped at the start of a block.
+        if s.s.data_type & 128 != 0 {
+            let at = out.len() as u64;
+            if at > 0 && ends.last() != Some(&at) {
+                ends.push(at);
+            }
+        }
         match rc {
-            z::Z_STREAM_END => return Ok(Some((out, pos))),
+            z::Z_STREAM_END => {
+                // The last block ends with the stream; only earlier ends count.
+                if ends.last() == Some(&(out.len() as u64)) {
+                    ends.pop();
+                }
+                return Ok(Some(Inflated {
+                    raw: out,
+                    used: pos,
+                    ends,
+                }));
+            }
             z::Z_OK => {}
             // No progress possible: the stream is cut short.
             z::Z_BUF_ERROR if read == 0 && written == 0 => return Ok(None),
@@ -259,15 +379,19 @@ fn inflate(body: &[u8]) -> Result<Option<(Vec<u8>, usize)>> {
     }
 }
 
-/// Deflates `raw` with zlib at `level`/`mem_level`, handing each piece of output
-/// to `sink`; stops early (returning false) when `sink` does.
-fn deflate(
-    raw: &[u8],
+/// How to deflate content so that it comes out as the original stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Setting {
     level: u8,
     mem_level: u8,
-    mut sink: impl FnMut(&[u8]) -> bool,
-) -> Result<bool> {
-    let mut s = Stream::deflate(level, mem_level)?;
+    /// Empty for plain zlib; else GNU gzip's block ends (see [`BLOCK_ENDS`]).
+    ends: Vec<u64>,
+}
+
+/// Deflates `raw` with zlib at `setting`, handing each piece of output to
+/// `sink`; stops early (returning false) when `sink` does.
+fn deflate(raw: &[u8], setting: &Setting, mut sink: impl FnMut(&[u8]) -> bool) -> Result<bool> {
+    let mut s = Stream::deflate(setting)?;
     let mut buf = vec![0u8; CHUNK];
     let mut pos = 0;
     loop {
@@ -290,10 +414,10 @@ fn deflate(
     }
 }
 
-/// Whether zlib at these settings gives exactly `expected` for `raw`.
-fn reproduces(raw: &[u8], level: u8, mem_level: u8, expected: &[u8]) -> Result<bool> {
+/// Whether zlib at `setting` gives exactly `expected` for `raw`.
+fn reproduces(raw: &[u8], setting: &Setting, expected: &[u8]) -> Result<bool> {
     let mut at = 0;
-    let whole = deflate(raw, level, mem_level, |piece| {
+    let whole = deflate(raw, setting, |piece| {
         let same = expected.get(at..at + piece.len()) == Some(piece);
         at += piece.len();
         same
@@ -301,11 +425,41 @@ fn reproduces(raw: &[u8], level: u8, mem_level: u8, expected: &[u8]) -> Result<b
     Ok(whole && at == expected.len())
 }
 
+/// The setting that reproduces `stream` (whose inflated form is `new`), if any:
+/// plain zlib settings first, then GNU gzip's (zlib's parse, blocks ended where
+/// the stream ends them).
+fn find_setting(new: &Inflated, stream: &[u8]) -> Result<Option<Setting>> {
+    for &(level, mem_level) in SETTINGS {
+        let s = Setting {
+            level,
+            mem_level,
+            ends: Vec::new(),
+        };
+        if reproduces(&new.raw, &s, stream)? {
+            return Ok(Some(s));
+        }
+    }
+    if new.ends.is_empty() {
+        return Ok(None);
+    }
+    for &level in GNU_LEVELS {
+        let s = Setting {
+            level,
+            mem_level: 8,
+            ends: new.ends.clone(),
+        };
+        if reproduces(&new.raw, &s, stream)? {
+            return Ok(Some(s));
+        }
+    }
+    Ok(None)
+}
+
 fn crc32(data: &[u8]) -> u32 {
     let mut crc = 0;
     for piece in data.chunks(1 << 30) {
         // SAFETY: a live slice of at most 1 GiB, so its length fits zlib's uInt.
-        crc = unsafe { z::crc32(crc, piece.as_ptr(), piece.len() as u32) };
+        crc = unsafe { z::z_crc32(crc, piece.as_ptr(), piece.len() as u32) };
     }
     crc as u32
 }
@@ -320,14 +474,14 @@ fn trailer(raw: &[u8]) -> [u8; 8] {
 
 /// The content of a gzip file that is exactly one member with a valid trailer,
 /// with the length of its header; `None` for anything else.
-fn gunzip_exact(file: &[u8]) -> Result<Option<(usize, Vec<u8>)>> {
+fn gunzip_exact(file: &[u8]) -> Result<Option<(usize, Inflated)>> {
     let Some(hl) = header_len(file) else {
         return Ok(None);
     };
     let body = &file[hl..file.len() - 8];
     Ok(match inflate(body)? {
-        Some((raw, used)) if used == body.len() && trailer(&raw) == file[file.len() - 8..] => {
-            Some((hl, raw))
+        Some(i) if i.used == body.len() && trailer(&i.raw) == file[file.len() - 8..] => {
+            Some((hl, i))
         }
         _ => None,
     })
@@ -338,8 +492,8 @@ fn gunzip_exact(file: &[u8]) -> Result<Option<(usize, Vec<u8>)>> {
 /// rule depends on `old` alone, and the flag records the outcome.
 fn old_base(old: &[u8]) -> Result<(u8, std::borrow::Cow<'_, [u8]>)> {
     if let Some(hl) = header_len(old) {
-        if let Some((raw, _)) = inflate(&old[hl..])? {
-            return Ok((OLD_INFLATED, raw.into()));
+        if let Some(i) = inflate(&old[hl..])? {
+            return Ok((OLD_INFLATED, i.raw.into()));
         }
     }
     Ok((0, old.into()))
@@ -404,29 +558,34 @@ impl Codec for Gzip {
     fn diff(old: &[u8], new: &[u8], level: u8) -> Result<Vec<u8>> {
         Self::check_size("old", old.len())?;
         Self::check_size("new", new.len())?;
-        let Some((hl, raw)) = gunzip_exact(new)? else {
+        let Some((hl, inflated)) = gunzip_exact(new)? else {
             return Err(Error::Unsupported(format!(
                 "new is not a single-member gzip file with a valid trailer and at most {MAX_RAW} bytes of content"
             )));
         };
         let stream = &new[hl..new.len() - 8];
-        let mut setting = None;
-        for &(lv, ml) in SETTINGS {
-            if reproduces(&raw, lv, ml, stream)? {
-                setting = Some((lv, ml));
-                break;
-            }
-        }
-        let Some((lv, ml)) = setting else {
+        let Some(setting) = find_setting(&inflated, stream)? else {
             return Err(Error::Unsupported(
                 "no zlib setting reproduces the new deflate stream".into(),
             ));
         };
-        let (flags, base) = old_base(old)?;
-        let frame = zstd_encode(&base, &raw, level)?;
-        let mut out = Vec::with_capacity(24 + hl + frame.len());
+        let raw = &inflated.raw;
+        let (mut flags, base) = old_base(old)?;
+        if !setting.ends.is_empty() {
+            flags |= BLOCK_ENDS;
+        }
+        let frame = zstd_encode(&base, raw, level)?;
+        let mut out = Vec::with_capacity(32 + hl + 4 * setting.ends.len() + frame.len());
         out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&[flags, lv, ml]);
+        out.extend_from_slice(&[flags, setting.level, setting.mem_level]);
+        if !setting.ends.is_empty() {
+            varint::put(&mut out, setting.ends.len() as u64);
+            let mut prev = 0;
+            for &e in &setting.ends {
+                varint::put(&mut out, e - prev);
+                prev = e;
+            }
+        }
         varint::put(&mut out, hl as u64);
         out.extend_from_slice(&new[..hl]);
         varint::put(&mut out, raw.len() as u64);
@@ -438,15 +597,32 @@ impl Codec for Gzip {
         let mut r = varint::Reader::new(delta);
         r.expect(MAGIC, "gzip")?;
         let rest = r.rest();
-        let [flags, lv, ml, ..] = *rest else {
+        let [flags, level, mem_level, ..] = *rest else {
             return Err(Error::InvalidInput("gzip delta: truncated settings".into()));
         };
-        if flags & !OLD_INFLATED != 0 || !(1..=9).contains(&lv) || !(1..=9).contains(&ml) {
+        if flags & !(OLD_INFLATED | BLOCK_ENDS) != 0
+            || !(1..=9).contains(&level)
+            || !(1..=9).contains(&mem_level)
+        {
             return Err(Error::InvalidInput(format!(
-                "gzip delta: bad settings (flags {flags}, level {lv}, memLevel {ml})"
+                "gzip delta: bad settings (flags {flags}, level {level}, memLevel {mem_level})"
             )));
         }
         let mut r = varint::Reader::new(&rest[3..]);
+        let mut ends = Vec::new();
+        if flags & BLOCK_ENDS != 0 {
+            // Each end takes at least one byte of the delta: that bounds the count.
+            let n = r.get_len("block count", rest.len() as u64)?;
+            let mut at = 0u64;
+            for _ in 0..n {
+                let step = r.get()?;
+                at = match at.checked_add(step) {
+                    Some(a) if step > 0 && a < MAX_RAW as u64 => a,
+                    _ => return Err(Error::InvalidInput("gzip delta: bad block ends".into())),
+                };
+                ends.push(at);
+            }
+        }
         let hl = r.get_len("gzip header length", 1 << 20)?;
         let rest = r.rest();
         if rest.len() < hl || !is_header(&rest[..hl]) {
@@ -456,15 +632,20 @@ impl Codec for Gzip {
         let mut r = varint::Reader::new(rest);
         let len = r.get_len("content length", MAX_RAW as u64)?;
         let (got, base) = old_base(old)?;
-        if got != flags {
+        if got != flags & OLD_INFLATED {
             return Err(Error::InvalidInput(
                 "gzip delta: made for a base of another kind (gzip or not)".into(),
             ));
         }
         let raw = zstd_decode(&base, r.rest(), len)?;
+        let setting = Setting {
+            level,
+            mem_level,
+            ends,
+        };
         let mut out = Vec::with_capacity(hl + raw.len() / 3 + 64);
         out.extend_from_slice(header);
-        deflate(&raw, lv, ml, |piece| {
+        deflate(&raw, &setting, |piece| {
             out.extend_from_slice(piece);
             true
         })?;
@@ -483,7 +664,12 @@ mod tests {
     fn gzip(raw: &[u8], level: u8) -> Vec<u8> {
         let mut out = vec![0x1f, 0x8b, 8, 8, 0, 0, 0, 0, 2, 3];
         out.extend_from_slice(b"name.txt\0");
-        deflate(raw, level, 8, |p| {
+        let setting = Setting {
+            level,
+            mem_level: 8,
+            ends: Vec::new(),
+        };
+        deflate(raw, &setting, |p| {
             out.extend_from_slice(p);
             true
         })
@@ -565,6 +751,59 @@ mod tests {
         let d = Gzip::diff(&bomb, &new, 0).unwrap();
         assert_eq!(d[8] & OLD_INFLATED, 0);
         assert_eq!(Gzip::patch(&bomb, &d).unwrap(), new);
+    }
+
+    /// `raw` deflated as GNU gzip does it: level 9, 32K-symbol blocks, ended at `ends`.
+    fn gnu_gzip(raw: &[u8], ends: &[u64]) -> Vec<u8> {
+        let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 2, 3];
+        let setting = Setting {
+            level: 9,
+            mem_level: 8,
+            ends: ends.to_vec(),
+        };
+        deflate(raw, &setting, |p| {
+            out.extend_from_slice(p);
+            true
+        })
+        .unwrap();
+        out.extend_from_slice(&trailer(raw));
+        out
+    }
+
+    #[test]
+    fn streams_with_blocks_ended_elsewhere_are_rebuilt_from_recorded_ends() {
+        let old_raw = text(7, 300_000);
+        let mut new_raw = b"version 2\n".to_vec();
+        new_raw.extend_from_slice(&old_raw);
+        let (old, new) = (
+            gnu_gzip(&old_raw, &[20_000, 150_000]),
+            gnu_gzip(&new_raw, &[20_010, 150_010, 290_000]),
+        );
+        // No plain zlib setting makes these blocks.
+        assert!(!reproduces(
+            &new_raw,
+            &Setting {
+                level: 9,
+                mem_level: 8,
+                ends: vec![]
+            },
+            &new[10..new.len() - 8]
+        )
+        .unwrap());
+        let d = Gzip::diff(&old, &new, 0).unwrap();
+        assert_eq!(d[8], OLD_INFLATED | BLOCK_ENDS);
+        assert!(d.len() < 300, "delta {} bytes", d.len());
+        assert_eq!(Gzip::patch(&old, &d).unwrap(), new);
+        // A block end that does not move forward is refused. The three ends
+        // take three varint bytes each, after the count at byte 11.
+        let mut bad = d[..11].to_vec();
+        bad.extend_from_slice(&[2, 100, 0]);
+        bad.extend_from_slice(&d[21..]);
+        let e = Gzip::patch(&old, &bad);
+        assert!(
+            matches!(&e, Err(Error::InvalidInput(m)) if m.contains("block ends")),
+            "{e:?}"
+        );
     }
 
     #[test]
