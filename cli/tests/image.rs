@@ -133,15 +133,7 @@ fn export_writes_a_layout_oci_tools_read_with_stable_digests() {
 #[test]
 fn merged_delta_patches_v1_to_v3() {
     let s = series();
-    s.ok(&[
-        "merge",
-        "--lower",
-        &s.p("d12.cdimg"),
-        "--upper",
-        &s.p("d23.cdimg"),
-        "-o",
-        &s.p("d13.cdimg"),
-    ]);
+    s.merge("d12.cdimg", "d23.cdimg", "d13.cdimg");
     let d13 = s.inspect("d13.cdimg");
     assert_eq!(d13["base_id"], s.inspect("v1.cdimg")["image_id"]);
     assert_eq!(d13["image_id"], s.inspect("v3.cdimg")["image_id"]);
@@ -844,15 +836,7 @@ fn shared_dictionaries_shrink_many_files_with_the_same_new_code_and_stay_correct
         tree_listing(Path::new(&s.p("x12"))),
         tree_listing(Path::new(&s.p("x2")))
     );
-    s.ok(&[
-        "merge",
-        "--lower",
-        &s.p("d12.cdimg"),
-        "--upper",
-        &s.p("d23.cdimg"),
-        "-o",
-        &s.p("d13.cdimg"),
-    ]);
+    s.merge("d12.cdimg", "d23.cdimg", "d13.cdimg");
     let d13 = s.inspect("d13.cdimg");
     assert_eq!(d13["dicts"].as_array().unwrap().len(), 1, "{d13}");
     s.patch("v1.cdimg", &["d13.cdimg"], "p3.cdimg");

@@ -124,6 +124,13 @@ impl Series {
         self.ok(&args);
     }
 
+    /// `d4c merge --lower LOWER --upper UPPER -o OUT`, names in the series
+    /// directory, which must succeed.
+    pub fn merge(&self, lower: &str, upper: &str, out: &str) {
+        let (lower, upper, out) = (self.p(lower), self.p(upper), self.p(out));
+        self.ok(&["merge", "--lower", &lower, "--upper", &upper, "-o", &out]);
+    }
+
     /// `d4c inspect --json` of a file in the series directory.
     pub fn inspect(&self, name: &str) -> serde_json::Value {
         serde_json::from_str(&self.ok(&["inspect", &self.p(name), "--json"])).unwrap()
