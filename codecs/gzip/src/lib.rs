@@ -2,22 +2,21 @@
 //! every small change behind a new bit stream from the first changed byte on, so
 //! byte-level codecs see two unrelated random strings where a man page or a
 //! changelog gained one paragraph. This codec inflates both sides, encodes the
-//! new text against the old one with zstd-dict, and records how to deflate the
-//! result again bit for bit: the gzip header verbatim and the zlib settings
-//! (level, memLevel) that reproduce the new deflate stream.
+//! new text against the old one with zstd (the old text as reference prefix, as
+//! zstd-dict does), and records how to deflate the result again bit for bit: the
+//! gzip header verbatim and the setting that reproduces the new deflate stream.
 //!
-//! It applies only where zlib reproduces the file exactly (checked while
-//! diffing: every setting is tried until one gives the same stream); anything
-//! else answers `unsupported` and the host uses another codec. Debian's `gzip -9n`
-//! output is reproduced by zlib level 9 for most small files (one deflate block);
-//! larger files compressed by GNU gzip are not, because gzip ends blocks by a
-//! rule zlib does not have.
+//! A setting is a zlib level and memLevel, or GNU gzip's way: zlib's parse (the
+//! same symbol for symbol at memLevel 8) with 32K-symbol blocks ended where the
+//! stream ends them, recorded in the delta and forced in the vendored zlib
+//! (`zlib/README.d4c`). A stream no setting reproduces answers `unsupported`
+//! and the host uses another codec. docs/CODECS.md has the measurements.
 //!
-//! Delta layout: `"D4CGZIP1"`, one flags byte (bit 0: the old file was inflated
-//! and its content used as the base), zlib level, zlib memLevel, varint length
-//! and bytes of the new gzip header, varint length of the new content, then a
-//! zstd frame of the new content with the old content as reference prefix (as
-//! `zstd --patch-from` makes). The trailer (CRC-32, length) is recomputed.
+//! Delta layout: `"D4CGZIP1"`, flags (1: the old file was inflated and its
+//! content is the base; 2: block ends follow), zlib level, zlib memLevel, [varint
+//! count and varint steps of the block ends], varint length and bytes of the new
+//! gzip header, varint length of the new content, then the zstd frame. The
+//! trailer (CRC-32, length) is recomputed.
 
 use d4c_codec_guest::{varint, Codec, Error, Result};
 use zstd::zstd_safe::{self, CCtx, CParameter, DCtx, DParameter};
