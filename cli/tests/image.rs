@@ -806,6 +806,14 @@ fn shared_dictionaries_shrink_many_files_with_the_same_new_code_and_stay_correct
     );
     let plain = s.inspect("plain.cdimg");
     assert_eq!(plain["dicts"].as_array().unwrap().len(), 0);
+    // v2 -> v3 leaves every file nearly unchanged: no dictionary to share.
+    let d23 = s.inspect("d23.cdimg");
+    assert_eq!(d23["dicts"].as_array().unwrap().len(), 0, "{d23}");
+    assert_eq!(
+        d23["files"]["delta"].as_u64().unwrap() as usize,
+        v1.len(),
+        "{d23}"
+    );
     let (with, without) = (
         d12["bytes"].as_u64().unwrap(),
         plain["bytes"].as_u64().unwrap(),

@@ -141,6 +141,10 @@ enum Outcome {
     },
 }
 
+/// A file's outcome, and the trained dictionary it was encoded against, if any
+/// (to encode it again should that dictionary be dropped).
+type Encoding = (Outcome, Option<usize>);
+
 /// A trained dictionary, raw and as stored.
 struct Trained {
     bytes: Vec<u8>,
@@ -219,7 +223,7 @@ pub fn diff(
         .iter()
         .map(|&i| (i, slots[i].take().expect("each index once")))
         .collect();
-    let done: Vec<(usize, Result<Outcome>)> = pool.install(|| {
+    let done: Vec<(usize, Result<Encoding>)> = pool.install(|| {
         // One job per split: rayon otherwise hands each thread a long run of
         // jobs to do in sequence, and a thread with the big files ends alone.
         jobs.into_par_iter()
@@ -227,9 +231,9 @@ pub fn diff(
             .map(|(i, plan)| {
                 let e = &new_entries[i];
                 let r = match plan {
-                    Plan::Keep(d) => Ok(Outcome::Data(d)),
-                    Plan::Copy => Ok(Outcome::Copy),
-                    Plan::Dup => Ok(Outcome::Dup),
+                    Plan::Keep(d) => Ok((Outcome::Data(d), None)),
+                    Plan::Copy => Ok((Outcome::Copy, None)),
+                    Plan::Dup => Ok((Outcome::Dup, None)),
                     Plan::Encode(src) => {
                         let dict = match (dict_codec, kinds.get(&i)) {
                             (Some(c), Some(&k)) => Some((c, k, &trained[k].bytes[..])),
@@ -247,8 +251,14 @@ pub fn diff(
     });
     progress.finish();
     let mut placed: Vec<Option<Outcome>> = (0..new_entries.len()).map(|_| None).collect();
+    // Entry index -> the dictionary it was encoded against (when not nearly unchanged).
+    let mut offered: HashMap<usize, usize> = HashMap::new();
     for (i, r) in done {
-        placed[i] = Some(r?);
+        let (outcome, dict) = r?;
+        placed[i] = Some(outcome);
+        if let Some(k) = dict {
+            offered.insert(i, k);
+        }
     }
     let mut outcomes: Vec<Outcome> = placed
         .into_iter()
@@ -278,11 +288,12 @@ pub fn diff(
         .zip(&trained)
         .map(|(s, t)| *s > t.compressed.len() as i64)
         .collect();
-    let redo: Vec<usize> = outcomes
+    // Every file that was offered a dropped dictionary is encoded again, not only
+    // those whose best used it: in dictionary mode the other codecs were not run.
+    let redo: Vec<usize> = offered
         .iter()
-        .enumerate()
-        .filter(|(_, o)| matches!(o, Outcome::Delta { best: Encoded { dict: Some(k), .. }, .. } if !keep[*k]))
-        .map(|(i, _)| i)
+        .filter(|(_, k)| !keep[**k])
+        .map(|(i, _)| *i)
         .collect();
     let redone: Vec<(usize, Result<Outcome>)> = pool.install(|| {
         redo.into_par_iter()
@@ -291,6 +302,7 @@ pub fn diff(
                 let e = &new_entries[i];
                 let src = similar.source(e).expect("encoded files have a source");
                 let r = encode(old, new, src, e, opts, None, &failures)
+                    .map(|(outcome, _)| outcome)
                     .with_context(|| format!("diffing {}", e.path));
                 (i, r)
             })
@@ -497,7 +509,7 @@ fn encode(
     opts: &DiffOptions,
     dict: Option<(&Codec, usize, &[u8])>,
     failures: &std::sync::Mutex<Vec<String>>,
-) -> Result<Outcome> {
+) -> Result<Encoding> {
     let full_cost = match e.data {
         Some(Data::Full { length, .. }) => length,
         _ => 0,
@@ -507,7 +519,7 @@ fn encode(
         .iter()
         .any(|c| c.accepts(&sizes))
     {
-        return Ok(Outcome::Copy);
+        return Ok((Outcome::Copy, None));
     }
     let old_bytes = old.full_content(src)?;
     let new_bytes = new.full_content(e)?;
@@ -521,8 +533,8 @@ fn encode(
     // not patch back) must not sink the whole diff: another candidate, or full
     // storage, takes the file, and the failure is reported. A codec that
     // answers `unsupported` does not apply to this file: no failure.
-    let attempt = |c: &Codec, base: &[u8]| -> Option<Vec<u8>> {
-        let r = c.diff(base, &new_bytes, opts.level).and_then(|delta| {
+    let attempt = |c: &Codec, base: &[u8], level: u8| -> Option<Vec<u8>> {
+        let r = c.diff(base, &new_bytes, level).and_then(|delta| {
             // A delta that does not patch back is a codec bug; catch it here, not
             // on a user's machine. Patching costs little next to diffing.
             c.patch_checked(base, &delta, &digest).map(|_| delta)
@@ -537,31 +549,47 @@ fn encode(
             }
         }
     };
-    // With a dictionary, the dictionary codec runs once, with it: the old file
-    // is still in its window, and indexing the base is most of its cost. Should
-    // the dictionary not pay overall, the file is encoded again without it.
+    // In dictionary mode the dictionary codec runs first, without the dictionary.
+    // A file that its plain delta shows as nearly unchanged gains next to nothing
+    // from a dictionary and goes on as without one; the others are encoded with
+    // the dictionary and skip the remaining codecs: on the small binaries that
+    // get one, bsdiff won too rarely to pay for its call (debian bookworm ->
+    // trixie: 36 KB of 19 MB, 10 s of 40). Should the dictionary not pay
+    // overall, `diff` encodes those files again without it.
+    let (first, rest): (Vec<&Codec>, Vec<&Codec>) = match dict {
+        Some((d, ..)) => candidates
+            .into_iter()
+            .partition(|c| c.digest() == d.digest()),
+        None => (candidates, Vec::new()),
+    };
+    let run = |codecs: &[&Codec], best: &mut Option<Encoded>| {
+        for &c in codecs {
+            if let Some(delta) = attempt(c, &old_bytes, opts.level) {
+                if best.as_ref().is_none_or(|b| delta.len() < b.delta.len()) {
+                    *best = Some(Encoded {
+                        codec: c.clone(),
+                        delta,
+                        dict: None,
+                    });
+                }
+                if final_under_auto(&opts.codec, c) {
+                    break;
+                }
+            }
+        }
+    };
     let mut plain: Option<Encoded> = None;
-    for c in candidates {
-        if dict.is_some_and(|(d, ..)| d.digest() == c.digest()) {
-            continue;
-        }
-        if let Some(delta) = attempt(c, &old_bytes) {
-            if plain.as_ref().is_none_or(|b| delta.len() < b.delta.len()) {
-                plain = Some(Encoded {
-                    codec: c.clone(),
-                    delta,
-                    dict: None,
-                });
-            }
-            if final_under_auto(&opts.codec, c) {
-                break;
-            }
-        }
+    run(&first, &mut plain);
+    let changed = |p: &Option<Encoded>| p.as_ref().map_or(full_cost, |p| p.delta.len() as u64);
+    let offered = dict.filter(|_| changed(&plain) >= e.file_size() / dict::MIN_CHANGE);
+    if offered.is_none() {
+        run(&rest, &mut plain);
     }
     let plain = plain.filter(|p| (p.delta.len() as u64) < full_cost);
-    let plain_cost = plain.as_ref().map_or(full_cost, |p| p.delta.len() as u64);
-    let with_dict = dict.and_then(|(c, k, bytes)| {
-        let delta = attempt(c, &dict::behind(bytes, &old_bytes))?;
+    let plain_cost = changed(&plain);
+    let with_dict = offered.and_then(|(c, k, bytes)| {
+        let level = dict::level(opts.level, e.file_size());
+        let delta = attempt(c, &dict::behind(bytes, &old_bytes), level)?;
         ((delta.len() as u64) < plain_cost).then(|| Encoded {
             codec: c.clone(),
             delta,
@@ -569,7 +597,7 @@ fn encode(
         })
     });
     let source = src.digest.expect("file");
-    Ok(match with_dict.or(plain) {
+    let outcome = match with_dict.or(plain) {
         Some(best) => Outcome::Delta {
             source,
             digest,
@@ -577,5 +605,6 @@ fn encode(
             plain_cost,
         },
         None => Outcome::Copy,
-    })
+    };
+    Ok((outcome, offered.map(|(_, k, _)| k)))
 }
