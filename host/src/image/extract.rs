@@ -122,13 +122,16 @@ pub fn extract(
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads.max(1))
         .build()?;
+    // Largest files first, one per work item: in path order a big file late in
+    // the tree (node's 98 MB `usr/local/bin/node`) starts when the rest is
+    // nearly done and ends alone, and rayon otherwise hands each thread a long
+    // run of entries.
+    let mut files: Vec<&Entry> = entries.iter().filter(|e| e.kind == Kind::File).collect();
+    files.sort_by_key(|e| std::cmp::Reverse(e.file_size()));
     pool.install(|| {
-        // One file per work item: rayon otherwise gives each thread a long run
-        // of entries to do in order, and the one holding the big files ends alone.
-        entries
+        files
             .par_iter()
             .with_max_len(1)
-            .filter(|e| e.kind == Kind::File)
             .try_for_each(|e| -> Result<()> {
                 let p = target(root, e)?;
                 let f = std::fs::File::create(&p)
