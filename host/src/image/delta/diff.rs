@@ -269,6 +269,7 @@ pub fn diff(
         match r? {
             (outcome, true) => {
                 waiting.push((i, outcome));
+                // Until the second pass below decides.
                 placed[i] = Some(Outcome::Copy);
             }
             (outcome, false) => placed[i] = Some(outcome),
@@ -280,8 +281,9 @@ pub fn diff(
         .collect();
 
     // A kind gets a dictionary only if its waiting files' plain deltas are large
-    // enough for one to pay (dict::worth_training); then each of them is encoded
-    // with it, and the others go on to the codecs dictionary mode skipped.
+    // enough for one to pay (dict::worth_training); the second pass encodes each
+    // waiting file with its kind's dictionary or, for a kind without one, by the
+    // codecs the first pass skipped.
     let mut plain_by_kind: HashMap<dict::Kind, u64> = HashMap::new();
     for (i, o) in &waiting {
         *plain_by_kind.entry(kinds[i]).or_default() += cost_of(o, &new_entries[*i]);
