@@ -63,6 +63,11 @@ impl Footer {
             .take(MAX_HEADER_JSON)
             .read_to_end(&mut json)
             .context("corrupt header")?;
+        ensure!(
+            (json.len() as u64) < MAX_HEADER_JSON,
+            "corrupt header (over {} MiB decompressed)",
+            MAX_HEADER_JSON >> 20
+        );
         let header: Header = serde_json::from_slice(&json).context("corrupt header")?;
         header
             .validate(self.header_offset)
@@ -87,8 +92,10 @@ pub const MAGIC: &[u8; 8] = b"D4CIMG01";
 pub const FOOTER_LEN: u64 = 64;
 /// Largest compressed header accepted.
 const MAX_HEADER: u64 = 1 << 30;
-/// Largest decompressed header accepted.
-const MAX_HEADER_JSON: u64 = 4 << 30;
+/// Largest decompressed header accepted: it is read whole before parsing, so
+/// this bounds what a hostile header can make a reader allocate (a real one is
+/// about 250 bytes per entry: 3.5 MB for python's 16k files).
+const MAX_HEADER_JSON: u64 = 1 << 30;
 
 /// Whether a cdimg is a full image or a delta.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
