@@ -499,10 +499,15 @@ fn classify(new: &Reader, plans: &[Plan], entries: &[Entry]) -> Result<HashMap<u
 fn cost_of(o: &Outcome, e: &Entry) -> u64 {
     match o {
         Outcome::Delta { best, .. } => best.delta.len() as u64,
-        _ => match e.data {
-            Some(Data::Full { length, .. }) => length,
-            _ => 0,
-        },
+        _ => full_cost(e),
+    }
+}
+
+/// What storing a file in full costs: its compressed blob in the new image.
+fn full_cost(e: &Entry) -> u64 {
+    match e.data {
+        Some(Data::Full { length, .. }) => length,
+        _ => 0,
     }
 }
 
@@ -602,9 +607,8 @@ struct Ctx<'a> {
 
 /// One file's encoding work: its contents and the codec calls on them.
 struct FileJob<'a> {
+    cx: Ctx<'a>,
     e: &'a Entry,
-    opts: &'a DiffOptions,
-    failures: &'a std::sync::Mutex<Vec<String>>,
     old_bytes: Vec<u8>,
     new_bytes: Vec<u8>,
     /// The codecs to try, in order, each at its level.
@@ -618,7 +622,7 @@ struct FileJob<'a> {
 impl<'a> FileJob<'a> {
     /// Loads both contents, or None when no codec accepts the sizes.
     fn load(cx: Ctx<'a>, src: &'a Entry, e: &'a Entry) -> Result<Option<FileJob<'a>>> {
-        let (opts, failures) = (cx.opts, cx.failures);
+        let opts = cx.opts;
         let sizes = [src.file_size() as usize, e.file_size() as usize];
         if !auto_codecs(&opts.codec, src.file_size(), e.file_size(), &[], 0)
             .iter()
@@ -639,16 +643,12 @@ impl<'a> FileJob<'a> {
         .filter(|(c, _)| c.accepts(&sizes))
         .collect();
         Ok(Some(FileJob {
+            cx,
             e,
-            opts,
-            failures,
             old_bytes,
             new_bytes,
             tries,
-            full_cost: match e.data {
-                Some(Data::Full { length, .. }) => length,
-                _ => 0,
-            },
+            full_cost: full_cost(e),
             source: src.digest.expect("file"),
             digest: e.digest.expect("file"),
         }))
@@ -669,7 +669,7 @@ impl<'a> FileJob<'a> {
             Ok(delta) => Some(delta),
             Err(err) if err.op == Op::Diff && err.kind == ErrorKind::Unsupported => None,
             Err(err) => {
-                let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+                let mut f = self.cx.failures.lock().unwrap_or_else(|p| p.into_inner());
                 f.push(format!("{}: {err}", self.e.path));
                 None
             }
@@ -687,7 +687,7 @@ impl<'a> FileJob<'a> {
                         dict: None,
                     });
                 }
-                if final_under_auto(&self.opts.codec, c) {
+                if final_under_auto(&self.cx.opts.codec, c) {
                     break;
                 }
             }
@@ -748,6 +748,8 @@ fn encode(cx: Ctx, src: &Entry, e: &Entry, dict_first: Option<&Codec>) -> Result
 /// to pay for its call, debian bookworm -> trixie: 36 KB of 19 MB, 10 s of 40);
 /// without one, by the remaining codecs.
 fn finish(cx: Ctx, src: &Entry, e: &Entry, prior: Outcome, dict: DictUse) -> Result<Outcome> {
+    // Both contents are read again: holding them for every waiting file through
+    // the first pass would cost up to 2 MiB a file, for a decompression.
     let Some(job) = FileJob::load(cx, src, e)? else {
         return Ok(prior);
     };
