@@ -661,14 +661,19 @@ mod tests {
 
     /// A gzip file as zlib writes it at `level`, with a file name in the header.
     fn gzip(raw: &[u8], level: u8) -> Vec<u8> {
-        let mut out = vec![0x1f, 0x8b, 8, 8, 0, 0, 0, 0, 2, 3];
-        out.extend_from_slice(b"name.txt\0");
+        let mut header = vec![0x1f, 0x8b, 8, 8, 0, 0, 0, 0, 2, 3];
+        header.extend_from_slice(b"name.txt\0");
         let setting = Setting {
             level,
             mem_level: 8,
             ends: Vec::new(),
         };
-        deflate(raw, &setting, |p| {
+        member(header, raw, &setting)
+    }
+
+    /// A gzip member: `header`, `raw` deflated with `setting`, the trailer.
+    fn member(mut out: Vec<u8>, raw: &[u8], setting: &Setting) -> Vec<u8> {
+        deflate(raw, setting, |p| {
             out.extend_from_slice(p);
             true
         })
@@ -754,19 +759,12 @@ mod tests {
 
     /// `raw` deflated as GNU gzip does it: level 9, 32K-symbol blocks, ended at `ends`.
     fn gnu_gzip(raw: &[u8], ends: &[u64]) -> Vec<u8> {
-        let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 2, 3];
         let setting = Setting {
             level: 9,
             mem_level: 8,
             ends: ends.to_vec(),
         };
-        deflate(raw, &setting, |p| {
-            out.extend_from_slice(p);
-            true
-        })
-        .unwrap();
-        out.extend_from_slice(&trailer(raw));
-        out
+        member(vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 2, 3], raw, &setting)
     }
 
     #[test]
