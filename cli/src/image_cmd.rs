@@ -275,7 +275,16 @@ pub fn merge(cli: &Cli, a: &MergeArgs) -> Result<()> {
 pub fn extract(cli: &Cli, a: &ExtractArgs) -> Result<()> {
     let codecs = cli.codecs()?;
     let chain = Chain::open(&a.images)?;
-    extract::extract(&chain, &codecs, &a.output, a.jobs.threads, &Bar::new())?;
+    let done = extract::extract(&chain, &codecs, &a.output, a.jobs.threads, &Bar::new())?;
+    if !done.owners_kept {
+        eprintln!("d4c: warning: not root: files are yours, setuid and setgid bits cleared");
+    }
+    if let Some(first) = done.devices_skipped.first() {
+        eprintln!(
+            "d4c: warning: not root: {} device node(s) left out ({first}, ...)",
+            done.devices_skipped.len()
+        );
+    }
     println!(
         "{}: image {} ({} entries)",
         a.output.display(),

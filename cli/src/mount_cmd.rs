@@ -40,6 +40,11 @@ pub struct MountArgs {
     /// Threads serving requests.
     #[arg(long, default_value_t = 8)]
     threads: usize,
+    /// Let the image's setuid bits and device nodes act (mounted `suid,dev`).
+    /// Without it a mount is `nosuid,nodev`: as root it is readable by every
+    /// local user, who must not gain the image's setuid-root programs.
+    #[arg(long)]
+    suid_dev: bool,
 }
 
 /// `d4c umount`.
@@ -77,7 +82,10 @@ pub fn run(cli: &Cli, a: &MountArgs) -> Result<()> {
         codecs,
         cache,
         mountpoint,
-        &MountOptions { threads: a.threads },
+        &MountOptions {
+            threads: a.threads,
+            suid_dev: a.suid_dev,
+        },
     )?;
     eprintln!(
         "d4c: image {} mounted at {}",

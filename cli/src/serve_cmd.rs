@@ -9,7 +9,7 @@ use clap::Args;
 use d4c_host::codec::{CodecStore, Codecs};
 use d4c_server::http::{router, Server};
 use d4c_server::negotiate::Negotiator;
-use d4c_server::store::Store;
+use d4c_server::store::{Limits, Store};
 
 use crate::Cli;
 
@@ -22,12 +22,22 @@ pub struct ServeArgs {
     /// Address to listen on (port 0: any free port; the chosen one is printed).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7000")]
     listen: String,
+    /// Largest blob a client may upload.
+    #[arg(long, value_name = "SIZE", value_parser = crate::output::parse_size, default_value = "16G")]
+    max_upload: u64,
+    /// Hours after which an upload nobody writes to is removed.
+    #[arg(long, value_name = "HOURS", default_value_t = 24)]
+    upload_ttl: u64,
     #[command(flatten)]
     jobs: crate::image_cmd::Jobs,
 }
 
 pub fn run(cli: &Cli, a: &ServeArgs) -> Result<()> {
-    let store = Arc::new(Store::open(&a.store)?);
+    let limits = Limits {
+        max_upload: a.max_upload,
+        upload_ttl: std::time::Duration::from_secs(a.upload_ttl * 3600),
+    };
+    let store = Arc::new(Store::open_with(&a.store, limits)?);
     let codecs = Codecs::new(cli.runtime()?, CodecStore::new(store.codec_dir()));
     let server = Arc::new(Server {
         negotiator: Negotiator::new(store.clone(), codecs, a.jobs.threads),

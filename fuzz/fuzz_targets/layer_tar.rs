@@ -6,7 +6,7 @@ use std::io::Read;
 
 use d4c_host::digest::{Digest, Hasher};
 use d4c_host::image::builder::layer::{ContentSink, TreeBuilder};
-use d4c_host::image::format::valid_path;
+use d4c_host::image::entry::valid_path;
 use libfuzzer_sys::fuzz_target;
 
 /// Hashes content without storing it.

@@ -92,6 +92,24 @@ impl AtomicFile {
         self.commit_as(&path)
     }
 
+    /// Like [`AtomicFile::commit_as`], but never replaces what is at `path`:
+    /// content-addressed stores keep the file that is there (same name, same
+    /// content), so nothing written later can swap it. Returns whether this
+    /// file was stored.
+    pub fn commit_new(self, path: &Path) -> Result<bool> {
+        self.tmp
+            .as_file()
+            .sync_all()
+            .with_context(|| format!("syncing {}", path.display()))?;
+        match self.tmp.persist_noclobber(path) {
+            Ok(_) => {}
+            Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
+            Err(e) => return Err(e.error).with_context(|| format!("storing {}", path.display())),
+        }
+        sync_dir(parent_dir(path))?;
+        Ok(true)
+    }
+
     /// Like [`AtomicFile::commit`], to a path chosen only now (in the same
     /// directory), e.g. a name that is the content's digest.
     pub fn commit_as(self, path: &Path) -> Result<()> {
@@ -176,6 +194,16 @@ pub fn copy_sparse(r: &mut dyn io::Read, f: &File, size_hint: u64) -> io::Result
 /// Creates `dir` and its parents.
 pub fn create_dir_all(dir: &Path) -> Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("creating directory {}", dir.display()))
+}
+
+/// Creates `dir` (and its parents) if needed and makes it private to its owner
+/// (0700), whatever mode it had: for state no other local user may read or
+/// plant files in.
+pub fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    create_dir_all(dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("making {} private", dir.display()))
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The d4c host library: everything the `d4c` CLI, the snapshotter and the update
 //! server share. Data flows one way: callers → this library → codec components.
 //!
+//! - [`beneath`]: creating a file tree strictly beneath a directory.
 //! - [`codec`]: loads codec components, runs them sandboxed under caps, keeps the
 //!   local codec store.
 //! - [`digest`]: sha256 identities.
@@ -13,6 +14,7 @@
 //! - [`units`]: sizes as users write them.
 //! - [`update`]: push, and pull of the cheapest update with codec negotiation.
 
+pub mod beneath;
 pub mod codec;
 pub mod digest;
 pub mod fsutil;

@@ -20,7 +20,7 @@ use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio_stream::StreamExt;
 
 use crate::negotiate::Negotiator;
-use crate::store::{Store, MAX_MANIFEST};
+use crate::store::{Store, Upload, UploadError, MAX_MANIFEST};
 use crate::ApiError;
 
 /// What the handlers share.
@@ -165,28 +165,17 @@ async fn handle(s: Arc<Server>, req: Request) -> Result<Response, ApiError> {
                 .unwrap())
         }
         (Route::Upload(name, id), &Method::PATCH | &Method::PUT) => {
-            let file = s.store.upload_path(&id).ok_or_else(|| {
-                ApiError::not_found("BLOB_UPLOAD_UNKNOWN", format!("upload {id}"))
+            let upload = s.store.claim_upload(&id).map_err(|e| match e {
+                UploadError::Unknown => {
+                    ApiError::not_found("BLOB_UPLOAD_UNKNOWN", format!("upload {id}"))
+                }
+                UploadError::Busy => ApiError {
+                    status: StatusCode::CONFLICT,
+                    code: "BLOB_UPLOAD_INVALID",
+                    message: format!("upload {id} is being written by another request"),
+                },
             })?;
-            let mut f = tokio::fs::OpenOptions::new()
-                .append(true)
-                .open(&file)
-                .await
-                .map_err(|e| ApiError::internal(e.into()))?;
-            let mut stream = body.into_data_stream();
-            while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|e| ApiError::bad_request(anyhow::anyhow!("{e}")))?;
-                f.write_all(&chunk)
-                    .await
-                    .map_err(|e| ApiError::internal(e.into()))?;
-            }
-            f.flush().await.map_err(|e| ApiError::internal(e.into()))?;
-            let len = f
-                .metadata()
-                .await
-                .map_err(|e| ApiError::internal(e.into()))?
-                .len();
-            drop(f);
+            let len = append_body(&upload, body).await?;
             if method == Method::PATCH {
                 return Ok(Response::builder()
                     .status(StatusCode::ACCEPTED)
@@ -206,8 +195,9 @@ async fn handle(s: Arc<Server>, req: Request) -> Result<Response, ApiError> {
                 })?
                 .parse()
                 .map_err(ApiError::bad_request)?;
-            let st = s.clone();
-            tokio::task::spawn_blocking(move || st.store.adopt_blob(&file, &digest))
+            // Still claimed while it is hashed and stored: nothing can write
+            // into it after this PUT's body.
+            tokio::task::spawn_blocking(move || upload.finish(&digest))
                 .await
                 .map_err(blocking_err)?
                 .map_err(|e| ApiError {
@@ -294,6 +284,33 @@ async fn handle(s: Arc<Server>, req: Request) -> Result<Response, ApiError> {
         }
         _ => Err(unknown()),
     }
+}
+
+/// Appends a request body to a claimed upload, up to its size limit; returns
+/// the upload's length.
+async fn append_body(upload: &Upload, body: Body) -> Result<u64, ApiError> {
+    let io = |e: std::io::Error| ApiError::internal(e.into());
+    let mut f = tokio::fs::OpenOptions::new()
+        .append(true)
+        .open(upload.path())
+        .await
+        .map_err(io)?;
+    let mut len = f.metadata().await.map_err(io)?.len();
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request(anyhow::anyhow!("{e}")))?;
+        len += chunk.len() as u64;
+        if len > upload.max_len() {
+            return Err(ApiError {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                code: "SIZE_INVALID",
+                message: format!("a blob may not exceed {} bytes here", upload.max_len()),
+            });
+        }
+        f.write_all(&chunk).await.map_err(io)?;
+    }
+    f.flush().await.map_err(io)?;
+    Ok(len)
 }
 
 /// A blob, whole or from a `Range: bytes=N-[M]`.

@@ -12,9 +12,12 @@
 //! digest); repositories hold tags, and so their own d4c index. Every file
 //! appears by rename after fsync, so a crash leaves the old or the new.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use d4c_host::digest::Digest;
@@ -26,20 +29,110 @@ use d4c_host::registry::reference::{valid_repository, valid_tag};
 pub const MAX_MANIFEST: u64 = 4 << 20;
 const MAX_INDEX: u64 = 64 << 20;
 
+/// Bounds on what clients may make the store hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest blob one upload may write.
+    pub max_upload: u64,
+    /// An upload untouched this long is abandoned, and removed.
+    pub upload_ttl: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_upload: 16 << 30,
+            upload_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
 /// The store.
 pub struct Store {
     root: PathBuf,
+    limits: Limits,
+    /// Uploads a request is writing or finishing now: one writer per upload.
+    busy: Mutex<HashSet<String>>,
+}
+
+/// Why an upload cannot be written now.
+#[derive(Debug, PartialEq, Eq)]
+pub enum UploadError {
+    /// No such upload (never started, finished, or expired).
+    Unknown,
+    /// Another request is writing it.
+    Busy,
+}
+
+/// An upload claimed by one request: no other request can write or finish it
+/// until this is dropped.
+pub struct Upload {
+    store: Arc<Store>,
+    id: String,
+    path: PathBuf,
+}
+
+impl Upload {
+    /// The file the upload's bytes go to.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The largest the upload may grow.
+    pub fn max_len(&self) -> u64 {
+        self.store.limits.max_upload
+    }
+
+    /// Ends the upload: its content becomes blob `digest` if it hashes to it
+    /// (an existing blob is kept, never replaced); the upload is gone either way.
+    pub fn finish(self, digest: &Digest) -> Result<u64> {
+        self.store.adopt_blob(&self.path, digest)
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        self.store.busy.lock().expect("busy lock").remove(&self.id);
+    }
 }
 
 impl Store {
-    /// Opens (creating) the store at `root`.
+    /// Opens (creating) the store at `root` with default [`Limits`].
     pub fn open(root: &Path) -> Result<Store> {
+        Self::open_with(root, Limits::default())
+    }
+
+    /// Opens (creating) the store at `root`.
+    pub fn open_with(root: &Path, limits: Limits) -> Result<Store> {
         for d in ["blobs/sha256", "uploads", "repos", "merged", "codecs"] {
             fsutil::create_dir_all(&root.join(d))?;
         }
-        Ok(Store {
+        let s = Store {
             root: root.to_path_buf(),
-        })
+            limits,
+            busy: Mutex::new(HashSet::new()),
+        };
+        s.expire_uploads();
+        Ok(s)
+    }
+
+    /// Removes uploads nobody has written for [`Limits::upload_ttl`].
+    pub fn expire_uploads(&self) {
+        let Ok(entries) = std::fs::read_dir(self.root.join("uploads")) else {
+            return;
+        };
+        let busy = self.busy.lock().expect("busy lock");
+        for e in entries.flatten() {
+            let idle = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > self.limits.upload_ttl);
+            if idle && !busy.contains(e.file_name().to_string_lossy().as_ref()) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
     }
 
     /// The codec store directory.
@@ -76,16 +169,20 @@ impl Store {
         Ok(Some(data))
     }
 
-    /// Stores bytes as a blob.
+    /// Stores bytes as a blob (a blob already stored is kept as it is).
     pub fn put_blob_bytes(&self, data: &[u8]) -> Result<Digest> {
         let d = Digest::of(data);
-        if self.blob_size(&d) != Some(data.len() as u64) {
-            fsutil::write_atomic(&self.blob_path(&d), data)?;
+        if self.blob_size(&d).is_none() {
+            let mut f = AtomicFile::create(&self.blob_path(&d))?;
+            std::io::Write::write_all(f.file(), data)?;
+            f.commit_new(&self.blob_path(&d))?;
         }
         Ok(d)
     }
 
-    /// Moves a finished file into the blob store under its digest, which is checked.
+    /// Moves a finished file into the blob store under its digest, which is
+    /// checked. A stored blob is never replaced: content is checked on the way
+    /// in, so what is there already has these bytes. The file is gone after.
     pub fn adopt_blob(&self, path: &Path, digest: &Digest) -> Result<u64> {
         let (got, size) = d4c_host::digest::of_file(path)?;
         if got != *digest {
@@ -93,13 +190,19 @@ impl Store {
             bail!("the uploaded content hashes to {got:?}, not {digest:?}");
         }
         File::open(path)?.sync_all()?;
-        std::fs::rename(path, self.blob_path(digest))?;
-        fsutil::sync_dir(&self.root.join("blobs/sha256"))?;
+        // link(2) fails rather than replace what is there.
+        match std::fs::hard_link(path, self.blob_path(digest)) {
+            Ok(()) => fsutil::sync_dir(&self.root.join("blobs/sha256"))?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).context("storing the blob"),
+        }
+        std::fs::remove_file(path)?;
         Ok(size)
     }
 
     /// Starts an upload; returns its id.
     pub fn new_upload(&self) -> Result<String> {
+        self.expire_uploads();
         let mut id = [0u8; 16];
         File::open("/dev/urandom")?.read_exact(&mut id)?;
         let id = hex::encode(id);
@@ -107,11 +210,26 @@ impl Store {
         Ok(id)
     }
 
-    /// The file of upload `id`, if it exists.
-    pub fn upload_path(&self, id: &str) -> Option<PathBuf> {
+    /// Claims upload `id` for one request (see [`Upload`]).
+    pub fn claim_upload(self: &Arc<Self>, id: &str) -> Result<Upload, UploadError> {
         let ok = id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit());
-        let p = self.root.join("uploads").join(id);
-        (ok && p.is_file()).then_some(p)
+        let path = self.root.join("uploads").join(id);
+        if !ok {
+            return Err(UploadError::Unknown);
+        }
+        let mut busy = self.busy.lock().expect("busy lock");
+        // Checked under the lock: a PUT that finished the upload removed it.
+        if !path.is_file() {
+            return Err(UploadError::Unknown);
+        }
+        if !busy.insert(id.to_string()) {
+            return Err(UploadError::Busy);
+        }
+        Ok(Upload {
+            store: self.clone(),
+            id: id.to_string(),
+            path,
+        })
     }
 
     fn tag_path(&self, repo: &str, tag: &str) -> Result<PathBuf> {

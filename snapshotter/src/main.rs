@@ -40,6 +40,9 @@ struct Args {
 }
 
 async fn run(args: Args) -> Result<()> {
+    // Images, metadata and mounts are root's alone: a local user must not read
+    // an image's files or plant a codec or a compiled module.
+    d4c_host::fsutil::create_private_dir(&args.root)?;
     let limits = Limits {
         memory: args.codec_memory,
         time: Duration::from_secs(args.codec_timeout),
@@ -52,8 +55,13 @@ async fn run(args: Args) -> Result<()> {
             .await??;
     let snapshotter = Arc::new(snapshotter);
 
-    if let Some(dir) = args.address.parent() {
-        d4c_host::fsutil::create_dir_all(dir)?;
+    // A directory of its own is made private; an existing one (say /run) is
+    // left as it is: the socket's own mode guards it.
+    match args.address.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() && !dir.exists() => {
+            d4c_host::fsutil::create_private_dir(dir)?
+        }
+        _ => {}
     }
     // A socket left by an earlier process: nobody answers on it any more.
     if args.address.exists() {
@@ -62,6 +70,13 @@ async fn run(args: Args) -> Result<()> {
     }
     let listener = tokio::net::UnixListener::bind(&args.address)
         .with_context(|| format!("listening on {}", args.address.display()))?;
+    // Whoever can talk to the socket can make root mount images: owner only,
+    // whatever the umask made of it.
+    std::fs::set_permissions(
+        &args.address,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .with_context(|| format!("restricting {}", args.address.display()))?;
     eprintln!(
         "d4c-snapshotter: serving {} on {}",
         snapshotter.root().display(),

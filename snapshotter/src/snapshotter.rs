@@ -22,7 +22,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use anyhow::Context;
 use d4c_host::codec::Codecs;
 use d4c_host::image::chain::Chain;
 use d4c_host::mount::cache::ContentCache;
@@ -77,6 +76,10 @@ struct State {
     meta: Meta,
     /// Live FUSE mounts of d4c snapshots, by key.
     mounts: HashMap<String, Mount>,
+    /// d4c snapshots that could not be mounted again at start (a damaged or
+    /// missing image, a missing codec), with why: they and their children fail
+    /// alone while the rest is served.
+    broken: HashMap<String, String>,
 }
 
 /// The snapshotter.
@@ -99,6 +102,9 @@ fn not_found(key: &str) -> Status {
 impl Snapshotter {
     /// Opens the snapshotter in `root`, mounting every d4c snapshot again.
     pub fn open(root: &Path, codecs: Codecs, cache_size: u64) -> anyhow::Result<Snapshotter> {
+        // Images, metadata and mounts are root's alone: no local user may read
+        // an image's files or plant a codec or a compiled module here.
+        d4c_host::fsutil::create_private_dir(root)?;
         d4c_host::fsutil::create_dir_all(&root.join("snapshots"))?;
         let root = root.canonicalize()?;
         let meta = Meta::load(&root.join("metadata.json"))?;
@@ -114,6 +120,7 @@ impl Snapshotter {
             state: Mutex::new(State {
                 meta,
                 mounts: HashMap::new(),
+                broken: HashMap::new(),
             }),
         };
         let mut st = s.state.lock().expect("state lock");
@@ -125,10 +132,16 @@ impl Snapshotter {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         for (key, snap) in d4c {
-            let m = s
-                .mount_chain(&snap)
-                .with_context(|| format!("mounting snapshot {key} again"))?;
-            st.mounts.insert(key, m);
+            match s.mount_chain(&snap) {
+                Ok(m) => {
+                    st.mounts.insert(key, m);
+                }
+                Err(e) => {
+                    let why = format!("{e:#}").replace('\n', " ");
+                    eprintln!("d4c-snapshotter: snapshot {key} cannot be served: {why}");
+                    st.broken.insert(key, why);
+                }
+            }
         }
         drop(st);
         Ok(s)
@@ -157,7 +170,12 @@ impl Snapshotter {
             self.codecs.clone(),
             self.cache.clone(),
             &self.dir(snap.id).join("fs"),
-            &MountOptions::default(),
+            // Containers keep their setuid programs and devices; the mount
+            // points live under the snapshotter's root-only directory.
+            &MountOptions {
+                suid_dev: true,
+                ..MountOptions::default()
+            },
         )
     }
 
@@ -256,17 +274,27 @@ impl Snapshotter {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(internal(e));
         }
-        self.mounts_of(&st.meta, key)
+        self.mounts_of(&st, key)
     }
 
     /// `Mounts`: how to mount the snapshot `key`.
     pub fn mounts(&self, key: &str) -> Result<Vec<MountSpec>, Status> {
         let st = self.state.lock().expect("state lock");
-        self.mounts_of(&st.meta, key)
+        self.mounts_of(&st, key)
     }
 
-    fn mounts_of(&self, meta: &Meta, key: &str) -> Result<Vec<MountSpec>, Status> {
+    fn mounts_of(&self, st: &State, key: &str) -> Result<Vec<MountSpec>, Status> {
+        let meta = &st.meta;
         let snap = meta.snapshots.get(key).ok_or_else(|| not_found(key))?;
+        if let Some((k, why)) = meta
+            .lineage(key)
+            .iter()
+            .find_map(|k| st.broken.get(k).map(|w| (k, w)))
+        {
+            return Err(Status::failed_precondition(format!(
+                "snapshot {k} cannot be served: {why}"
+            )));
+        }
         let fs = |s: &Snapshot| self.dir(s.id).join("fs").to_string_lossy().into_owned();
         let lowers: Vec<String> = meta
             .lineage(key)
@@ -339,6 +367,9 @@ impl Snapshotter {
         if let Some(m) = st.mounts.remove(key) {
             st.mounts.insert(name.to_string(), m);
         }
+        if let Some(why) = st.broken.remove(key) {
+            st.broken.insert(name.to_string(), why);
+        }
         let _ = std::fs::remove_dir_all(self.dir(id).join("work"));
         Ok(())
     }
@@ -360,6 +391,7 @@ impl Snapshotter {
         if let Some(m) = st.mounts.remove(key) {
             m.unmount().map_err(internal)?;
         }
+        st.broken.remove(key);
         st.meta.snapshots.remove(key);
         if let Err(e) = st.meta.save() {
             st.meta.snapshots.insert(key.to_string(), snap);

@@ -227,6 +227,36 @@ pub fn unescape_path(s: &str) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Whether `p` is a path a cdimg may name: empty (the root), or `/`-separated
+/// components, escaped canonically (`escape_path(unescape_path(p)) == p`, so
+/// no component can decode to `..` or hide a `/`), none of them empty, `.`,
+/// `..`, or holding a NUL byte. Everything that turns a path into a file name
+/// (extract, export, mount) relies on this.
+pub fn valid_path(p: &str) -> bool {
+    p.is_empty()
+        || (canonical(p)
+            && p.split('/')
+                .all(|c| !c.is_empty() && c != "." && c != ".." && !c.contains('\0')))
+}
+
+/// Whether `t` is a symlink target a cdimg may hold: non-empty, canonically
+/// escaped, no NUL byte. It may be absolute or climb with `..`: it is data, and
+/// nothing d4c writes ever resolves through it.
+pub fn valid_link_target(t: &str) -> bool {
+    !t.is_empty() && !t.contains('\0') && canonical(t)
+}
+
+/// Whether `k` is an extended attribute name a cdimg may hold: non-empty, no
+/// NUL, and no `=` or newline, which would break a PAX record on export.
+pub fn valid_xattr_name(k: &str) -> bool {
+    !k.is_empty() && !k.contains(['\0', '=', '\n'])
+}
+
+/// Whether `s` is in the one form [`escape_path`] gives its bytes.
+fn canonical(s: &str) -> bool {
+    !s.contains('\\') || unescape_path(s).is_ok_and(|b| escape_path(&b) == s)
+}
+
 /// The canonical, storage-independent form of an entry that the image id hashes.
 #[derive(Serialize)]
 struct Canonical<'a> {
@@ -302,6 +332,45 @@ mod tests {
         }
         assert!(unescape_path("bad\\q").is_err());
         assert!(unescape_path("bad\\x4").is_err());
+    }
+
+    #[test]
+    fn only_canonical_contained_paths_are_valid() {
+        for ok in [
+            "",
+            "etc",
+            "usr/bin/ls",
+            "odd\\xff",
+            "back\\\\slash",
+            "..a/b..",
+            ".hidden",
+        ] {
+            assert!(valid_path(ok), "{ok:?}");
+        }
+        for bad in [
+            "/etc",
+            "etc/",
+            "a//b",
+            ".",
+            "..",
+            "a/../b",
+            "a/./b",
+            // escapes that decode to what a plain name may not be
+            "\\x2e\\x2e/etc",
+            "a\\x2fb",
+            "\\x2e",
+            "nul\\x00",
+            // a valid UTF-8 byte escaped, a bad escape, a literal NUL
+            "\\x41",
+            "bad\\q",
+            "nul\0byte",
+        ] {
+            assert!(!valid_path(bad), "{bad:?}");
+        }
+        assert!(valid_link_target("/etc/shadow") && valid_link_target("../../x"));
+        assert!(!valid_link_target("") && !valid_link_target("a\0b"));
+        assert!(!valid_link_target("\\x2f"));
+        assert!(valid_xattr_name("user.x") && !valid_xattr_name("a=b"));
     }
 
     #[test]

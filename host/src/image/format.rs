@@ -11,7 +11,9 @@ use std::sync::Arc;
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::entry::{image_id, Compression, Data, Entry, Kind};
+use super::entry::{
+    image_id, valid_link_target, valid_path, valid_xattr_name, Compression, Data, Entry, Kind,
+};
 use crate::digest::Digest;
 use crate::fsutil::AtomicFile;
 
@@ -75,6 +77,13 @@ impl Footer {
         Ok(header)
     }
 }
+
+/// The largest content held whole in memory: codec inputs and outputs, which a
+/// wasm32 codec cannot take beyond 4 GiB anyway.
+pub const MAX_IN_MEMORY: u64 = u32::MAX as u64;
+
+/// The most memory reserved ahead of the bytes that arrive.
+const PREALLOC: u64 = 64 << 20;
 
 /// Content up to this size is decoded whole rather than streamed.
 const SMALL_CONTENT: u64 = 1 << 20;
@@ -199,6 +208,15 @@ impl Header {
                 );
             }
             ensure!(e.mode <= 0o7777, "{p:?}: mode {:o} has type bits", e.mode);
+            ensure!(
+                e.xattrs.keys().all(|k| valid_xattr_name(k)),
+                "{p:?}: invalid extended attribute name"
+            );
+            ensure!(
+                e.link.is_none() || matches!(e.kind, Kind::Symlink | Kind::Hardlink),
+                "{p:?}: a link target on a {:?}",
+                e.kind
+            );
             let is_file = e.kind == Kind::File;
             ensure!(
                 is_file == e.data.is_some(),
@@ -215,7 +233,10 @@ impl Header {
                 Kind::File => {
                     files.insert(p);
                 }
-                Kind::Symlink => ensure!(e.link.is_some(), "{p:?}: symlink without target"),
+                Kind::Symlink => ensure!(
+                    e.link.as_deref().is_some_and(valid_link_target),
+                    "{p:?}: symlink without a valid target"
+                ),
                 Kind::Hardlink => {
                     let t = e.link.as_deref().unwrap_or_default();
                     ensure!(
@@ -227,6 +248,9 @@ impl Header {
                     ensure!(e.rdev.is_some(), "{p:?}: device without numbers")
                 }
                 Kind::Fifo => {}
+            }
+            if !matches!(e.kind, Kind::Char | Kind::Block) {
+                ensure!(e.rdev.is_none(), "{p:?}: device numbers on a {:?}", e.kind);
             }
             match &e.data {
                 Some(Data::Inline) => {
@@ -296,12 +320,6 @@ impl Header {
             }
         }
     }
-}
-
-/// A normalised relative path: no leading or trailing `/`, no empty, `.` or `..`
-/// components.
-pub fn valid_path(p: &str) -> bool {
-    p.is_empty() || p.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
 }
 
 /// An open cdimg: its header, and random access to its blobs. Safe to share
@@ -462,9 +480,18 @@ impl Reader {
 
     /// The content of a `Full` file entry, decompressed and checked against the
     /// entry's size (the digest is checked by callers that need it).
+    /// Content is held whole only to feed a codec, so it is refused past
+    /// [`MAX_IN_MEMORY`]; and memory grows with the bytes that really decode,
+    /// never from the size the header claims.
     pub fn full_content(&self, entry: &Entry) -> Result<Vec<u8>> {
         let size = entry.file_size();
-        let mut out = Vec::with_capacity(usize::try_from(size)?);
+        ensure!(
+            size <= MAX_IN_MEMORY,
+            "{}: {} is {size} bytes, more than content rebuilt in memory may be ({MAX_IN_MEMORY})",
+            self.path.display(),
+            entry.path
+        );
+        let mut out = Vec::with_capacity(size.min(PREALLOC) as usize);
         self.content_reader(entry)?
             .take(size + 1)
             .read_to_end(&mut out)

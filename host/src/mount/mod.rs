@@ -28,11 +28,18 @@ pub const SOURCE_PREFIX: &str = "d4c:";
 pub struct MountOptions {
     /// Threads serving requests (rebuilds block only the thread doing them).
     pub threads: usize,
+    /// Honour setuid bits and device nodes (`suid,dev`). Off, a root mount is
+    /// `nosuid,nodev`: every local user may read it, so an image's setuid-root
+    /// binary or block device must not act for them. Containers need it on.
+    pub suid_dev: bool,
 }
 
 impl Default for MountOptions {
     fn default() -> Self {
-        MountOptions { threads: 8 }
+        MountOptions {
+            threads: 8,
+            suid_dev: false,
+        }
     }
 }
 
@@ -70,14 +77,16 @@ pub fn mount(
         MountOption::NoAtime,
         MountOption::Exec,
     ];
-    // Root mounts for containers: any user may read, devices and setuid work.
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    // Root mounts: any user may read (containers run as any uid); setuid
+    // bits and devices act only when asked for (the snapshotter's mounts).
+    if rustix::process::geteuid().is_root() {
         config.acl = SessionACL::All;
-        config
-            .mount_options
-            .extend([MountOption::Dev, MountOption::Suid]);
     }
+    config.mount_options.extend(if opts.suid_dev {
+        [MountOption::Dev, MountOption::Suid]
+    } else {
+        [MountOption::NoDev, MountOption::NoSuid]
+    });
     config.n_threads = Some(opts.threads.max(1));
     config.clone_fd = true;
     let session = Session::new(fs, &mountpoint, &config)

@@ -1,0 +1,454 @@
+//! The breakout corpus: hand-made hostile cdimgs (escaped `..`, escaped `/`,
+//! absolute names, NUL bytes, links out of the tree and through links,
+//! hardlinks and devices with such names, headers that claim huge files),
+//! written as an attacker would, bypassing d4c's writer. Each is inspected,
+//! extracted, exported, merged and mounted inside a sentinel tree; nothing
+//! outside the command's own output may change, no process may die of a
+//! signal, and refusals are one clear line.
+
+use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use d4c_host::digest::Digest;
+use d4c_host::image::entry::{image_id, Compression, Data, Entry, Kind, Step};
+use d4c_host::image::format::{header_tail, CodecRef, Header, ImageKind, MAGIC};
+
+fn d4c() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_d4c"))
+}
+
+/// A cdimg being made by hand: blobs appended, then any header at all.
+struct Raw {
+    body: Vec<u8>,
+}
+
+impl Raw {
+    fn new() -> Raw {
+        Raw {
+            body: MAGIC.to_vec(),
+        }
+    }
+
+    /// Appends `data` as a stored (uncompressed) blob.
+    fn blob(&mut self, data: &[u8]) -> (u64, u64) {
+        let at = self.body.len() as u64;
+        self.body.extend_from_slice(data);
+        (at, data.len() as u64)
+    }
+
+    /// A file entry whose content is `data`, stored here.
+    fn file(&mut self, path: &str, data: &[u8]) -> Entry {
+        let (offset, length) = self.blob(data);
+        let mut e = entry(path, Kind::File);
+        e.size = Some(data.len() as u64);
+        e.digest = Some(Digest::of(data));
+        e.data = Some(Data::Full {
+            offset,
+            length,
+            compression: Compression::None,
+        });
+        e
+    }
+
+    /// Writes the file with `entries` (sorted here, with a root added) as its
+    /// tree; returns the image id.
+    fn write(
+        mut self,
+        path: &Path,
+        base: Option<Digest>,
+        codecs: Vec<CodecRef>,
+        mut entries: Vec<Entry>,
+    ) -> Digest {
+        entries.push(entry("", Kind::Dir));
+        entries.sort_by(|a, b| a.path.cmp(&b.path));
+        let header = Header {
+            kind: if base.is_some() {
+                ImageKind::Delta
+            } else {
+                ImageKind::Image
+            },
+            image_id: image_id(&entries),
+            base_id: base,
+            config:
+                r#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#
+                    .into(),
+            codecs,
+            dicts: vec![],
+            entries,
+        };
+        let json = serde_json::to_vec(&header).unwrap();
+        let offset = self.body.len() as u64;
+        self.body.extend(header_tail(&json, offset).unwrap());
+        std::fs::write(path, &self.body).unwrap();
+        header.image_id
+    }
+}
+
+fn entry(path: &str, kind: Kind) -> Entry {
+    let mut e = Entry::dir(path);
+    e.kind = kind;
+    e
+}
+
+fn link(path: &str, kind: Kind, target: &str) -> Entry {
+    let mut e = entry(path, kind);
+    e.link = Some(target.into());
+    e
+}
+
+fn device(path: &str) -> Entry {
+    let mut e = entry(path, Kind::Block);
+    e.rdev = Some((7, 0));
+    e
+}
+
+/// A sentinel tree: the commands write below `work/`; everything else in it
+/// (and `outside`, a name the hostile entries aim at) must stay as it was.
+struct Sentinel {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+}
+
+impl Sentinel {
+    fn new() -> Sentinel {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_path_buf();
+        std::fs::create_dir_all(root.join("work")).unwrap();
+        std::fs::create_dir_all(root.join("home")).unwrap();
+        std::fs::write(root.join("secret"), b"keep me").unwrap();
+        Sentinel { _tmp: tmp, root }
+    }
+
+    fn work(&self, name: &str) -> PathBuf {
+        self.root.join("work").join(name)
+    }
+
+    /// Every path outside `work/` with its type, mode and content.
+    fn outside(&self) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        walk(&self.root, &self.root, &mut out);
+        out
+    }
+
+    /// Runs d4c; returns (ok, stderr). Never killed by a signal.
+    fn d4c(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new(d4c())
+            .args(args)
+            .env("D4C_HOME", self.root.join("home"))
+            .env_remove("D4C_CODEC_DIR")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.signal().is_none(),
+            "d4c {args:?} died of signal {:?}: {}",
+            out.status.signal(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Runs d4c, which must refuse with a one-line error naming `why`.
+    fn refuses(&self, args: &[&str], why: &str) {
+        let (ok, err) = self.d4c(args);
+        assert!(!ok, "d4c {args:?} accepted a hostile image");
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "d4c {args:?}: not one line: {err}");
+        assert!(err.contains(why), "d4c {args:?}: {err} (wanted {why:?})");
+    }
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+    use std::os::unix::fs::MetadataExt;
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+        if rel == "work" || rel == "home" {
+            continue;
+        }
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        let what = if m.is_file() {
+            format!("{:o} {:?}", m.mode(), std::fs::read(&p).unwrap())
+        } else {
+            format!("{:o} {}", m.mode(), m.file_type().is_dir())
+        };
+        out.insert(rel, what);
+        if m.is_dir() {
+            walk(root, &p, out);
+        }
+    }
+}
+
+/// Makes a hostile tree, its file contents stored in the image being made.
+type MakeEntries = Box<dyn Fn(&mut Raw) -> Vec<Entry>>;
+
+/// Images whose names reach out of the tree (or hide a `/`): every reader must
+/// refuse them as invalid, before anything is written.
+fn escaping_images(s: &Sentinel) -> Vec<(&'static str, PathBuf)> {
+    let abs = s.root.join("abs-pwned").to_string_lossy().into_owned();
+    let cases: Vec<(&'static str, MakeEntries)> = vec![
+        (
+            "escaped dot-dot directories",
+            Box::new(|r| {
+                vec![
+                    entry("\\x2e\\x2e", Kind::Dir),
+                    entry("\\x2e\\x2e/\\x2e\\x2e", Kind::Dir),
+                    r.file("\\x2e\\x2e/\\x2e\\x2e/pwned", b"pwned"),
+                ]
+            }),
+        ),
+        (
+            "an escaped slash inside one name",
+            Box::new(|r| vec![r.file("\\x2e\\x2e\\x2f\\x2e\\x2e\\x2fpwned", b"pwned")]),
+        ),
+        (
+            "a literal dot-dot",
+            Box::new(|r| vec![r.file("../../pwned", b"pwned")]),
+        ),
+        ("an absolute name", {
+            let abs = abs.clone();
+            Box::new(move |r| vec![r.file(&abs, b"pwned")])
+        }),
+        (
+            "a NUL byte in a name",
+            Box::new(|r| vec![r.file("a\0b", b"pwned")]),
+        ),
+        (
+            "a non-canonical escape",
+            Box::new(|r| vec![r.file("\\x41", b"pwned")]),
+        ),
+        (
+            "a file below a symlink",
+            Box::new(|r| {
+                vec![
+                    link("l", Kind::Symlink, "../.."),
+                    r.file("l/pwned", b"pwned"),
+                ]
+            }),
+        ),
+        (
+            "a hardlink to a file outside",
+            Box::new(|_| vec![link("h", Kind::Hardlink, "../../secret")]),
+        ),
+        (
+            "a hardlink to a symlink",
+            Box::new(|_| {
+                vec![
+                    link("h", Kind::Hardlink, "s"),
+                    link("s", Kind::Symlink, "/etc/shadow"),
+                ]
+            }),
+        ),
+        (
+            "a device with an escaped dot-dot name",
+            Box::new(|_| {
+                vec![
+                    entry("\\x2e\\x2e", Kind::Dir),
+                    device("\\x2e\\x2e/dev-pwned"),
+                ]
+            }),
+        ),
+        (
+            "a symlink with an escaped slash in its name",
+            Box::new(|_| vec![link("\\x2e\\x2e\\x2fsl", Kind::Symlink, "/")]),
+        ),
+        (
+            "a symlink target with a NUL byte",
+            Box::new(|_| vec![link("sl", Kind::Symlink, "/etc\0/x")]),
+        ),
+        (
+            "an extended attribute name that breaks a PAX record",
+            Box::new(|r| {
+                let mut e = r.file("x", b"x");
+                e.xattrs.insert("user.a=b".into(), b"v".to_vec());
+                vec![e]
+            }),
+        ),
+    ];
+    cases
+        .into_iter()
+        .enumerate()
+        .map(|(i, (what, make))| {
+            let mut r = Raw::new();
+            let entries = make(&mut r);
+            let p = s.work(&format!("hostile-{i}.cdimg"));
+            r.write(&p, None, vec![], entries);
+            (what, p)
+        })
+        .collect()
+}
+
+#[test]
+fn escaping_names_are_refused_by_every_command() {
+    let s = Sentinel::new();
+    let before = s.outside();
+    for (i, (what, img)) in escaping_images(&s).into_iter().enumerate() {
+        let img = img.to_string_lossy().into_owned();
+        let out = s.work(&format!("out-{i}")).to_string_lossy().into_owned();
+        eprintln!("case: {what}");
+        s.refuses(&["inspect", &img], "invalid header");
+        s.refuses(&["extract", &img, "-o", &out], "invalid header");
+        s.refuses(
+            &["export", &img, "-o", &format!("{out}-oci:t")],
+            "invalid header",
+        );
+        let mnt = s.work(&format!("mnt-{i}"));
+        std::fs::create_dir_all(&mnt).unwrap();
+        s.refuses(
+            &["mount", &img, &mnt.to_string_lossy(), "--cache-dir", &out],
+            "invalid header",
+        );
+        assert!(!Path::new(&out).exists(), "{what}: {out} was written");
+        assert_eq!(s.outside(), before, "{what}: the sentinel tree changed");
+    }
+}
+
+/// A valid image whose links point out of the tree: links are data. Extract
+/// and export write them as links, never through them; the mount shows them.
+#[test]
+fn links_out_of_the_tree_are_written_as_links_never_followed() {
+    let s = Sentinel::new();
+    let before = s.outside();
+    let secret = s.root.join("secret").to_string_lossy().into_owned();
+    let mut r = Raw::new();
+    let f = r.file("f", b"inside");
+    let img = s.work("links.cdimg");
+    r.write(
+        &img,
+        None,
+        vec![],
+        vec![
+            f,
+            link("abs", Kind::Symlink, &secret),
+            link("up", Kind::Symlink, "../../.."),
+            link("hl", Kind::Hardlink, "f"),
+            device("blk"),
+        ],
+    );
+    let img = img.to_string_lossy().into_owned();
+    let out = s.work("out");
+    let (ok, err) = s.d4c(&["extract", &img, "-o", &out.to_string_lossy()]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        std::fs::read_link(out.join("abs")).unwrap(),
+        Path::new(&secret)
+    );
+    assert_eq!(
+        std::fs::read_link(out.join("up")).unwrap(),
+        Path::new("../../..")
+    );
+    assert_eq!(std::fs::read(out.join("hl")).unwrap(), b"inside");
+    let (ok, err) = s.d4c(&[
+        "export",
+        &img,
+        "-o",
+        &format!("{}:t", s.work("oci").display()),
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(s.outside(), before, "the sentinel tree changed");
+}
+
+/// Headers that claim a 1 TiB file: no command sizes memory from them, none
+/// aborts, each says what is wrong.
+#[test]
+fn a_header_claiming_a_huge_file_is_an_error_not_an_abort() {
+    let s = Sentinel::new();
+    let bsdiff: Vec<serde_json::Value> = serde_json::from_str(
+        &String::from_utf8(
+            Command::new(d4c())
+                .args(["codec", "list", "--json"])
+                .env("D4C_HOME", s.root.join("home"))
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let bsdiff = bsdiff.iter().find(|c| c["name"] == "bsdiff").unwrap();
+    let codec = CodecRef {
+        sha256: bsdiff["sha256"].as_str().unwrap().parse().unwrap(),
+        name: "bsdiff".into(),
+        version: bsdiff["version"].as_str().unwrap().into(),
+    };
+
+    let mut r = Raw::new();
+    let f = r.file("f", b"hello world\n");
+    let v1 = r.write(&s.work("v1.cdimg"), None, vec![], vec![f]);
+    // d1: f is stored in full, and claims to be 1 TiB.
+    let mut r = Raw::new();
+    let mut f = r.file("f", b"tiny");
+    let huge = Digest::of(b"a terabyte");
+    f.size = Some(1 << 40);
+    f.digest = Some(huge);
+    let v2 = r.write(&s.work("d1.cdimg"), Some(v1), vec![], vec![f]);
+    // d2: f is a bsdiff step from d1's huge content.
+    let mut r = Raw::new();
+    let (offset, length) = r.blob(b"not really a bsdiff delta");
+    let out = Digest::of(b"x");
+    let mut f = entry("f", Kind::File);
+    f.size = Some(1);
+    f.digest = Some(out);
+    f.data = Some(Data::Delta {
+        source: huge,
+        steps: vec![Step {
+            codec: 0,
+            offset,
+            length,
+            digest: out,
+            dict: None,
+        }],
+    });
+    r.write(&s.work("d2.cdimg"), Some(v2), vec![codec], vec![f]);
+
+    let w = |n: &str| s.work(n).to_string_lossy().into_owned();
+    let too_large = "more than content rebuilt in memory may be";
+    s.refuses(
+        &[
+            "merge",
+            "--lower",
+            &w("d1.cdimg"),
+            "--upper",
+            &w("d2.cdimg"),
+            "-o",
+            &w("m.cdimg"),
+        ],
+        too_large,
+    );
+    s.refuses(
+        &[
+            "extract",
+            &w("v1.cdimg"),
+            &w("d1.cdimg"),
+            &w("d2.cdimg"),
+            "-o",
+            &w("x"),
+        ],
+        too_large,
+    );
+    s.refuses(
+        &[
+            "patch",
+            "--base",
+            &w("v1.cdimg"),
+            "--delta",
+            &w("d1.cdimg"),
+            &w("d2.cdimg"),
+            "-o",
+            &w("p.cdimg"),
+        ],
+        too_large,
+    );
+    // Stored in full, it streams: the size is checked against the bytes.
+    s.refuses(
+        &["extract", &w("v1.cdimg"), &w("d1.cdimg"), "-o", &w("y")],
+        "f",
+    );
+    for out in ["m.cdimg", "x", "p.cdimg", "y"] {
+        assert!(!s.work(out).exists(), "{out} was written");
+    }
+}
