@@ -452,3 +452,132 @@ fn a_header_claiming_a_huge_file_is_an_error_not_an_abort() {
         assert!(!s.work(out).exists(), "{out} was written");
     }
 }
+
+fn tar_header() -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h
+}
+
+/// A tar archive of `members`: (name, None for a directory, Some(Ok(bytes))
+/// for a file, Some(Err(target)) for a symlink).
+fn archive(path: &Path, members: &[(&str, Option<Result<&[u8], &str>>)]) {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, what) in members {
+        let mut h = tar_header();
+        match what {
+            None => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_size(0);
+                b.append_data(&mut h, name, std::io::empty()).unwrap();
+            }
+            Some(Ok(data)) => {
+                h.set_size(data.len() as u64);
+                b.append_data(&mut h, name, *data).unwrap();
+            }
+            Some(Err(target)) => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_size(0);
+                b.append_link(&mut h, name, target).unwrap();
+            }
+        }
+    }
+    std::fs::write(path, b.into_inner().unwrap()).unwrap();
+}
+
+/// One layer tar with one file.
+fn one_layer() -> Vec<u8> {
+    let layer = {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar_header();
+        h.set_size(6);
+        b.append_data(&mut h, "app", &b"hello\n"[..]).unwrap();
+        b.into_inner().unwrap()
+    };
+    layer
+}
+
+const MANIFEST: &[u8] =
+    br#"[{"Config":"config.json","RepoTags":["t:1"],"Layers":["l1/layer.tar","l2/layer.tar"]}]"#;
+
+/// `convert docker-archive:` reads members from the stream only: a symlinked
+/// config or layer never pulls a host file into the image (which `push` would
+/// publish), a hardlink or device member is refused, and every layer must
+/// match its diff_id. A symlink to another member (docker's way of storing a
+/// layer twice) works.
+#[test]
+fn a_docker_archive_cannot_reach_host_files() {
+    let s = Sentinel::new();
+    let before = s.outside();
+    let layer = one_layer();
+    let secret = s.root.join("secret").to_string_lossy().into_owned();
+    let convert = |name: &str| -> (bool, String) {
+        let a = s.work(name).to_string_lossy().into_owned();
+        let out = s
+            .work(&format!("{name}.cdimg"))
+            .to_string_lossy()
+            .into_owned();
+        s.d4c(&["convert", &format!("docker-archive:{a}"), "-o", &out])
+    };
+    let two = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [Digest::of(&layer).oci(), Digest::of(&layer).oci()]},
+    });
+    let two = serde_json::to_vec(&two).unwrap();
+
+    // A symlinked config.json pointing at a host file.
+    archive(
+        &s.work("a1.tar"),
+        &[
+            ("manifest.json", Some(Ok(MANIFEST))),
+            ("config.json", Some(Err(&secret))),
+            ("l1/layer.tar", Some(Ok(&layer))),
+            ("l2/layer.tar", Some(Err("../l1/layer.tar"))),
+        ],
+    );
+    let (ok, err) = convert("a1.tar");
+    assert!(!ok && err.contains("links outside the archive"), "{err}");
+    // A layer through a parent-directory link.
+    archive(
+        &s.work("a2.tar"),
+        &[
+            ("manifest.json", Some(Ok(MANIFEST))),
+            ("config.json", Some(Ok(&two))),
+            ("l1/layer.tar", Some(Ok(&layer))),
+            ("l2/layer.tar", Some(Err("../../../../../../etc/passwd"))),
+        ],
+    );
+    let (ok, err) = convert("a2.tar");
+    assert!(!ok && err.contains("links outside the archive"), "{err}");
+    // A layer that does not match its diff_id.
+    let mut other = layer.clone();
+    other[600] ^= 1;
+    archive(
+        &s.work("a3.tar"),
+        &[
+            ("manifest.json", Some(Ok(MANIFEST))),
+            ("config.json", Some(Ok(&two))),
+            ("l1/layer.tar", Some(Ok(&other))),
+            ("l2/layer.tar", Some(Err("../l1/layer.tar"))),
+        ],
+    );
+    let (ok, err) = convert("a3.tar");
+    assert!(!ok && err.contains("diff_id"), "{err}");
+    // The same layer twice, the second a link to the first: fine.
+    archive(
+        &s.work("a4.tar"),
+        &[
+            ("l1", None),
+            ("manifest.json", Some(Ok(MANIFEST))),
+            ("config.json", Some(Ok(&two))),
+            ("l1/layer.tar", Some(Ok(&layer))),
+            ("l2/layer.tar", Some(Err("../l1/layer.tar"))),
+        ],
+    );
+    let (ok, err) = convert("a4.tar");
+    assert!(ok, "{err}");
+    assert_eq!(s.outside(), before, "the sentinel tree changed");
+}

@@ -162,6 +162,47 @@ fn many_threads_call_one_codec_at_once() {
     });
 }
 
+/// Compiled code runs natively: a cache file is loaded only for the component
+/// it was made from, and only if no other user could have written it.
+#[test]
+fn a_compiled_file_under_another_name_or_writable_by_others_is_not_run() {
+    use std::os::unix::fs::PermissionsExt;
+    let cache = tempfile::tempdir().unwrap();
+    let rt = || Runtime::new(Default::default(), Some(cache.path().to_path_buf())).unwrap();
+    let template = Codec::load(&rt(), components::TEMPLATE).unwrap();
+    let hostile = Codec::load(&rt(), components::SPIN).unwrap();
+    let file_of = |c: &Codec| {
+        std::fs::read_dir(cache.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(&c.digest().hex())
+            })
+            .unwrap()
+    };
+    // The template's compiled code, copied under the hostile codec's name.
+    std::fs::copy(file_of(&template), file_of(&hostile)).unwrap();
+    let again = Codec::load(&rt(), components::SPIN).unwrap();
+    assert_eq!(
+        again.name(),
+        "hostile",
+        "the copied code was run as this codec"
+    );
+    // A cache file anyone may write is compiled afresh and rewritten.
+    let f = file_of(&template);
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let again = Codec::load(&rt(), components::TEMPLATE).unwrap();
+    assert_eq!(again.name(), "template");
+    let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+    assert_eq!(
+        mode, 0o644,
+        "the world-writable file was loaded, not replaced"
+    );
+}
+
 #[test]
 fn compiled_components_are_cached_and_a_corrupt_cache_is_ignored() {
     let cache = tempfile::tempdir().unwrap();

@@ -60,19 +60,35 @@ impl State {
     }
 }
 
+/// Caps a call's memories together, not one by one: a component with several
+/// memories or instances gets the cap once. Counts of instances, memories and
+/// tables are small (what a codec component needs, with room to spare).
 struct Limiter {
     max_memory: usize,
+    /// Bytes of linear memory the call holds, all memories together.
+    used: usize,
     hit: bool,
 }
+
+/// Core instances, memories and tables one codec call may create.
+const MAX_INSTANCES: usize = 32;
+const MAX_MEMORIES: usize = 4;
+const MAX_TABLES: usize = 16;
+/// Elements one table may hold.
+const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 
 impl ResourceLimiter for Limiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let ok = desired <= self.max_memory;
+        let total = (self.used - current.min(self.used)).saturating_add(desired);
+        let ok = total <= self.max_memory;
+        if ok {
+            self.used = total;
+        }
         self.hit |= !ok;
         Ok(ok)
     }
@@ -83,7 +99,19 @@ impl ResourceLimiter for Limiter {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= 1 << 20)
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+
+    fn instances(&self) -> usize {
+        MAX_INSTANCES
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
     }
 }
 
@@ -165,6 +193,7 @@ impl Runtime {
         let limits = self.inner.limits;
         let limiter = Limiter {
             max_memory: usize::try_from(limits.memory).unwrap_or(usize::MAX),
+            used: 0,
             hit: false,
         };
         let mut store = Store::new(&self.inner.engine, State { limiter });
@@ -180,33 +209,90 @@ impl Runtime {
             return Component::new(&self.inner.engine, bytes);
         };
         let path = dir.join(format!("{}-{}.cwasm", digest.hex(), self.inner.engine_key));
-        if let Some(c) = self.load_cached(&path) {
+        if let Some(c) = self.load_cached(&path, digest) {
             return Ok(c);
         }
         let component = Component::new(&self.inner.engine, bytes)?;
         // A cache that cannot be written only costs time; never fail the load.
-        let _ = self.store_cached(dir, &path, &component);
+        let _ = self.store_cached(dir, &path, digest, &component);
         Ok(component)
     }
 
-    /// The cached compiled form, if present and intact. The file ends with the
-    /// sha256 of what precedes it, so a torn or corrupted file is recompiled, not run.
-    fn load_cached(&self, path: &Path) -> Option<Component> {
-        let data = std::fs::read(path).ok()?;
-        let (code, sum) = data.split_at_checked(data.len().checked_sub(32)?)?;
-        if Digest::of(code).0 != sum {
+    /// The cached compiled form, if present, intact, made for this component
+    /// and engine, and writable by nobody but this user. Loading it runs its
+    /// native code, so anything less is recompiled instead: the file ends with
+    /// the sha256 of its code, the component's digest and the engine key, so a
+    /// file copied under another codec's name or torn by a crash is refused.
+    fn load_cached(&self, path: &Path, digest: &Digest) -> Option<Component> {
+        if !only_mine(path) || !only_mine(path.parent()?) {
             return None;
         }
-        // SAFETY: the file is d4c's own output for this engine configuration, found
-        // under the user's data directory and checked against its trailing digest.
+        let data = std::fs::read(path).ok()?;
+        let (code, sum) = data.split_at_checked(data.len().checked_sub(32)?)?;
+        if self.seal(code, digest).0 != sum {
+            return None;
+        }
+        // SAFETY: the file is d4c's own output for this engine configuration and
+        // this component (checked above), and only this user could have written it.
         unsafe { Component::deserialize(&self.inner.engine, code) }.ok()
     }
 
-    fn store_cached(&self, dir: &Path, path: &Path, component: &Component) -> anyhow::Result<()> {
+    fn store_cached(
+        &self,
+        dir: &Path,
+        path: &Path,
+        digest: &Digest,
+        component: &Component,
+    ) -> anyhow::Result<()> {
         let mut code = component.serialize()?;
-        let sum = Digest::of(&code);
+        let sum = self.seal(&code, digest);
         code.extend_from_slice(&sum.0);
-        fsutil::create_dir_all(dir)?;
+        fsutil::create_private_dir(dir)?;
         fsutil::write_atomic(path, &code)
+    }
+
+    /// What binds compiled code to its component and engine.
+    fn seal(&self, code: &[u8], digest: &Digest) -> Digest {
+        let mut h = crate::digest::Hasher::default();
+        h.update(code);
+        h.update(&digest.0);
+        h.update(self.inner.engine_key.as_bytes());
+        h.finish()
+    }
+}
+
+/// Whether `p` (not followed if a symlink) belongs to this user and no one
+/// else may write to it.
+fn only_mine(p: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(p).is_ok_and(|m| {
+        !m.file_type().is_symlink()
+            && m.uid() == rustix::process::geteuid().as_raw()
+            && m.mode() & 0o022 == 0
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_memory_cap_holds_for_all_memories_together() {
+        let mut l = Limiter {
+            max_memory: 3 << 30,
+            used: 0,
+            hit: false,
+        };
+        let gib = 1usize << 30;
+        // One memory grows to 2 GiB in two steps.
+        assert!(l.memory_growing(0, gib, None).unwrap());
+        assert!(l.memory_growing(gib, 2 * gib, None).unwrap());
+        // A second memory may have what is left, not a cap of its own.
+        assert!(!l.memory_growing(0, 2 * gib, None).unwrap());
+        assert!(l.hit);
+        assert!(l.memory_growing(0, gib, None).unwrap());
+        assert!(!l.memory_growing(gib, gib + 1, None).unwrap());
+        assert_eq!(l.used, 3 * gib);
+        assert!(l.memories() <= 4 && l.instances() <= 32 && l.tables() <= 16);
     }
 }

@@ -221,6 +221,7 @@ fn apply_layer_file(
     tree: &mut TreeBuilder,
     path: &Path,
     expected: Option<&Digest>,
+    diff_id: Option<&Digest>,
     sink: &mut dyn ContentSink,
 ) -> Result<()> {
     let file = File::open(path).with_context(|| format!("opening layer {}", path.display()))?;
@@ -239,15 +240,26 @@ fn apply_layer_file(
             .map(|m| m.to_vec())
             .unwrap_or_default()
     };
-    let mut r: Box<dyn Read> = match magic.as_slice() {
+    let r: Box<dyn Read> = match magic.as_slice() {
         [0x1f, 0x8b, ..] => Box::new(flate2::read::MultiGzDecoder::new(f)),
         [0x28, 0xb5, 0x2f, 0xfd] => Box::new(zstd::stream::read::Decoder::with_buffer(f)?),
         _ => Box::new(f),
+    };
+    let mut tar_hash = Hasher::default();
+    let mut r = Tee {
+        inner: r,
+        hasher: &mut tar_hash,
     };
     tree.apply_layer(&mut r, sink)?;
     // The tar end marker may come before the end of the blob: read the rest too.
     std::io::copy(&mut r, &mut std::io::sink())?;
     drop(r);
+    if let Some(d) = diff_id {
+        ensure!(
+            tar_hash.finish() == *d,
+            "the layer's tar stream does not match its diff_id {d} in the config"
+        );
+    }
     if let Some(d) = expected {
         let got = std::rc::Rc::try_unwrap(hasher)
             .map_err(|_| anyhow::anyhow!("layer reader still shared"))?;
@@ -257,6 +269,30 @@ fn apply_layer_file(
         );
     }
     Ok(())
+}
+
+/// The config's `rootfs.diff_ids`, which every layer's tar stream must match:
+/// None if the config lists none (then nothing is claimed).
+fn diff_ids(config: &[u8], layers: usize) -> Result<Option<Vec<Digest>>> {
+    let v: serde_json::Value =
+        serde_json::from_slice(config).context("the image config is not JSON")?;
+    let Some(list) = v.pointer("/rootfs/diff_ids").and_then(|d| d.as_array()) else {
+        return Ok(None);
+    };
+    ensure!(
+        list.len() == layers,
+        "the image config lists {} diff_ids for {layers} layers",
+        list.len()
+    );
+    list.iter()
+        .map(|d| {
+            d.as_str()
+                .context("a diff_id is not a string")?
+                .parse::<Digest>()
+                .context("a diff_id is not a sha256 digest")
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
 }
 
 /// What `convert` produced.
@@ -282,10 +318,9 @@ pub fn convert(
         _ => PathBuf::from("."),
     };
     let image = source.open(&dir)?;
-    serde_json::from_slice::<serde_json::Value>(&image.config)
-        .context("the image config is not JSON")?;
     let config =
         String::from_utf8(image.config.clone()).context("the image config is not UTF-8")?;
+    let diff_ids = diff_ids(&image.config, image.layers.len())?;
 
     let spool = Mutex::new(Spool {
         file: tempfile::tempfile_in(&dir)?,
@@ -310,7 +345,8 @@ pub fn convert(
         };
         let mut result = Ok(());
         for (i, (path, digest)) in image.layers.iter().enumerate() {
-            result = apply_layer_file(&mut tree, path, digest.as_ref(), &mut sink)
+            let diff_id = diff_ids.as_ref().map(|d| &d[i]);
+            result = apply_layer_file(&mut tree, path, digest.as_ref(), diff_id, &mut sink)
                 .with_context(|| format!("layer {} ({})", i + 1, path.display()));
             if result.is_err() {
                 break;
