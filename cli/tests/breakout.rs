@@ -462,23 +462,29 @@ fn tar_header() -> tar::Header {
     h
 }
 
-/// A tar archive of `members`: (name, None for a directory, Some(Ok(bytes))
-/// for a file, Some(Err(target)) for a symlink).
-fn archive(path: &Path, members: &[(&str, Option<Result<&[u8], &str>>)]) {
+/// A member of a test archive.
+enum Member<'a> {
+    Dir,
+    File(&'a [u8]),
+    Symlink(&'a str),
+}
+
+/// A tar archive of `members`.
+fn archive(path: &Path, members: &[(&str, Member)]) {
     let mut b = tar::Builder::new(Vec::new());
     for (name, what) in members {
         let mut h = tar_header();
         match what {
-            None => {
+            Member::Dir => {
                 h.set_entry_type(tar::EntryType::Directory);
                 h.set_size(0);
                 b.append_data(&mut h, name, std::io::empty()).unwrap();
             }
-            Some(Ok(data)) => {
+            Member::File(data) => {
                 h.set_size(data.len() as u64);
                 b.append_data(&mut h, name, *data).unwrap();
             }
-            Some(Err(target)) => {
+            Member::Symlink(target) => {
                 h.set_entry_type(tar::EntryType::Symlink);
                 h.set_size(0);
                 b.append_link(&mut h, name, target).unwrap();
@@ -490,14 +496,11 @@ fn archive(path: &Path, members: &[(&str, Option<Result<&[u8], &str>>)]) {
 
 /// One layer tar with one file.
 fn one_layer() -> Vec<u8> {
-    let layer = {
-        let mut b = tar::Builder::new(Vec::new());
-        let mut h = tar_header();
-        h.set_size(6);
-        b.append_data(&mut h, "app", &b"hello\n"[..]).unwrap();
-        b.into_inner().unwrap()
-    };
-    layer
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar_header();
+    h.set_size(6);
+    b.append_data(&mut h, "app", &b"hello\n"[..]).unwrap();
+    b.into_inner().unwrap()
 }
 
 const MANIFEST: &[u8] =
@@ -532,10 +535,10 @@ fn a_docker_archive_cannot_reach_host_files() {
     archive(
         &s.work("a1.tar"),
         &[
-            ("manifest.json", Some(Ok(MANIFEST))),
-            ("config.json", Some(Err(&secret))),
-            ("l1/layer.tar", Some(Ok(&layer))),
-            ("l2/layer.tar", Some(Err("../l1/layer.tar"))),
+            ("manifest.json", Member::File(MANIFEST)),
+            ("config.json", Member::Symlink(&secret)),
+            ("l1/layer.tar", Member::File(&layer)),
+            ("l2/layer.tar", Member::Symlink("../l1/layer.tar")),
         ],
     );
     let (ok, err) = convert("a1.tar");
@@ -544,10 +547,13 @@ fn a_docker_archive_cannot_reach_host_files() {
     archive(
         &s.work("a2.tar"),
         &[
-            ("manifest.json", Some(Ok(MANIFEST))),
-            ("config.json", Some(Ok(&two))),
-            ("l1/layer.tar", Some(Ok(&layer))),
-            ("l2/layer.tar", Some(Err("../../../../../../etc/passwd"))),
+            ("manifest.json", Member::File(MANIFEST)),
+            ("config.json", Member::File(&two)),
+            ("l1/layer.tar", Member::File(&layer)),
+            (
+                "l2/layer.tar",
+                Member::Symlink("../../../../../../etc/passwd"),
+            ),
         ],
     );
     let (ok, err) = convert("a2.tar");
@@ -558,10 +564,10 @@ fn a_docker_archive_cannot_reach_host_files() {
     archive(
         &s.work("a3.tar"),
         &[
-            ("manifest.json", Some(Ok(MANIFEST))),
-            ("config.json", Some(Ok(&two))),
-            ("l1/layer.tar", Some(Ok(&other))),
-            ("l2/layer.tar", Some(Err("../l1/layer.tar"))),
+            ("manifest.json", Member::File(MANIFEST)),
+            ("config.json", Member::File(&two)),
+            ("l1/layer.tar", Member::File(&other)),
+            ("l2/layer.tar", Member::Symlink("../l1/layer.tar")),
         ],
     );
     let (ok, err) = convert("a3.tar");
@@ -570,11 +576,11 @@ fn a_docker_archive_cannot_reach_host_files() {
     archive(
         &s.work("a4.tar"),
         &[
-            ("l1", None),
-            ("manifest.json", Some(Ok(MANIFEST))),
-            ("config.json", Some(Ok(&two))),
-            ("l1/layer.tar", Some(Ok(&layer))),
-            ("l2/layer.tar", Some(Err("../l1/layer.tar"))),
+            ("l1", Member::Dir),
+            ("manifest.json", Member::File(MANIFEST)),
+            ("config.json", Member::File(&two)),
+            ("l1/layer.tar", Member::File(&layer)),
+            ("l2/layer.tar", Member::Symlink("../l1/layer.tar")),
         ],
     );
     let (ok, err) = convert("a4.tar");
