@@ -78,6 +78,9 @@ impl Registry {
             .timeout_recv_response(Some(Duration::from_secs(300)))
             .timeout_per_read(Some(Duration::from_secs(120)))
             .user_agent(concat!("d4c/", env!("CARGO_PKG_VERSION")))
+            // Redirects are followed by `send`, which knows where credentials
+            // may go.
+            .max_redirects(0)
             .build();
         let credentials = match &opts.credentials {
             Some(c) => Some(c.clone()),
@@ -113,23 +116,28 @@ impl Registry {
         format!("{}/v2/{}/{tail}", self.base, self.reference.repository)
     }
 
-    /// Sends a request, authenticating once if the registry challenges it.
+    /// Sends a request, authenticating once if the registry challenges it, and
+    /// following redirects of GET and HEAD (blob stores and CDNs) under
+    /// [`redirect_target`]'s rules. Credentials go only to the registry's own
+    /// host: never to an absolute upload location or a redirect elsewhere.
     fn send<B: AsSendBody>(&self, build: impl Fn() -> http::Request<B>) -> Result<Response<Body>> {
         let mut challenged = false;
         loop {
             let mut req = build();
-            if let Some(a) = self.authorization.lock().unwrap().clone() {
-                req.headers_mut()
-                    .insert(http::header::AUTHORIZATION, a.parse()?);
-            }
+            self.authorize(req.uri().clone(), req.headers_mut())?;
             let what = format!("{} {}", req.method(), req.uri().path());
-            let resp = self.agent.run(req).map_err(|e| {
-                anyhow!(
-                    "cannot reach registry {} ({what}): {}",
-                    self.reference.registry,
-                    transport_error(&e)
-                )
-            })?;
+            let (method, uri, headers) = (
+                req.method().clone(),
+                req.uri().clone(),
+                req.headers().clone(),
+            );
+            let resp = self.run(req, &what)?;
+            let resp =
+                if resp.status().is_redirection() && matches!(method, Method::GET | Method::HEAD) {
+                    self.follow(resp, method, uri, headers, &what)?
+                } else {
+                    resp
+                };
             if resp.status() != StatusCode::UNAUTHORIZED {
                 return Ok(resp);
             }
@@ -161,6 +169,59 @@ impl Registry {
         }
     }
 
+    fn run<B: AsSendBody>(&self, req: http::Request<B>, what: &str) -> Result<Response<Body>> {
+        self.agent.run(req).map_err(|e| {
+            anyhow!(
+                "cannot reach registry {} ({what}): {}",
+                self.reference.registry,
+                transport_error(&e)
+            )
+        })
+    }
+
+    /// Adds the Authorization header that worked last, if `uri` is on the
+    /// registry's own host (scheme, host and port).
+    fn authorize(&self, uri: http::Uri, headers: &mut http::HeaderMap) -> Result<()> {
+        headers.remove(http::header::AUTHORIZATION);
+        if !same_origin(&uri, &self.base) {
+            return Ok(());
+        }
+        if let Some(a) = self.authorization.lock().unwrap().clone() {
+            headers.insert(http::header::AUTHORIZATION, a.parse()?);
+        }
+        Ok(())
+    }
+
+    /// Follows the redirects of a GET or HEAD, up to [`MAX_REDIRECTS`].
+    fn follow(
+        &self,
+        mut resp: Response<Body>,
+        method: Method,
+        mut uri: http::Uri,
+        headers: http::HeaderMap,
+        what: &str,
+    ) -> Result<Response<Body>> {
+        for _ in 0..MAX_REDIRECTS {
+            if !resp.status().is_redirection() {
+                return Ok(resp);
+            }
+            let location = resp
+                .headers()
+                .get(http::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .with_context(|| format!("{what}: a redirect without a location"))?;
+            uri = redirect_target(&uri, location).with_context(|| format!("{what}"))?;
+            let mut req = http::Request::builder()
+                .method(method.clone())
+                .uri(uri.clone())
+                .body(())?;
+            *req.headers_mut() = headers.clone();
+            self.authorize(uri.clone(), req.headers_mut())?;
+            resp = self.run(req, what)?;
+        }
+        bail!("{what}: more than {MAX_REDIRECTS} redirects")
+    }
+
     /// The Authorization header value that answers `challenge`.
     fn answer(&self, challenge: &Challenge) -> Result<String> {
         match challenge {
@@ -176,6 +237,18 @@ impl Registry {
                 service,
                 scope,
             } => {
+                // The realm gets the password: only over TLS, or on this machine.
+                let realm_uri: http::Uri = realm
+                    .parse()
+                    .with_context(|| format!("the token realm {realm:?} is not a URL"))?;
+                let local = realm_uri
+                    .authority()
+                    .is_some_and(|a| super::reference::is_loopback(a.as_str()));
+                ensure!(
+                    realm_uri.scheme_str() == Some("https") || local,
+                    "registry {} names the token service {realm}, which is not https: refusing to send credentials there",
+                    self.reference.registry
+                );
                 let mut url = realm.clone();
                 let mut sep = if url.contains('?') { '&' } else { '?' };
                 for (k, v) in [("service", service), ("scope", scope)] {
@@ -305,7 +378,7 @@ impl Registry {
         if resp.status() != StatusCode::ACCEPTED {
             return Err(self.failure(resp, &what));
         }
-        let mut location = self.location(&resp, &what)?;
+        let mut location = self.location(&resp, &url, &what)?;
         progress.start("uploading", size);
         let mut buf = vec![0u8; CHUNK.min(size as usize)];
         let mut sent = 0u64;
@@ -327,7 +400,7 @@ impl Registry {
             if resp.status() != StatusCode::ACCEPTED {
                 return Err(self.failure(resp, &what));
             }
-            location = self.location(&resp, &what)?;
+            location = self.location(&resp, &loc, &what)?;
             sent += n as u64;
             progress.advance(n as u64);
         }
@@ -353,20 +426,17 @@ impl Registry {
         Ok(())
     }
 
-    /// The absolute URL of a response's Location header.
-    fn location(&self, resp: &Response<Body>, what: &str) -> Result<String> {
+    /// The absolute URL of the Location header of a response to a request
+    /// for `url` (a relative location is relative to that request).
+    fn location(&self, resp: &Response<Body>, url: &str, what: &str) -> Result<String> {
         let loc = resp
             .headers()
             .get(http::header::LOCATION)
             .and_then(|v| v.to_str().ok())
             .with_context(|| format!("{what}: the registry sent no upload location"))?;
-        Ok(
-            if loc.starts_with("http://") || loc.starts_with("https://") {
-                loc.to_string()
-            } else {
-                format!("{}/{}", self.base, loc.trim_start_matches('/'))
-            },
-        )
+        Ok(redirect_target(&url.parse()?, loc)
+            .with_context(|| format!("{what}: the upload location"))?
+            .to_string())
     }
 
     /// Downloads a blob to `dest`, resuming from `dest.partial` if an earlier
@@ -640,6 +710,52 @@ impl Registry {
     }
 }
 
+/// Redirects followed for one request.
+const MAX_REDIRECTS: usize = 5;
+
+/// Where a redirect from `from` to `location` leads: a relative location
+/// resolves against `from`; https never leads to plain http.
+fn redirect_target(from: &http::Uri, location: &str) -> Result<http::Uri> {
+    let to: http::Uri = if location.starts_with("http://") || location.starts_with("https://") {
+        location.parse()?
+    } else {
+        let mut parts = from.clone().into_parts();
+        let path = if location.starts_with('/') {
+            location.to_string()
+        } else {
+            let base = from.path();
+            format!(
+                "{}{location}",
+                &base[..base.rfind('/').map_or(0, |i| i + 1)]
+            )
+        };
+        parts.path_and_query = Some(path.parse()?);
+        http::Uri::from_parts(parts)?
+    };
+    ensure!(
+        !(from.scheme_str() == Some("https") && to.scheme_str() == Some("http")),
+        "refusing a redirect from https to plain http ({to})"
+    );
+    Ok(to)
+}
+
+/// Whether `uri` has the scheme, host and port of the URL `base`.
+fn same_origin(uri: &http::Uri, base: &str) -> bool {
+    let Ok(b) = base.parse::<http::Uri>() else {
+        return false;
+    };
+    let port = |u: &http::Uri| {
+        u.port_u16().or(match u.scheme_str() {
+            Some("https") => Some(443),
+            Some("http") => Some(80),
+            _ => None,
+        })
+    };
+    uri.scheme() == b.scheme()
+        && uri.host().map(str::to_ascii_lowercase) == b.host().map(str::to_ascii_lowercase)
+        && port(uri) == port(&b)
+}
+
 fn request(method: Method, url: &str) -> http::request::Builder {
     http::Request::builder().method(method).uri(url)
 }
@@ -723,5 +839,176 @@ mod tests {
             Some("MANIFEST_UNKNOWN: manifest unknown".into())
         );
         assert_eq!(registry_message(b"<html>"), None);
+    }
+
+    #[test]
+    fn redirects_resolve_and_never_downgrade() {
+        let from: http::Uri = "https://r.example/v2/a/blobs/sha256:x".parse().unwrap();
+        let to = |l: &str| redirect_target(&from, l).map(|u| u.to_string());
+        assert_eq!(to("/b").unwrap(), "https://r.example/b");
+        assert_eq!(to("c?x=1").unwrap(), "https://r.example/v2/a/blobs/c?x=1");
+        assert_eq!(
+            to("https://cdn.example/o").unwrap(),
+            "https://cdn.example/o"
+        );
+        assert!(to("http://cdn.example/o").is_err());
+        let base = "https://r.example";
+        for (u, same) in [
+            ("https://r.example/v2/", true),
+            ("https://R.example:443/x", true),
+            ("http://r.example/x", false),
+            ("https://r.example:8443/x", false),
+            ("https://cdn.example/x", false),
+        ] {
+            assert_eq!(same_origin(&u.parse().unwrap(), base), same, "{u}");
+        }
+    }
+
+    /// A scripted peer on loopback: answers each request with what `answer`
+    /// returns for its request line and headers, and records every request.
+    struct Peer {
+        addr: std::net::SocketAddr,
+        seen: std::sync::Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Peer {
+        fn start(ip: &str, answer: impl Fn(&str) -> String + Send + 'static) -> Peer {
+            use std::io::{BufRead, BufReader};
+            let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
+            let addr = listener.local_addr().unwrap();
+            let seen = std::sync::Arc::new(Mutex::new(Vec::new()));
+            let log = seen.clone();
+            std::thread::spawn(move || {
+                for conn in listener.incoming().take(20) {
+                    let Ok(mut conn) = conn else { return };
+                    let mut head = String::new();
+                    let mut r = BufReader::new(conn.try_clone().unwrap());
+                    loop {
+                        let mut line = String::new();
+                        if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                            break;
+                        }
+                        head.push_str(&line);
+                    }
+                    log.lock().unwrap().push(head.clone());
+                    let _ = conn.write_all(answer(&head).as_bytes());
+                }
+            });
+            Peer { addr, seen }
+        }
+
+        fn saw_authorization(&self) -> bool {
+            self.seen
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|h| h.to_ascii_lowercase().contains("authorization:"))
+        }
+    }
+
+    fn reply(status: &str, extra: &str, body: &str) -> String {
+        format!(
+            "HTTP/1.1 {status}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    /// A registry that wants a login and keeps its blobs elsewhere: the blob
+    /// is fetched through the redirect, and the password stays with the
+    /// registry.
+    #[test]
+    fn credentials_stay_with_the_registry_host() {
+        let blob = "hello blob";
+        let digest = Digest::of(blob.as_bytes());
+        let elsewhere = Peer::start("127.0.0.2", move |head| {
+            if head.starts_with("PUT ") {
+                reply("201 Created", "", "")
+            } else if head.starts_with("PATCH ") {
+                reply("202 Accepted", "Location: /stored?upload=1\r\n", "")
+            } else {
+                reply("200 OK", "", blob)
+            }
+        });
+        let other = format!("http://{}/stored", elsewhere.addr);
+        let registry = Peer::start("127.0.0.1", move |head| {
+            let authed = head.to_ascii_lowercase().contains("authorization: basic");
+            if !authed {
+                reply(
+                    "401 Unauthorized",
+                    "WWW-Authenticate: Basic realm=\"r\"\r\n",
+                    "",
+                )
+            } else if head.starts_with("GET /v2/ ") {
+                reply("200 OK", "", "{}")
+            } else if head.starts_with("HEAD ") {
+                reply("404 Not Found", "", "")
+            } else if head.starts_with("POST ") {
+                // An upload location on another host.
+                reply(
+                    "202 Accepted",
+                    &format!("Location: {other}?upload=1\r\n"),
+                    "",
+                )
+            } else {
+                reply(
+                    "307 Temporary Redirect",
+                    &format!("Location: {other}\r\n"),
+                    "",
+                )
+            }
+        });
+        let reference = Reference::parse(&format!("{}/a/b:t", registry.addr)).unwrap();
+        let opts = ConnectOptions {
+            credentials: Some(Credentials {
+                user: "u".into(),
+                password: "secret".into(),
+            }),
+            ..Default::default()
+        };
+        let reg = Registry::connect(&reference, &opts).unwrap();
+        assert_eq!(
+            reg.fetch_blob_bytes(&digest, 1 << 20).unwrap(),
+            blob.as_bytes()
+        );
+        assert!(
+            !elsewhere.saw_authorization(),
+            "the password followed the redirect"
+        );
+        reg.push_blob_bytes(b"pushed").unwrap();
+        assert!(registry.saw_authorization());
+        let puts = elsewhere
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|h| h.starts_with("PUT "))
+            .count();
+        assert_eq!(puts, 1, "the upload went to its location");
+        assert!(
+            !elsewhere.saw_authorization(),
+            "the password went to the upload location"
+        );
+    }
+
+    /// A token realm over plain http off this machine never gets the password.
+    #[test]
+    fn a_plain_http_token_realm_gets_no_credentials() {
+        let registry = Peer::start("127.0.0.1", |_| {
+            reply(
+                "401 Unauthorized",
+                "WWW-Authenticate: Bearer realm=\"http://auth.example.invalid/token\",service=\"r\"\r\n",
+                "",
+            )
+        });
+        let reference = Reference::parse(&format!("{}/a/b:t", registry.addr)).unwrap();
+        let opts = ConnectOptions {
+            credentials: Some(Credentials {
+                user: "u".into(),
+                password: "secret".into(),
+            }),
+            ..Default::default()
+        };
+        let err = Registry::connect(&reference, &opts).err().unwrap();
+        assert!(format!("{err:#}").contains("not https"), "{err:#}");
     }
 }

@@ -103,7 +103,8 @@ impl fmt::Display for Reference {
     }
 }
 
-fn is_loopback(host_port: &str) -> bool {
+/// Whether `host_port` (`host[:port]`, IPv6 in brackets) is this machine.
+pub fn is_loopback(host_port: &str) -> bool {
     let host = if let Some(h) = host_port.strip_prefix('[') {
         h.split(']').next().unwrap_or("")
     } else {
