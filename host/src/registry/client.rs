@@ -210,7 +210,7 @@ impl Registry {
                 .get(http::header::LOCATION)
                 .and_then(|v| v.to_str().ok())
                 .with_context(|| format!("{what}: a redirect without a location"))?;
-            uri = redirect_target(&uri, location).with_context(|| format!("{what}"))?;
+            uri = redirect_target(&uri, location).with_context(|| what.to_string())?;
             let mut req = http::Request::builder()
                 .method(method.clone())
                 .uri(uri.clone())
