@@ -204,6 +204,14 @@ impl ContentCache {
         std::io::copy(&mut content, &mut out)?;
         out.flush()?;
         let tmp = out.into_inner().map_err(|e| e.into_error())?;
+        if size > self.limit {
+            // Larger than the whole cache: served from an unnamed file that
+            // goes when its last reader closes, never admitted (it would
+            // evict everything else and still not fit).
+            let mut f = tmp.into_file();
+            std::io::Seek::rewind(&mut f)?;
+            return Ok(f);
+        }
         let path = self.path(&digest);
         tmp.persist(&path).map_err(|e| e.error)?;
         {
@@ -304,6 +312,32 @@ mod tests {
             read(cache.get(da, 1000, || anyhow::bail!("rebuilt")).unwrap()),
             a
         );
+    }
+
+    #[test]
+    fn a_file_larger_than_the_cache_is_served_but_not_admitted() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ContentCache::open(dir.path(), 1500).unwrap();
+        let (a, da) = content(1);
+        let big = vec![7u8; 4000];
+        let dbig = Digest::of(&big);
+        cache
+            .get(da, 1000, || {
+                Ok(Box::new(std::io::Cursor::new(a.clone())) as Box<dyn std::io::Read + Send>)
+            })
+            .unwrap();
+        let f = cache
+            .get(dbig, 4000, || {
+                Ok(Box::new(std::io::Cursor::new(big.clone())) as Box<dyn std::io::Read + Send>)
+            })
+            .unwrap();
+        assert_eq!(read(f), big);
+        assert!(!dir.path().join(dbig.hex()).exists());
+        assert!(
+            dir.path().join(da.hex()).exists(),
+            "the big file evicted the rest"
+        );
+        assert_eq!(cache.used(), 1000);
     }
 
     #[test]

@@ -110,6 +110,10 @@ pub struct ImageFs {
     layer_files: Vec<Arc<File>>,
     loaded: Mutex<Loaded>,
     loading: Flights<u64>,
+    /// Files whose rebuild failed, with why: a codec that failed (or ran out
+    /// of time) on a file fails the same way again, so later reads get the
+    /// error at once instead of another run up to the codec's time cap.
+    failed: Mutex<std::collections::HashMap<u64, String>>,
 }
 
 impl ImageFs {
@@ -128,6 +132,7 @@ impl ImageFs {
             tree,
             layer_files,
             loaded: Mutex::default(),
+            failed: Mutex::default(),
             loading: Flights::default(),
         })
     }
@@ -180,13 +185,27 @@ impl ImageFs {
         if let Some(c) = self.loaded.lock().expect("lock").get(ino) {
             return Ok(c);
         }
+        if let Some(why) = self.failed.lock().expect("lock").get(&ino) {
+            anyhow::bail!("{why} (failed before; not tried again)");
+        }
         self.loading.run(ino, || {
             if let Some(c) = self.loaded.lock().expect("lock").get(ino) {
                 return Ok(c);
             }
-            let c = self.load(e)?;
-            self.loaded.lock().expect("lock").insert(ino, c.clone());
-            Ok(c)
+            if let Some(why) = self.failed.lock().expect("lock").get(&ino) {
+                anyhow::bail!("{why} (failed before; not tried again)");
+            }
+            match self.load(e) {
+                Ok(c) => {
+                    self.loaded.lock().expect("lock").insert(ino, c.clone());
+                    Ok(c)
+                }
+                Err(err) => {
+                    let why = format!("{err:#}");
+                    self.failed.lock().expect("lock").insert(ino, why);
+                    Err(err)
+                }
+            }
         })
     }
 

@@ -198,14 +198,14 @@ pub fn pull(
         if any_compact {
             base_header = Some(h.clone());
         }
-        blobs.push(dest);
+        blobs.push((dest, step.blob, step.size));
     }
     report.bytes_transferred = reg.received() - before;
 
     let start_file = plan.start.map(|s| held[&s].clone());
     let kind = assemble(&plan, start_file.as_deref(), &blobs, opts, codecs, progress)?;
     report.output = Some(kind);
-    for b in &blobs {
+    for (b, _, _) in &blobs {
         let _ = std::fs::remove_file(b);
     }
     Ok(report)
@@ -277,7 +277,7 @@ fn fetch_codec(reg: &Registry, codecs: &Codecs, c: &CodecItem) -> Result<()> {
 fn assemble(
     plan: &Plan,
     start_file: Option<&Path>,
-    blobs: &[PathBuf],
+    blobs: &[(PathBuf, Digest, u64)],
     opts: &PullOptions,
     codecs: &Codecs,
     progress: &dyn Progress,
@@ -311,14 +311,14 @@ fn assemble(
             place(&blobs[0], &result)?;
         } else if want_full {
             let mut chain: Vec<PathBuf> = start_file.map(Path::to_path_buf).into_iter().collect();
-            chain.extend(blobs.iter().cloned());
+            chain.extend(blobs.iter().map(|(p, _, _)| p.clone()));
             let chain = Chain::open(&chain)?;
             materialize(&chain, codecs, &result, opts.level, opts.threads, progress)?;
         } else if blobs.len() == 1 {
             place(&blobs[0], &result)?;
         } else {
-            let mut lower = blobs[0].clone();
-            for (i, upper) in blobs[1..].iter().enumerate() {
+            let mut lower = blobs[0].0.clone();
+            for (i, (upper, _, _)) in blobs[1..].iter().enumerate() {
                 let next = if i + 2 == blobs.len() {
                     result.clone()
                 } else {
@@ -374,15 +374,28 @@ fn assemble(
     }
 }
 
-/// Moves a download to `to` (copying if it is on another file system).
-fn place(from: &Path, to: &Path) -> Result<()> {
-    if std::fs::hard_link(from, to).is_ok() {
-        return Ok(());
+/// Puts the download `(from, digest, size)` at `to` (a link, or a copy on
+/// another file system), checking that what lands there is the blob: the
+/// downloads directory outlives the download, and what sits in it is checked
+/// again, not trusted.
+fn place((from, digest, size): &(PathBuf, Digest, u64), to: &Path) -> Result<()> {
+    if std::fs::hard_link(from, to).is_err() {
+        let mut f = fsutil::AtomicFile::create(to)?;
+        let mut src = std::fs::File::open(from)?;
+        std::io::copy(&mut src, f.file())?;
+        f.commit()?;
     }
-    let mut f = fsutil::AtomicFile::create(to)?;
-    let mut src = std::fs::File::open(from)?;
-    std::io::copy(&mut src, f.file())?;
-    f.commit()
+    let (got, n) = crate::digest::of_file(to)?;
+    if got != *digest || n != *size {
+        let _ = std::fs::remove_file(to);
+        anyhow::bail!(
+            "{}: the downloaded blob changed on disk ({n} bytes, sha256 {}; want {size} bytes, {})",
+            from.display(),
+            got.short(),
+            digest.short()
+        );
+    }
+    Ok(())
 }
 
 fn kind_word(k: ImageKind) -> &'static str {
