@@ -587,3 +587,58 @@ fn a_docker_archive_cannot_reach_host_files() {
     assert!(ok, "{err}");
     assert_eq!(s.outside(), before, "the sentinel tree changed");
 }
+
+/// As an ordinary user, extract gives the caller's own files, as tar does: no
+/// chown (which would fail), setuid and setgid bits cleared, device nodes
+/// left out with a warning.
+#[test]
+fn extract_as_an_ordinary_user_keeps_what_it_may() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let s = Sentinel::new();
+    // The user must reach the image and the binary, and write the output.
+    std::fs::set_permissions(&s.root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(s.work(""), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut r = Raw::new();
+    let mut suid = r.file("bin/su", b"#!/bin/true\n");
+    suid.mode = 0o4755;
+    let mut root_only = r.file("etc/shadow", b"root:*:1::::::\n");
+    root_only.mode = 0o640;
+    root_only.gid = 42;
+    let img = s.work("user.cdimg");
+    r.write(
+        &img,
+        None,
+        vec![],
+        vec![
+            entry("bin", Kind::Dir),
+            suid,
+            entry("dev", Kind::Dir),
+            device("dev/sda"),
+            entry("etc", Kind::Dir),
+            root_only,
+        ],
+    );
+    std::fs::set_permissions(&img, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = s.work("user-out");
+    let run = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(d4c())
+        .args([
+            "extract",
+            &img.to_string_lossy(),
+            "-o",
+            &out.to_string_lossy(),
+        ])
+        .env("D4C_HOME", s.work("user-home"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{err}");
+    assert!(err.contains("setuid and setgid bits cleared"), "{err}");
+    assert!(err.contains("1 device node(s) left out"), "{err}");
+    let m = std::fs::metadata(out.join("bin/su")).unwrap();
+    assert_eq!((m.mode() & 0o7777, m.uid()), (0o755, 65534));
+    let m = std::fs::metadata(out.join("etc/shadow")).unwrap();
+    assert_eq!((m.mode() & 0o7777, m.gid()), (0o640, 65534));
+    assert!(!out.join("dev/sda").exists());
+}
