@@ -12,96 +12,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use d4c_host::digest::Digest;
-use d4c_host::image::entry::{image_id, Compression, Data, Entry, Kind, Step};
-use d4c_host::image::format::{header_tail, CodecRef, Header, ImageKind, MAGIC};
+use d4c_host::image::entry::{Data, Entry, Kind, Step};
+use d4c_host::image::format::CodecRef;
+use d4c_tests::raw::{device, entry, link, Raw};
 
 fn d4c() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_d4c"))
-}
-
-/// A cdimg being made by hand: blobs appended, then any header at all.
-struct Raw {
-    body: Vec<u8>,
-}
-
-impl Raw {
-    fn new() -> Raw {
-        Raw {
-            body: MAGIC.to_vec(),
-        }
-    }
-
-    /// Appends `data` as a stored (uncompressed) blob.
-    fn blob(&mut self, data: &[u8]) -> (u64, u64) {
-        let at = self.body.len() as u64;
-        self.body.extend_from_slice(data);
-        (at, data.len() as u64)
-    }
-
-    /// A file entry whose content is `data`, stored here.
-    fn file(&mut self, path: &str, data: &[u8]) -> Entry {
-        let (offset, length) = self.blob(data);
-        let mut e = entry(path, Kind::File);
-        e.size = Some(data.len() as u64);
-        e.digest = Some(Digest::of(data));
-        e.data = Some(Data::Full {
-            offset,
-            length,
-            compression: Compression::None,
-        });
-        e
-    }
-
-    /// Writes the file with `entries` (sorted here, with a root added) as its
-    /// tree; returns the image id.
-    fn write(
-        mut self,
-        path: &Path,
-        base: Option<Digest>,
-        codecs: Vec<CodecRef>,
-        mut entries: Vec<Entry>,
-    ) -> Digest {
-        entries.push(entry("", Kind::Dir));
-        entries.sort_by(|a, b| a.path.cmp(&b.path));
-        let header = Header {
-            kind: if base.is_some() {
-                ImageKind::Delta
-            } else {
-                ImageKind::Image
-            },
-            image_id: image_id(&entries),
-            base_id: base,
-            config:
-                r#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#
-                    .into(),
-            codecs,
-            dicts: vec![],
-            entries,
-        };
-        let json = serde_json::to_vec(&header).unwrap();
-        let offset = self.body.len() as u64;
-        self.body.extend(header_tail(&json, offset).unwrap());
-        std::fs::write(path, &self.body).unwrap();
-        header.image_id
-    }
-}
-
-fn entry(path: &str, kind: Kind) -> Entry {
-    let mut e = Entry::dir(path);
-    e.kind = kind;
-    e
-}
-
-fn link(path: &str, kind: Kind, target: &str) -> Entry {
-    let mut e = entry(path, kind);
-    e.link = Some(target.into());
-    e
-}
-
-fn device(path: &str) -> Entry {
-    let mut e = entry(path, Kind::Block);
-    e.rdev = Some((7, 0));
-    e
 }
 
 /// A sentinel tree: the commands write below `work/`; everything else in it

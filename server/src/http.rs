@@ -175,7 +175,10 @@ async fn handle(s: Arc<Server>, req: Request) -> Result<Response, ApiError> {
                     message: format!("upload {id} is being written by another request"),
                 },
             })?;
-            let len = append_body(&upload, body).await?;
+            let declared = headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            let len = append_body(&upload, declared, body).await?;
             if method == Method::PATCH {
                 return Ok(Response::builder()
                     .status(StatusCode::ACCEPTED)
@@ -287,25 +290,31 @@ async fn handle(s: Arc<Server>, req: Request) -> Result<Response, ApiError> {
 }
 
 /// Appends a request body to a claimed upload, up to its size limit; returns
-/// the upload's length.
-async fn append_body(upload: &Upload, body: Body) -> Result<u64, ApiError> {
+/// the upload's length. A body that its Content-Length (`declared`) already
+/// puts past the limit is refused before a byte of it is read (a client that
+/// sent `Expect: 100-continue` then sends nothing).
+async fn append_body(upload: &Upload, declared: Option<u64>, body: Body) -> Result<u64, ApiError> {
     let io = |e: std::io::Error| ApiError::internal(e.into());
+    let too_large = || ApiError {
+        status: StatusCode::PAYLOAD_TOO_LARGE,
+        code: "SIZE_INVALID",
+        message: format!("a blob may not exceed {} bytes here", upload.max_len()),
+    };
     let mut f = tokio::fs::OpenOptions::new()
         .append(true)
         .open(upload.path())
         .await
         .map_err(io)?;
     let mut len = f.metadata().await.map_err(io)?.len();
+    if len.saturating_add(declared.unwrap_or(0)) > upload.max_len() {
+        return Err(too_large());
+    }
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| ApiError::bad_request(anyhow::anyhow!("{e}")))?;
         len += chunk.len() as u64;
         if len > upload.max_len() {
-            return Err(ApiError {
-                status: StatusCode::PAYLOAD_TOO_LARGE,
-                code: "SIZE_INVALID",
-                message: format!("a blob may not exceed {} bytes here", upload.max_len()),
-            });
+            return Err(too_large());
         }
         f.write_all(&chunk).await.map_err(io)?;
     }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use d4c_host::codec::{CodecStore, Codecs, Limits, Runtime};
 
+pub mod raw;
 pub mod series;
 
 /// Components built by tests/build.rs: one hostile codec per behaviour, and the
