@@ -670,4 +670,70 @@ mod tests {
         );
         assert!(s.list().is_empty());
     }
+
+    /// A one-file full image at `path`.
+    fn image(path: &Path, content: &[u8]) {
+        use d4c_host::image::entry::{image_id, Entry, Kind as EntryKind};
+        use d4c_host::image::format::{Header, ImageKind, Writer};
+        let mut w = Writer::create(path).unwrap();
+        let mut f = Entry::dir("version");
+        f.kind = EntryKind::File;
+        f.size = Some(content.len() as u64);
+        f.digest = Some(d4c_host::digest::Digest::of(content));
+        f.data = Some(w.content(content, 3).unwrap());
+        let entries = vec![Entry::dir(""), f];
+        let header = Header {
+            kind: ImageKind::Image,
+            image_id: image_id(&entries),
+            base_id: None,
+            config: "{}".into(),
+            codecs: vec![],
+            dicts: vec![],
+            entries,
+        };
+        w.finish(&header).unwrap();
+    }
+
+    /// A damaged image fails its own snapshot (and its children) at restart;
+    /// the snapshotter starts and serves the rest. State is root's alone.
+    #[test]
+    fn a_restart_with_a_damaged_image_serves_the_rest() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let s = open(&root);
+        let mode = std::fs::metadata(&root).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        let chain = |name: &str, content: &[u8]| {
+            let p = dir.path().join(name);
+            image(&p, content);
+            labels(&[(CHAIN_LABEL, &serde_json::to_string(&[p]).unwrap())])
+        };
+        s.prepare(Kind::Active, "a", "", chain("a.cdimg", b"a\n"))
+            .unwrap();
+        s.commit("a-img", "a", BTreeMap::new()).unwrap();
+        s.prepare(Kind::Active, "a-ctr", "a-img", BTreeMap::new())
+            .unwrap();
+        s.prepare(Kind::Active, "b", "", chain("b.cdimg", b"b\n"))
+            .unwrap();
+        s.commit("b-img", "b", BTreeMap::new()).unwrap();
+        let damaged = s.state.lock().unwrap().meta.snapshots["a-img"].chain[0].clone();
+        s.shutdown();
+        drop(s);
+        std::fs::write(root.join("images").join(&damaged), b"not a cdimg").unwrap();
+
+        let s = open(&root);
+        for key in ["a-img", "a-ctr"] {
+            let e = s.mounts(key).unwrap_err();
+            assert_eq!(e.code(), Code::FailedPrecondition, "{key}: {e:?}");
+            assert!(e.message().contains("a-img cannot be served"), "{e:?}");
+        }
+        let m = s.mounts("b-img").unwrap();
+        let served = Path::new(&m[0].source).join("version");
+        assert_eq!(std::fs::read(served).unwrap(), b"b\n");
+        // The broken ones can still be removed.
+        s.remove("a-ctr").unwrap();
+        s.remove("a-img").unwrap();
+        s.shutdown();
+    }
 }
