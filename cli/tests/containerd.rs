@@ -404,3 +404,78 @@ fn kill_9_of_the_snapshotter_with_a_container_running() {
     h.ctr(&["images", "rm", "--sync", "d4c.test/crash:v3"])
         .unwrap();
 }
+
+/// Containers keep their images' setuid programs: a process that drops to uid
+/// 65534 and runs the image's setuid-root program gets euid 0 back, as on
+/// overlayfs. The mounts behind them are reachable by root alone: the
+/// snapshotter's root is 0700 and its socket 0600.
+#[test]
+fn containers_keep_their_setuid_programs() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = series();
+    let h = harness();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&h.root), 0o700);
+    assert_eq!(mode(&h.socket), 0o600);
+    let dir = s.dir.join("suid");
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = dir.join("euid.c");
+    std::fs::write(
+        &src,
+        r#"#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    if (argc > 1 && strcmp(argv[1], "drop") == 0) {
+        if (setgid(65534) || setuid(65534)) return 2;
+        execl("/euid", "/euid", (char *)0);
+        return 3;
+    }
+    printf("uid=%d euid=%d\n", (int)getuid(), (int)geteuid());
+    return 0;
+}
+"#,
+    )
+    .unwrap();
+    let bin = dir.join("euid");
+    sh(Command::new("cc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&bin)
+        .arg(&src))
+    .unwrap();
+    let mut layer = tar::Builder::new(Vec::new());
+    let data = std::fs::read(&bin).unwrap();
+    let mut hd = tar::Header::new_gnu();
+    hd.set_size(data.len() as u64);
+    hd.set_mode(0o4755);
+    hd.set_uid(0);
+    hd.set_gid(0);
+    hd.set_mtime(0);
+    layer.append_data(&mut hd, "euid", &data[..]).unwrap();
+    let layout = dir.join("layout");
+    let _ = std::fs::remove_dir_all(&layout);
+    d4c_tests::write_layout(&layout, "v1", &[layer.into_inner().unwrap()]).unwrap();
+    let img = dir.join("suid.cdimg");
+    let _ = std::fs::remove_file(&img);
+    s.ok(&[
+        "convert",
+        &format!("{}:v1", layout.display()),
+        "-o",
+        &img.to_string_lossy(),
+    ]);
+    h.d4c(s, &["load", "d4c.test/suid:v1", &img.to_string_lossy()]);
+    let out = h
+        .ctr(&[
+            "run",
+            "--rm",
+            "--snapshotter",
+            "d4c",
+            "--allow-new-privs",
+            "d4c.test/suid:v1",
+            "suid-1",
+            "/euid",
+            "drop",
+        ])
+        .unwrap();
+    assert_eq!(out.trim(), "uid=65534 euid=0");
+}
