@@ -558,3 +558,16 @@ fn extract_as_an_ordinary_user_keeps_what_it_may() {
     assert_eq!((m.mode() & 0o7777, m.gid()), (0o640, 65534));
     assert!(!out.join("dev/sda").exists());
 }
+
+/// A few KB of header that decompress to 100 MB of JSON: refused before it is
+/// parsed (it would cost the parser's memory many times over).
+#[test]
+fn a_header_bomb_is_refused_before_parsing() {
+    let s = Sentinel::new();
+    let mut r = Raw::new();
+    r.config = "a".repeat(100 << 20);
+    let img = s.work("bomb.cdimg");
+    r.write(&img, None, vec![], vec![]);
+    assert!(std::fs::metadata(&img).unwrap().len() < 64 << 10);
+    s.refuses(&["inspect", &img.to_string_lossy()], "decompressed");
+}

@@ -10,6 +10,8 @@ use d4c_host::image::format::{header_tail, CodecRef, Header, ImageKind, MAGIC};
 /// A cdimg being made by hand: blobs appended, then any header at all.
 pub struct Raw {
     body: Vec<u8>,
+    /// The image config the header carries.
+    pub config: String,
 }
 
 impl Default for Raw {
@@ -23,6 +25,8 @@ impl Raw {
     pub fn new() -> Raw {
         Raw {
             body: MAGIC.to_vec(),
+            config: r#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#
+                .into(),
         }
     }
 
@@ -66,9 +70,7 @@ impl Raw {
             },
             image_id: image_id(&entries),
             base_id: base,
-            config:
-                r#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#
-                    .into(),
+            config: std::mem::take(&mut self.config),
             codecs,
             dicts: vec![],
             entries,

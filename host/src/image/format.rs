@@ -60,15 +60,17 @@ impl Footer {
         );
         // Whole, then parsed from the slice: serde_json reads an `io::Read` a
         // byte at a time, several times slower on a header of thousands of entries.
+        let cap = json_cap(self.header_len);
         let mut json = Vec::new();
         zstd::stream::read::Decoder::new(raw)?
-            .take(MAX_HEADER_JSON)
+            .take(cap)
             .read_to_end(&mut json)
             .context("corrupt header")?;
         ensure!(
-            (json.len() as u64) < MAX_HEADER_JSON,
-            "corrupt header (over {} MiB decompressed)",
-            MAX_HEADER_JSON >> 20
+            (json.len() as u64) < cap,
+            "corrupt header (over {} MiB decompressed from {} bytes)",
+            cap >> 20,
+            self.header_len
         );
         let header: Header = serde_json::from_slice(&json).context("corrupt header")?;
         header
@@ -105,6 +107,15 @@ const MAX_HEADER: u64 = 1 << 30;
 /// this bounds what a hostile header can make a reader allocate (a real one is
 /// about 250 bytes per entry: 3.5 MB for python's 16k files).
 const MAX_HEADER_JSON: u64 = 1 << 30;
+
+/// The most JSON a compressed header of `len` bytes may decompress to. Real
+/// headers shrink 4-5x (sha256 digests do not compress); a few KB that claim
+/// a gigabyte of entries are a bomb aimed at the parser's memory.
+fn json_cap(len: u64) -> u64 {
+    (16 << 20u64)
+        .saturating_add(len.saturating_mul(64))
+        .min(MAX_HEADER_JSON)
+}
 
 /// Whether a cdimg is a full image or a delta.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
