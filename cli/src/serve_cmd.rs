@@ -28,24 +28,52 @@ pub struct ServeArgs {
     /// Hours after which an upload nobody writes to is removed.
     #[arg(long, value_name = "HOURS", default_value_t = 24)]
     upload_ttl: u64,
+    /// Most the store's blobs and uploads may take; uploads past it are refused.
+    #[arg(long, value_name = "SIZE", value_parser = crate::output::parse_size)]
+    quota: Option<u64>,
+    /// Days a merged or compact delta is kept after it was last asked for.
+    #[arg(long, value_name = "DAYS", default_value_t = 7)]
+    merged_ttl: u64,
+    /// Minutes between garbage collections (unreferenced blobs, stale merges,
+    /// abandoned uploads); 0: only at start.
+    #[arg(long, value_name = "MINUTES", default_value_t = 60)]
+    gc_interval: u64,
+    /// Merges (or compact encodings) run at once; more requests wait.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    max_merges: usize,
     #[command(flatten)]
     jobs: crate::image_cmd::Jobs,
 }
 
 pub fn run(cli: &Cli, a: &ServeArgs) -> Result<()> {
+    let hours = |h: u64| std::time::Duration::from_secs(h.saturating_mul(3600));
     let limits = Limits {
         max_upload: a.max_upload,
-        upload_ttl: std::time::Duration::from_secs(a.upload_ttl * 3600),
+        upload_ttl: hours(a.upload_ttl),
+        quota: a.quota,
+        merged_ttl: hours(a.merged_ttl.saturating_mul(24)),
+        ..Limits::default()
     };
     let store = Arc::new(Store::open_with(&a.store, limits)?);
+    collect_garbage(&store);
     let codecs = Codecs::new(cli.runtime()?, CodecStore::new(store.codec_dir()));
     let server = Arc::new(Server {
-        negotiator: Negotiator::new(store.clone(), codecs, a.jobs.threads),
-        store,
+        negotiator: Negotiator::new(store.clone(), codecs, a.jobs.threads, a.max_merges),
+        store: store.clone(),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    if a.gc_interval > 0 {
+        let every = std::time::Duration::from_secs(a.gc_interval * 60);
+        rt.spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let s = store.clone();
+                let _ = tokio::task::spawn_blocking(move || collect_garbage(&s)).await;
+            }
+        });
+    }
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(&a.listen)
             .await
@@ -69,4 +97,16 @@ pub fn run(cli: &Cli, a: &ServeArgs) -> Result<()> {
             .await
             .context("serving")
     })
+}
+
+/// One garbage collection, logged when it removed anything.
+fn collect_garbage(store: &Store) {
+    match store.collect_garbage() {
+        Ok(c) if c.blobs + c.merged + c.uploads > 0 => eprintln!(
+            "d4c serve: removed {} unreferenced blob(s), {} stale merge(s), {} abandoned upload(s): {} bytes",
+            c.blobs, c.merged, c.uploads, c.bytes
+        ),
+        Ok(_) => {}
+        Err(e) => eprintln!("d4c serve: garbage collection: {e:#}"),
+    }
 }

@@ -7,6 +7,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 
 use d4c_host::digest::Digest;
 use d4c_host::image::entry::{Data, Kind, Step};
@@ -20,12 +21,17 @@ struct Server {
     child: Child,
     addr: String,
     store: PathBuf,
-    _dir: tempfile::TempDir,
+    _dir: Arc<tempfile::TempDir>,
 }
 
 impl Server {
     fn start() -> Server {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(Arc::new(tempfile::tempdir().unwrap()), &[])
+    }
+
+    /// A server on the store in `dir` (kept between servers), with `extra`
+    /// options.
+    fn start_in(dir: Arc<tempfile::TempDir>, extra: &[&str]) -> Server {
         let store = dir.path().join("store");
         let mut child = Command::new(D4C)
             .args([
@@ -37,9 +43,16 @@ impl Server {
                 "--store",
             ])
             .arg(&store)
+            .args(extra)
             .env("D4C_HOME", dir.path().join("home"))
             .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(dir.path().join("serve.log")).unwrap())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(dir.path().join("serve.log"))
+                    .unwrap(),
+            )
             .spawn()
             .unwrap();
         let mut line = String::new();
@@ -297,4 +310,82 @@ fn a_hostile_delta_fails_its_merge_not_the_server() {
     assert!(!err.contains("panicked"), "{err}");
     assert!(!Path::new(&p("v3.cdimg")).exists());
     s.alive();
+}
+
+#[test]
+fn the_store_quota_refuses_uploads_past_it() {
+    let s = Server::start_in(Arc::new(tempfile::tempdir().unwrap()), &["--quota", "100K"]);
+    let a = vec![1u8; 60 << 10];
+    assert_eq!(s.put(&a, &Digest::of(&a)), 201);
+    let b = vec![2u8; 60 << 10];
+    assert_eq!(s.put(&b, &Digest::of(&b)), 507);
+    // Refused from its Content-Length, it took nothing: what fits still goes.
+    let c = vec![3u8; 30 << 10];
+    assert_eq!(s.put(&c, &Digest::of(&c)), 201);
+    s.alive();
+}
+
+/// Blobs nothing reaches go (once old); what a tag, a manifest or the d4c
+/// index reaches stays, and the repository still pulls.
+#[test]
+fn garbage_collection_keeps_what_tags_and_indexes_reach() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let s = Server::start_in(dir.clone(), &[]);
+    let p = |n: &str| dir.path().join(n);
+    let home = dir.path().join("home");
+    let mut r = Raw::new();
+    let f = r.file("f", b"kept content\n");
+    r.write(&p("v1.cdimg"), None, vec![], vec![f]);
+    let out = Command::new(D4C)
+        .args([
+            "push",
+            &p("v1.cdimg").to_string_lossy(),
+            &format!("{}/t/app:v1", s.addr),
+        ])
+        .env("D4C_HOME", &home)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stray = b"pushed, never named".to_vec();
+    let stray_d = Digest::of(&stray);
+    assert_eq!(s.put(&stray, &stray_d), 201);
+    let kept: Vec<PathBuf> = std::fs::read_dir(s.store.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| !p.ends_with(stray_d.hex()))
+        .collect();
+    assert!(kept.len() >= 4, "{kept:?}");
+    drop(s);
+    // Everything is two days old now; the server collects at start.
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 86400);
+    for e in std::fs::read_dir(dir.path().join("store/blobs/sha256")).unwrap() {
+        let f = std::fs::File::open(e.unwrap().path()).unwrap();
+        f.set_modified(old).unwrap();
+    }
+    let s = Server::start_in(dir.clone(), &[]);
+    assert!(!s.blob_file(&stray_d).exists(), "the stray blob stayed");
+    for k in &kept {
+        assert!(k.exists(), "{} was collected", k.display());
+    }
+    let out = Command::new(D4C)
+        .args([
+            "pull",
+            &format!("{}/t/app:v1", s.addr),
+            "-o",
+            &p("again.cdimg").to_string_lossy(),
+        ])
+        .env("D4C_HOME", &home)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap();
+    assert!(log.contains("removed 1 unreferenced blob(s)"), "{log}");
 }

@@ -20,7 +20,7 @@ use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio_stream::StreamExt;
 
 use crate::negotiate::Negotiator;
-use crate::store::{Store, Upload, UploadError, MAX_MANIFEST};
+use crate::store::{QuotaExceeded, Store, Upload, UploadError, MAX_MANIFEST};
 use crate::ApiError;
 
 /// What the handlers share.
@@ -258,22 +258,27 @@ async fn handle(s: Arc<Server>, req: Request) -> Result<Response, ApiError> {
                 .await
                 .map_err(|e| ApiError::bad_request(anyhow::anyhow!("manifest body: {e}")))?;
             let m = Manifest::parse(&data).map_err(ApiError::bad_request)?;
-            for b in std::iter::once(&m.config).chain(&m.layers) {
-                let d = b.sha256().map_err(ApiError::bad_request)?;
-                if s.store.blob_size(&d) != Some(b.size) {
-                    return Err(ApiError::not_found(
-                        "MANIFEST_BLOB_UNKNOWN",
-                        format!("blob {d:?} of {} bytes is not here", b.size),
-                    ));
-                }
-            }
             let st = s.clone();
             let n = name.clone();
             let r = reference.clone();
-            let digest = tokio::task::spawn_blocking(move || st.store.put_manifest(&n, &r, &data))
-                .await
-                .map_err(blocking_err)?
-                .map_err(ApiError::bad_request)?;
+            let digest = tokio::task::spawn_blocking(move || {
+                // No garbage collection between the check and the tag.
+                let _pinned = st.store.pin();
+                for b in std::iter::once(&m.config).chain(&m.layers) {
+                    let d = b.sha256().map_err(ApiError::bad_request)?;
+                    if st.store.blob_size(&d) != Some(b.size) {
+                        return Err(ApiError::not_found(
+                            "MANIFEST_BLOB_UNKNOWN",
+                            format!("blob {d:?} of {} bytes is not here", b.size),
+                        ));
+                    }
+                }
+                st.store
+                    .put_manifest(&n, &r, &data)
+                    .map_err(ApiError::bad_request)
+            })
+            .await
+            .map_err(blocking_err)??;
             if reference.parse::<Digest>().is_err() && reference != INDEX_TAG {
                 eprintln!("d4c serve: {name}:{reference} is now {digest:?}");
             }
@@ -309,6 +314,14 @@ async fn append_body(upload: &Upload, declared: Option<u64>, body: Body) -> Resu
     if len.saturating_add(declared.unwrap_or(0)) > upload.max_len() {
         return Err(too_large());
     }
+    let full = |q: QuotaExceeded| ApiError {
+        status: StatusCode::INSUFFICIENT_STORAGE,
+        code: "DENIED",
+        message: format!("the server's store is full (quota {} bytes)", q.quota),
+    };
+    // Refused before the body if it cannot fit (charged for real below).
+    upload.charge(declared.unwrap_or(0)).map_err(full)?;
+    upload.uncharge(declared.unwrap_or(0));
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| ApiError::bad_request(anyhow::anyhow!("{e}")))?;
@@ -316,6 +329,7 @@ async fn append_body(upload: &Upload, declared: Option<u64>, body: Body) -> Resu
         if len > upload.max_len() {
             return Err(too_large());
         }
+        upload.charge(chunk.len() as u64).map_err(full)?;
         f.write_all(&chunk).await.map_err(io)?;
     }
     f.flush().await.map_err(io)?;

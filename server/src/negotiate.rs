@@ -28,16 +28,61 @@ pub struct Negotiator {
     threads: usize,
     /// One merge per key at a time; others wait and then read the cache.
     merging: Mutex<HashMap<Digest, Arc<Mutex<()>>>>,
+    /// Merges and compact encodings (and the codec loads they need) running
+    /// now, against their bound: each can take a codec's memory cap.
+    slots: Slots,
+}
+
+/// A counting bound on concurrent work, waited for at most [`SLOT_WAIT`].
+struct Slots {
+    free: Mutex<usize>,
+    freed: std::sync::Condvar,
+}
+
+/// How long a request waits for a merge slot before it is told to come back.
+const SLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+struct Slot<'a>(&'a Slots);
+
+impl Slots {
+    fn take(&self) -> Result<Slot<'_>, ApiError> {
+        let free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut free, _) = self
+            .freed
+            .wait_timeout_while(free, SLOT_WAIT, |n| *n == 0)
+            .unwrap_or_else(|e| e.into_inner());
+        if *free == 0 {
+            return Err(ApiError {
+                status: axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                code: "TOOMANYREQUESTS",
+                message: "every merge slot is busy; try again shortly".into(),
+            });
+        }
+        *free -= 1;
+        Ok(Slot(self))
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        self.0.freed.notify_one();
+    }
 }
 
 impl Negotiator {
-    /// A negotiator over `store`, merging with `codecs`.
-    pub fn new(store: Arc<Store>, codecs: Codecs, threads: usize) -> Negotiator {
+    /// A negotiator over `store`, merging with `codecs` on `threads` threads,
+    /// at most `max_merges` merges at a time.
+    pub fn new(store: Arc<Store>, codecs: Codecs, threads: usize, max_merges: usize) -> Negotiator {
         Negotiator {
             store,
             codecs,
             threads,
             merging: Mutex::new(HashMap::new()),
+            slots: Slots {
+                free: Mutex::new(max_merges.max(1)),
+                freed: std::sync::Condvar::new(),
+            },
         }
     }
 
@@ -81,9 +126,11 @@ impl Negotiator {
         let deltas = plan.steps.len() - first_delta;
         let mut merged_from = 0;
         if deltas >= 2 {
-            let merged = self
-                .merged(&plan.steps[first_delta..])
-                .map_err(ApiError::internal)?;
+            let merged = {
+                let _slot = self.slots.take()?;
+                self.merged(&plan.steps[first_delta..])
+                    .map_err(ApiError::internal)?
+            };
             let sum: u64 = plan.steps[first_delta..].iter().map(|s| s.size).sum();
             // Merging pays when the one delta is no larger than the ones it replaces.
             if merged.size <= sum {
@@ -98,6 +145,7 @@ impl Negotiator {
         // unless it has one already (pushed with it).
         if let (Some(base), [only]) = (plan.start, plan.steps.as_mut_slice()) {
             if only.kind == ImageKind::Delta && only.compact.is_none() {
+                let _slot = self.slots.take()?;
                 only.compact = self
                     .compact(&index, base, only)
                     .map_err(ApiError::internal)?;
@@ -128,6 +176,7 @@ impl Negotiator {
                     .as_ref()
                     .is_none_or(|o| self.store.blob_size(&o.blob) == Some(o.size))
                 {
+                    touch(&cached);
                     return Ok(offer);
                 }
             }
@@ -173,6 +222,7 @@ impl Negotiator {
         if let Ok(text) = std::fs::read(&cached) {
             if let Ok(item) = serde_json::from_slice::<Item>(&text) {
                 if self.store.blob_size(&item.blob) == Some(item.size) {
+                    touch(&cached);
                     return Ok(item);
                 }
             }
@@ -238,4 +288,10 @@ impl Negotiator {
         self.codecs.store().put(&bytes)?;
         Ok(())
     }
+}
+
+/// Marks a cached merge result as asked for now (garbage collection keeps
+/// what was asked for within its time to live).
+fn touch(path: &std::path::Path) {
+    let _ = std::fs::File::open(path).and_then(|f| f.set_modified(std::time::SystemTime::now()));
 }

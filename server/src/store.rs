@@ -12,11 +12,12 @@
 //! digest); repositories hold tags, and so their own d4c index. Every file
 //! appears by rename after fsync, so a crash leaves the old or the new.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -36,6 +37,13 @@ pub struct Limits {
     pub max_upload: u64,
     /// An upload untouched this long is abandoned, and removed.
     pub upload_ttl: Duration,
+    /// Bytes the blobs and uploads may take together (None: no quota).
+    pub quota: Option<u64>,
+    /// A merged or compact delta nobody asked for this long is removed.
+    pub merged_ttl: Duration,
+    /// Blobs no tag or index reaches are removed once this old (younger ones
+    /// may belong to a push whose manifest has not arrived yet).
+    pub gc_grace: Duration,
 }
 
 impl Default for Limits {
@@ -43,8 +51,24 @@ impl Default for Limits {
         Limits {
             max_upload: 16 << 30,
             upload_ttl: Duration::from_secs(24 * 3600),
+            quota: None,
+            merged_ttl: Duration::from_secs(7 * 24 * 3600),
+            gc_grace: Duration::from_secs(24 * 3600),
         }
     }
+}
+
+/// What a garbage collection removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Collected {
+    /// Blobs removed.
+    pub blobs: usize,
+    /// Merged or compact results forgotten.
+    pub merged: usize,
+    /// Abandoned uploads removed.
+    pub uploads: usize,
+    /// Bytes freed.
+    pub bytes: u64,
 }
 
 /// The store.
@@ -53,6 +77,13 @@ pub struct Store {
     limits: Limits,
     /// Uploads a request is writing or finishing now: one writer per upload.
     busy: Mutex<HashSet<String>>,
+    /// Bytes of blobs and uploads, for the quota.
+    used: AtomicU64,
+    /// Repository indexes parsed, by the digest of their blob.
+    indexes: Mutex<HashMap<Digest, Arc<RepoIndex>>>,
+    /// Held (shared) while a manifest's blobs are checked and it is stored;
+    /// held alone by a garbage collection.
+    gc: RwLock<()>,
 }
 
 /// Why an upload cannot be written now.
@@ -62,6 +93,13 @@ pub enum UploadError {
     Unknown,
     /// Another request is writing it.
     Busy,
+}
+
+/// The store's quota would be exceeded.
+#[derive(Debug, PartialEq, Eq)]
+pub struct QuotaExceeded {
+    /// The quota, in bytes.
+    pub quota: u64,
 }
 
 /// An upload claimed by one request: no other request can write or finish it
@@ -83,9 +121,21 @@ impl Upload {
         self.store.limits.max_upload
     }
 
+    /// Counts `n` more bytes of this upload against the store's quota.
+    pub fn charge(&self, n: u64) -> Result<(), QuotaExceeded> {
+        self.store.charge(n)
+    }
+
+    /// Gives back `n` bytes charged by [`Upload::charge`].
+    pub fn uncharge(&self, n: u64) {
+        self.store.uncharge(n)
+    }
+
     /// Ends the upload: its content becomes blob `digest` if it hashes to it
     /// (an existing blob is kept, never replaced); the upload is gone either way.
     pub fn finish(self, digest: &Digest) -> Result<u64> {
+        let len = std::fs::metadata(&self.path).map_or(0, |m| m.len());
+        self.store.uncharge(len);
         self.store.adopt_blob(&self.path, digest)
     }
 }
@@ -107,32 +157,228 @@ impl Store {
         for d in ["blobs/sha256", "uploads", "repos", "merged", "codecs"] {
             fsutil::create_dir_all(&root.join(d))?;
         }
+        let used = ["blobs/sha256", "uploads"]
+            .iter()
+            .flat_map(|d| {
+                std::fs::read_dir(root.join(d))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+            })
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum();
         let s = Store {
             root: root.to_path_buf(),
             limits,
             busy: Mutex::new(HashSet::new()),
+            used: AtomicU64::new(used),
+            indexes: Mutex::new(HashMap::new()),
+            gc: RwLock::new(()),
         };
         s.expire_uploads();
         Ok(s)
     }
 
-    /// Removes uploads nobody has written for [`Limits::upload_ttl`].
-    pub fn expire_uploads(&self) {
+    /// Keeps garbage collection away while the guard lives: for checking that
+    /// a manifest's blobs are here and storing it.
+    pub fn pin(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.gc.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Bytes of blobs and uploads the store holds.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn charge(&self, n: u64) -> Result<(), QuotaExceeded> {
+        let quota = self.limits.quota.unwrap_or(u64::MAX);
+        self.used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                u.checked_add(n).filter(|t| *t <= quota)
+            })
+            .map(|_| ())
+            .map_err(|_| QuotaExceeded { quota })
+    }
+
+    fn uncharge(&self, n: u64) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                Some(u.saturating_sub(n))
+            });
+    }
+
+    /// Removes uploads nobody has written for [`Limits::upload_ttl`]; returns
+    /// how many and their bytes.
+    pub fn expire_uploads(&self) -> (usize, u64) {
         let Ok(entries) = std::fs::read_dir(self.root.join("uploads")) else {
-            return;
+            return (0, 0);
         };
         let busy = self.busy.lock().expect("busy lock");
+        let mut gone = (0, 0);
         for e in entries.flatten() {
-            let idle = e
+            let Ok(m) = e.metadata() else { continue };
+            let idle = m
+                .modified()
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > self.limits.upload_ttl);
+            if idle
+                && !busy.contains(e.file_name().to_string_lossy().as_ref())
+                && std::fs::remove_file(e.path()).is_ok()
+            {
+                self.uncharge(m.len());
+                gone = (gone.0 + 1, gone.1 + m.len());
+            }
+        }
+        gone
+    }
+
+    /// Removes what nothing needs: abandoned uploads, merged and compact
+    /// deltas nobody asked for within [`Limits::merged_ttl`], and blobs that no
+    /// tag, manifest, repository index or kept merge result reaches (once
+    /// older than [`Limits::gc_grace`]).
+    pub fn collect_garbage(&self) -> Result<Collected> {
+        let _alone = self.gc.write().unwrap_or_else(|e| e.into_inner());
+        let (uploads, upload_bytes) = self.expire_uploads();
+        let mut done = Collected {
+            uploads,
+            bytes: upload_bytes,
+            ..Default::default()
+        };
+        let mut live: HashSet<Digest> = HashSet::new();
+        self.mark_merged(&mut live, &mut done);
+        for tag in self.tag_files() {
+            let Ok(text) = std::fs::read_to_string(&tag) else {
+                continue;
+            };
+            if let Ok(d) = text.trim().parse::<Digest>() {
+                self.mark_manifest(&d, &mut live, 0);
+            }
+        }
+        let old = |m: &std::fs::Metadata| {
+            m.modified()
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > self.limits.gc_grace)
+        };
+        for e in std::fs::read_dir(self.root.join("blobs/sha256"))?.flatten() {
+            let Ok(d) = e.file_name().to_string_lossy().parse::<Digest>() else {
+                continue;
+            };
+            let Ok(m) = e.metadata() else { continue };
+            if !live.contains(&d) && old(&m) && std::fs::remove_file(e.path()).is_ok() {
+                self.uncharge(m.len());
+                done.blobs += 1;
+                done.bytes += m.len();
+            }
+        }
+        Ok(done)
+    }
+
+    /// Marks the blobs of merge results still wanted; forgets the others.
+    fn mark_merged(&self, live: &mut HashSet<Digest>, done: &mut Collected) {
+        let Ok(entries) = std::fs::read_dir(self.scratch_dir()) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.ends_with(".json") {
+                continue;
+            }
+            let fresh = e
                 .metadata()
                 .and_then(|m| m.modified())
                 .ok()
                 .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age > self.limits.upload_ttl);
-            if idle && !busy.contains(e.file_name().to_string_lossy().as_ref()) {
-                let _ = std::fs::remove_file(e.path());
+                .is_some_and(|age| age <= self.limits.merged_ttl);
+            if !fresh {
+                if std::fs::remove_file(e.path()).is_ok() {
+                    done.merged += 1;
+                }
+                continue;
+            }
+            let blob = std::fs::read(e.path())
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .and_then(|v| v.get("blob")?.as_str()?.parse::<Digest>().ok());
+            live.extend(blob);
+        }
+    }
+
+    /// Marks manifest `d`, its config and layers, the manifests an image index
+    /// lists, and everything a d4c repository index names.
+    fn mark_manifest(&self, d: &Digest, live: &mut HashSet<Digest>, depth: usize) {
+        if !live.insert(*d) || depth > 4 {
+            return;
+        }
+        let Ok(Some(data)) = self.blob_bytes(d, MAX_MANIFEST) else {
+            return;
+        };
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&data) else {
+            return;
+        };
+        let digests = |key: &str| -> Vec<Digest> {
+            v.get(key)
+                .and_then(|l| l.as_array())
+                .into_iter()
+                .flatten()
+                .filter_map(|x| x.get("digest")?.as_str()?.parse().ok())
+                .collect()
+        };
+        if let Some(c) = v
+            .pointer("/config/digest")
+            .and_then(|c| c.as_str()?.parse().ok())
+        {
+            live.insert(c);
+        }
+        for l in digests("layers") {
+            live.insert(l);
+            if let Ok(Some(idx)) = self
+                .blob_bytes(&l, MAX_INDEX)
+                .map(|b| b.and_then(|b| RepoIndex::parse(&b).ok()))
+            {
+                for i in &idx.images {
+                    live.extend([i.blob, i.manifest]);
+                    live.extend(i.compact.as_ref().map(|c| c.blob));
+                    self.mark_manifest(&i.manifest, live, depth + 1);
+                }
+                for c in &idx.codecs {
+                    live.insert(c.digest);
+                    self.mark_manifest(&c.manifest, live, depth + 1);
+                }
             }
         }
+        for m in digests("manifests") {
+            self.mark_manifest(&m, live, depth + 1);
+        }
+    }
+
+    /// Every tag file of every repository.
+    fn tag_files(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let mut dirs = vec![self.root.join("repos")];
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let p = e.path();
+                if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
+                if e.file_name() == "_tags" {
+                    out.extend(
+                        std::fs::read_dir(&p)
+                            .into_iter()
+                            .flatten()
+                            .flatten()
+                            .map(|t| t.path()),
+                    );
+                } else {
+                    dirs.push(p);
+                }
+            }
+        }
+        out
     }
 
     /// The codec store directory.
@@ -175,7 +421,9 @@ impl Store {
         if self.blob_size(&d).is_none() {
             let mut f = AtomicFile::create(&self.blob_path(&d))?;
             std::io::Write::write_all(f.file(), data)?;
-            f.commit_new(&self.blob_path(&d))?;
+            if f.commit_new(&self.blob_path(&d))? {
+                self.used.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
         }
         Ok(d)
     }
@@ -192,8 +440,15 @@ impl Store {
         File::open(path)?.sync_all()?;
         // link(2) fails rather than replace what is there.
         match std::fs::hard_link(path, self.blob_path(digest)) {
-            Ok(()) => fsutil::sync_dir(&self.root.join("blobs/sha256"))?,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Ok(()) => {
+                fsutil::sync_dir(&self.root.join("blobs/sha256"))?;
+                self.used.fetch_add(size, Ordering::Relaxed);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                // Asked for again: it stays, and counts as fresh for the GC.
+                let _ = File::open(self.blob_path(digest))
+                    .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+            }
             Err(e) => return Err(e).context("storing the blob"),
         }
         std::fs::remove_file(path)?;
@@ -270,16 +525,26 @@ impl Store {
         Ok(self.blob_bytes(&d, MAX_MANIFEST)?.map(|b| (b, d)))
     }
 
-    /// The d4c index of a repository.
-    pub fn index(&self, repo: &str) -> Result<Option<RepoIndex>> {
+    /// The d4c index of a repository, parsed once per index blob.
+    pub fn index(&self, repo: &str) -> Result<Option<Arc<RepoIndex>>> {
         let Some((data, _)) = self.manifest(repo, INDEX_TAG)? else {
             return Ok(None);
         };
         let m = Manifest::parse(&data)?;
-        let layer = m.d4c_layer(INDEX_TYPE)?;
+        let digest = m.d4c_layer(INDEX_TYPE)?.sha256()?;
+        if let Some(i) = self.indexes.lock().expect("index cache").get(&digest) {
+            return Ok(Some(i.clone()));
+        }
         let blob = self
-            .blob_bytes(&layer.sha256()?, MAX_INDEX)?
+            .blob_bytes(&digest, MAX_INDEX)?
             .context("the index blob is missing")?;
-        RepoIndex::parse(&blob).map(Some)
+        let index = Arc::new(RepoIndex::parse(&blob)?);
+        let mut cache = self.indexes.lock().expect("index cache");
+        // Indexes are replaced as pushes arrive; old ones are not asked for.
+        if cache.len() >= 64 {
+            cache.clear();
+        }
+        cache.insert(digest, index.clone());
+        Ok(Some(index))
     }
 }

@@ -25,8 +25,9 @@ impl Raw {
     pub fn new() -> Raw {
         Raw {
             body: MAGIC.to_vec(),
-            config: r#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#
-                .into(),
+            config:
+                r#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#
+                    .into(),
         }
     }
 

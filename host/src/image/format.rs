@@ -112,7 +112,7 @@ const MAX_HEADER_JSON: u64 = 1 << 30;
 /// headers shrink 4-5x (sha256 digests do not compress); a few KB that claim
 /// a gigabyte of entries are a bomb aimed at the parser's memory.
 fn json_cap(len: u64) -> u64 {
-    (16 << 20u64)
+    (16u64 << 20)
         .saturating_add(len.saturating_mul(64))
         .min(MAX_HEADER_JSON)
 }
