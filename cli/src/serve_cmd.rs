@@ -7,9 +7,11 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::Args;
 use d4c_host::codec::{CodecStore, Codecs};
+use d4c_server::auth::{Auth, Scheme};
 use d4c_server::http::{router, Server};
 use d4c_server::negotiate::Negotiator;
 use d4c_server::store::{Limits, Store};
+use d4c_server::tls;
 
 use crate::Cli;
 
@@ -41,11 +43,60 @@ pub struct ServeArgs {
     /// Merges (or compact encodings) run at once; more requests wait.
     #[arg(long, value_name = "N", default_value_t = 2)]
     max_merges: usize,
+    /// Users who may log in (bcrypt, as `htpasswd -B` writes). Without it,
+    /// anyone who reaches the server may push: keep it on a trusted network.
+    #[arg(long, value_name = "FILE")]
+    htpasswd: Option<PathBuf>,
+    /// How users log in: `basic` (the password on every request) or `token`
+    /// (traded once for a bearer token at /d4c/v1/token).
+    #[arg(
+        long,
+        value_name = "SCHEME",
+        default_value = "token",
+        requires = "htpasswd"
+    )]
+    auth: AuthScheme,
+    /// Let anyone read (blobs, manifests, pulls); writing still needs a login.
+    #[arg(long, requires = "htpasswd")]
+    anonymous_read: bool,
+    /// Serve HTTPS with this PEM certificate chain (and --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     #[command(flatten)]
     jobs: crate::image_cmd::Jobs,
 }
 
+/// `--auth`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum AuthScheme {
+    Basic,
+    Token,
+}
+
 pub fn run(cli: &Cli, a: &ServeArgs) -> Result<()> {
+    let auth = match &a.htpasswd {
+        None => None,
+        Some(f) => {
+            let scheme = match a.auth {
+                AuthScheme::Basic => Scheme::Basic,
+                AuthScheme::Token => Scheme::Token,
+            };
+            Some(Auth::from_htpasswd(f, scheme, a.anonymous_read)?)
+        }
+    };
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(c), Some(k)) => Some(tls::config(c, k)?),
+        _ => None,
+    };
+    if auth.is_some() && tls.is_none() && !loopback(&a.listen) {
+        anyhow::bail!(
+            "--htpasswd without --tls-cert would take passwords in clear on {}; serve TLS, or listen on loopback behind a TLS proxy",
+            a.listen
+        );
+    }
     let hours = |h: u64| std::time::Duration::from_secs(h.saturating_mul(3600));
     let limits = Limits {
         max_upload: a.max_upload,
@@ -60,6 +111,8 @@ pub fn run(cli: &Cli, a: &ServeArgs) -> Result<()> {
     let server = Arc::new(Server {
         negotiator: Negotiator::new(store.clone(), codecs, a.jobs.threads, a.max_merges),
         store: store.clone(),
+        auth,
+        tls: tls.is_some(),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -80,23 +133,46 @@ pub fn run(cli: &Cli, a: &ServeArgs) -> Result<()> {
             .with_context(|| format!("cannot listen on {}", a.listen))?;
         let addr = listener.local_addr()?;
         println!(
-            "d4c serve: listening on http://{addr} (store {})",
+            "d4c serve: listening on {}://{addr} (store {})",
+            if tls.is_some() { "https" } else { "http" },
             a.store.display()
         );
         std::io::stdout().flush()?;
-        axum::serve(listener, router(server))
-            .with_graceful_shutdown(async {
-                use tokio::signal::unix::{signal, SignalKind};
-                let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-                let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
-            })
-            .await
-            .context("serving")
+        let app = router(server);
+        match tls {
+            Some(config) => {
+                let listener = tls::TlsListener::new(listener, config)?;
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown())
+                    .await
+            }
+            None => {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown())
+                    .await
+            }
+        }
+        .context("serving")
     })
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// Whether `listen` (`host:port`) is a loopback address.
+fn loopback(listen: &str) -> bool {
+    listen
+        .parse::<std::net::SocketAddr>()
+        .is_ok_and(|a| a.ip().is_loopback())
+        || listen.starts_with("localhost:")
 }
 
 /// One garbage collection, logged when it removed anything.

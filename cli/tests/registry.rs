@@ -804,14 +804,10 @@ fn update_server_merges_and_negotiates() {
     assert!(err.contains("needs codecs you lack"), "{err}");
 }
 
-/// A second registry, with TLS and basic auth (htpasswd), that this test starts.
-#[test]
-fn tls_and_basic_auth() {
-    let s = Series::build(Path::new(D4C), "registry-tls");
-    let d = s.dir.join("tls");
-    std::fs::create_dir_all(d.join("data")).unwrap();
-    // A CA, and a server certificate it signs (webpki refuses a CA as the server's own).
-    let ossl = |args: &[&str]| sh(Command::new("openssl").args(args).current_dir(&d)).unwrap();
+/// A CA (`ca.pem`) in `d`, and a certificate for 127.0.0.1 it signs
+/// (`cert.pem`, `key.pem`; webpki refuses a CA as the server's own).
+fn test_ca(d: &Path) {
+    let ossl = |args: &[&str]| sh(Command::new("openssl").args(args).current_dir(d)).unwrap();
     ossl(&[
         "req",
         "-x509",
@@ -862,6 +858,15 @@ fn tls_and_basic_auth() {
         "-out",
         "cert.pem",
     ]);
+}
+
+/// A second registry, with TLS and basic auth (htpasswd), that this test starts.
+#[test]
+fn tls_and_basic_auth() {
+    let s = Series::build(Path::new(D4C), "registry-tls");
+    let d = s.dir.join("tls");
+    std::fs::create_dir_all(d.join("data")).unwrap();
+    test_ca(&d);
     let htpasswd = sh(Command::new("htpasswd").args(["-Bbn", "alice", "s3cret"])).unwrap();
     std::fs::write(d.join("htpasswd"), htpasswd).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -1141,5 +1146,176 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// `d4c serve` facing a fleet: HTTPS (rustls) and htpasswd logins, traded for
+/// bearer tokens (the default) or sent with every request (`--auth basic`);
+/// anonymous reads only with `--anonymous-read`. Passwords never go over
+/// plain HTTP off loopback: such a server refuses to start.
+#[test]
+fn serve_with_tls_and_logins() {
+    let s = Series::build(Path::new(D4C), "serve-tls");
+    let d = s.dir.join("serve-tls");
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    test_ca(&d);
+    let htpasswd = sh(Command::new("htpasswd").args(["-Bbn", "alice", "s3cret"])).unwrap();
+    std::fs::write(d.join("htpasswd"), htpasswd).unwrap();
+    let serve = |store: &str, extra: &[&str]| -> (Child, String) {
+        let mut child = Command::new(D4C)
+            .args(["serve", "--listen", "127.0.0.1:0", "--store"])
+            .arg(d.join(store))
+            .arg("--htpasswd")
+            .arg(d.join("htpasswd"))
+            .arg("--tls-cert")
+            .arg(d.join("cert.pem"))
+            .arg("--tls-key")
+            .arg(d.join("key.pem"))
+            .args(extra)
+            .env("D4C_HOME", d.join("server-home"))
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(d.join(format!("{store}.log"))).unwrap())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("https://"))
+            .unwrap_or_else(|| panic!("d4c serve said {line:?}"))
+            .to_string();
+        (child, url)
+    };
+    let ca = d.join("ca.pem");
+    let d4c = |args: &[&str], user: Option<(&str, &str)>, trust: bool| {
+        let mut cmd = Command::new(D4C);
+        cmd.args(args)
+            .env("D4C_HOME", d.join("client-home"))
+            .env("HOME", &d)
+            .env_remove("D4C_REGISTRY_USER")
+            .env_remove("D4C_REGISTRY_PASSWORD");
+        if let Some((u, p)) = user {
+            cmd.env("D4C_REGISTRY_USER", u)
+                .env("D4C_REGISTRY_PASSWORD", p);
+        }
+        if trust {
+            cmd.arg("--ca-cert").arg(&ca);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let alice = Some(("alice", "s3cret"));
+    for (scheme, anonymous) in [("token", false), ("basic", true)] {
+        let mut extra = vec!["--auth", scheme];
+        if anonymous {
+            extra.push("--anonymous-read");
+        }
+        let (mut child, url) = serve(&format!("store-{scheme}"), &extra);
+        let r = format!("{url}/team/app");
+        let v1 = s.p("v1.cdimg");
+        let push = ["push", v1.as_str(), &format!("{r}:v1")];
+        let (ok, err) = d4c(&push, alice, false);
+        assert!(
+            !ok && err.contains("cannot reach registry"),
+            "{scheme}: {err}"
+        );
+        let (ok, err) = d4c(&push, None, true);
+        assert!(!ok, "{scheme}: an anonymous push went through");
+        assert!(
+            err.contains("login") || err.contains("no credentials"),
+            "{scheme}: {err}"
+        );
+        let (ok, err) = d4c(&push, Some(("alice", "wrong")), true);
+        assert!(!ok, "{scheme}: a wrong password went through: {err}");
+        let (ok, err) = d4c(&push, alice, true);
+        assert!(ok, "{scheme}: {err}");
+        let out = s.p(&format!("serve-{scheme}-v1.cdimg"));
+        let pull = [
+            "pull",
+            "--server",
+            url.as_str(),
+            "team/app:v1",
+            "-o",
+            out.as_str(),
+        ];
+        let (ok, err) = d4c(&pull, None, true);
+        assert_eq!(ok, anonymous, "{scheme}: anonymous pull: {err}");
+        let (ok, err) = d4c(&pull, alice, true);
+        assert!(ok, "{scheme}: {err}");
+        s.same_image(&format!("serve-{scheme}-v1.cdimg"), "v1.cdimg");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    // Logins over plain HTTP off loopback: refused at start.
+    let out = Command::new(D4C)
+        .args(["serve", "--listen", "0.0.0.0:0", "--store"])
+        .arg(d.join("store-plain"))
+        .arg("--htpasswd")
+        .arg(d.join("htpasswd"))
+        .env("D4C_HOME", d.join("server-home"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("in clear"), "{err}");
+}
+
+/// Pushes at the same moment into one repository, on docker-registry and on
+/// `d4c serve`: every image stays findable (each push writes its own index
+/// fragment, which no other push can overwrite).
+#[test]
+fn concurrent_pushes_keep_every_index_entry() {
+    use d4c_tests::raw::Raw;
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    const N: usize = 6;
+    let images: Vec<PathBuf> = (0..N)
+        .map(|i| {
+            let p = dir.path().join(format!("i{i}.cdimg"));
+            let mut r = Raw::new();
+            let f = r.file("f", format!("image {i}\n").as_bytes());
+            r.write(&p, None, vec![], vec![f]);
+            p
+        })
+        .collect();
+    let server = Server::start(&dir.path().join("store"), &dir.path().join("server-home"));
+    let repo = format!("concurrent-{}", std::process::id());
+    for host in [registry(), server.host().to_string()] {
+        let children: Vec<Child> = images
+            .iter()
+            .enumerate()
+            .map(|(i, img)| {
+                Command::new(D4C)
+                    .arg("push")
+                    .arg(img)
+                    .arg(format!("{host}/{repo}:t{i}"))
+                    .env("D4C_HOME", &home)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for c in children {
+            let out = c.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        for i in 0..N {
+            let (ok, _, err) = run_d4c(
+                Path::new(D4C),
+                &home,
+                &["pull", &format!("{host}/{repo}:t{i}"), "--dry-run"],
+            );
+            assert!(ok, "{host}: image {i} is not in the index: {err}");
+        }
     }
 }

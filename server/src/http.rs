@@ -9,8 +9,9 @@ use anyhow::Context;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use d4c_host::digest::Digest;
 use d4c_host::registry::artifact::{Manifest, INDEX_TAG};
@@ -19,6 +20,7 @@ use d4c_host::update::protocol::{PullRequest, PULL_PATH};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio_stream::StreamExt;
 
+use crate::auth::{Access, Auth, TOKEN_PATH};
 use crate::negotiate::Negotiator;
 use crate::store::{QuotaExceeded, Store, Upload, UploadError, MAX_MANIFEST};
 use crate::ApiError;
@@ -29,14 +31,106 @@ pub struct Server {
     pub store: Arc<Store>,
     /// Pull planning and merging.
     pub negotiator: Negotiator,
+    /// Who may do what; None: anyone may do anything (a trusted network).
+    pub auth: Option<Auth>,
+    /// Whether clients reach it over TLS (for the token realm's URL).
+    pub tls: bool,
 }
 
 /// The server's routes.
 pub fn router(server: Arc<Server>) -> Router {
     Router::new()
         .route(PULL_PATH, post(pull))
+        .route(TOKEN_PATH, get(token))
         .fallback(registry)
+        .layer(middleware::from_fn_with_state(server.clone(), authenticate))
         .with_state(server)
+}
+
+/// Lets a request through if the server's [`Auth`] allows it; otherwise 401
+/// with the challenge that tells the client how to log in.
+async fn authenticate(State(s): State<Arc<Server>>, req: Request, next: Next) -> Response {
+    let Some(auth) = &s.auth else {
+        return next.run(req).await;
+    };
+    let path = req.uri().path();
+    if path == TOKEN_PATH {
+        return next.run(req).await;
+    }
+    let read = matches!(*req.method(), Method::GET | Method::HEAD)
+        || (req.method() == Method::POST && path == PULL_PATH);
+    let access = if read { Access::Read } else { Access::Write };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    // bcrypt is slow on purpose: off the async threads.
+    let st = s.clone();
+    let allowed = tokio::task::spawn_blocking(move || {
+        st.auth
+            .as_ref()
+            .is_some_and(|a| a.allows(given.as_deref(), access))
+    })
+    .await
+    .unwrap_or(false);
+    if allowed {
+        return next.run(req).await;
+    }
+    let challenge = auth.challenge(&base_url(&s, req.headers()));
+    let mut resp = ApiError {
+        status: StatusCode::UNAUTHORIZED,
+        code: "UNAUTHORIZED",
+        message: "authentication required".into(),
+    }
+    .into_response();
+    if let Ok(v) = HeaderValue::from_str(&challenge) {
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    resp
+}
+
+/// `scheme://host` as the client addressed the server.
+fn base_url(s: &Server, headers: &HeaderMap) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .filter(|h| h.bytes().all(|b| b.is_ascii_graphic()))
+        .unwrap_or("localhost");
+    format!("{}://{host}", if s.tls { "https" } else { "http" })
+}
+
+/// The token endpoint: a bearer token for valid Basic credentials.
+async fn token(State(s): State<Arc<Server>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let refused = || ApiError {
+        status: StatusCode::UNAUTHORIZED,
+        code: "UNAUTHORIZED",
+        message: "a valid user name and password are required".into(),
+    };
+    let Some(auth) = s.auth.as_ref() else {
+        return Err(ApiError::not_found(
+            "UNSUPPORTED",
+            "this server has no logins",
+        ));
+    };
+    // bcrypt is slow on purpose: off the async threads.
+    let st = s.clone();
+    let token = tokio::task::spawn_blocking(move || {
+        st.auth.as_ref().and_then(|a| a.issue(given.as_deref()))
+    })
+    .await
+    .map_err(blocking_err)?
+    .ok_or_else(refused)?;
+    Ok(Json(serde_json::json!({
+        "token": token,
+        "access_token": token,
+        "expires_in": auth.token_ttl(),
+    }))
+    .into_response())
 }
 
 impl IntoResponse for ApiError {
@@ -89,6 +183,7 @@ enum Route {
     Upload(String, String),
     Blob(String),
     Manifest(String, String),
+    Tags(String),
 }
 
 fn route(path: &str) -> Option<Route> {
@@ -97,6 +192,9 @@ fn route(path: &str) -> Option<Route> {
         return Some(Route::Base);
     }
     let p = p.strip_prefix('/')?;
+    if let Some(name) = p.strip_suffix("/tags/list") {
+        return valid_repository(name).then(|| Route::Tags(name.to_string()));
+    }
     // The repository name may itself hold "blobs" or "manifests": the last marker counts.
     let marker = ["/blobs/uploads", "/blobs/", "/manifests/"]
         .into_iter()
@@ -215,6 +313,21 @@ async fn handle(s: Arc<Server>, req: Request) -> Result<Response, ApiError> {
                 .header(header::CONTENT_LENGTH, "0")
                 .body(Body::empty())
                 .unwrap())
+        }
+        (Route::Tags(name), &Method::GET) => {
+            let st = s.clone();
+            let n = name.clone();
+            let tags = tokio::task::spawn_blocking(move || st.store.tags(&n))
+                .await
+                .map_err(blocking_err)?
+                .map_err(ApiError::internal)?;
+            if tags.is_empty() {
+                return Err(ApiError::not_found(
+                    "NAME_UNKNOWN",
+                    format!("repository {name}"),
+                ));
+            }
+            Ok(Json(serde_json::json!({"name": name, "tags": tags})).into_response())
         }
         (Route::Blob(d), &Method::GET | &Method::HEAD) => {
             let digest: Digest = d.parse().map_err(|_| {
@@ -409,6 +522,7 @@ mod tests {
             matches!(route("/v2/x/blobs/y/manifests/v1"), Some(Route::Manifest(n, r)) if n == "x/blobs/y" && r == "v1")
         );
         assert!(route("/v3/").is_none());
-        assert!(route("/v2/a/tags/list").is_none());
+        assert!(matches!(route("/v2/a/b/tags/list"), Some(Route::Tags(n)) if n == "a/b"));
+        assert!(route("/v2/A/tags/list").is_none());
     }
 }

@@ -3,13 +3,17 @@
 //! `POST /d4c/v1/pull` by choosing the cheapest path the client can decode and
 //! merging its deltas into one (docs/ARCHITECTURE.md, "Update server").
 //!
+//! - [`auth`]: htpasswd users, Basic or bearer-token logins, anonymous reads.
 //! - [`store`]: blobs, uploads, tags and merged results on disk.
 //! - [`negotiate`]: planning and server-side merging.
 //! - [`http`]: the HTTP surface.
+//! - [`tls`]: TLS listening (rustls).
 
+pub mod auth;
 pub mod http;
 pub mod negotiate;
 pub mod store;
+pub mod tls;
 
 use axum::http::StatusCode;
 

@@ -23,7 +23,7 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use d4c_host::digest::Digest;
 use d4c_host::fsutil::{self, AtomicFile};
-use d4c_host::registry::artifact::{Manifest, RepoIndex, INDEX_TAG, INDEX_TYPE};
+use d4c_host::registry::artifact::{Manifest, RepoIndex, FRAGMENT_PREFIX, INDEX_TAG, INDEX_TYPE};
 use d4c_host::registry::reference::{valid_repository, valid_tag};
 
 /// Largest manifest or index kept in memory.
@@ -525,9 +525,52 @@ impl Store {
         Ok(self.blob_bytes(&d, MAX_MANIFEST)?.map(|b| (b, d)))
     }
 
-    /// The d4c index of a repository, parsed once per index blob.
+    /// The tags of a repository, sorted (none if it has none).
+    pub fn tags(&self, repo: &str) -> Result<Vec<String>> {
+        ensure!(valid_repository(repo), "invalid repository name {repo:?}");
+        let dir = self.root.join("repos").join(repo).join("_tags");
+        let mut tags: Vec<String> = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|t| valid_tag(t))
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+        };
+        tags.sort();
+        Ok(tags)
+    }
+
+    /// The d4c index of a repository: the index tag completed with the
+    /// fragments pushes wrote ([`RepoIndex::assemble`]), each index blob
+    /// parsed once.
     pub fn index(&self, repo: &str) -> Result<Option<Arc<RepoIndex>>> {
-        let Some((data, _)) = self.manifest(repo, INDEX_TAG)? else {
+        let main = self.index_at(repo, INDEX_TAG)?;
+        let fragments: Vec<String> = self
+            .tags(repo)?
+            .into_iter()
+            .filter(|t| t.starts_with(FRAGMENT_PREFIX))
+            .collect();
+        let covered = |t: &str| {
+            main.as_ref().is_some_and(|m| {
+                m.images
+                    .iter()
+                    .any(|i| RepoIndex::fragment_tag(&i.blob) == t)
+            })
+        };
+        if fragments.iter().all(|t| covered(t)) {
+            return Ok(main);
+        }
+        let whole = RepoIndex::assemble(main.map(|m| (*m).clone()), fragments, |t| {
+            Ok(self.index_at(repo, t)?.map(|i| (*i).clone()))
+        })?;
+        Ok(whole.map(Arc::new))
+    }
+
+    /// The index artifact under `tag`, parsed once per index blob.
+    fn index_at(&self, repo: &str, tag: &str) -> Result<Option<Arc<RepoIndex>>> {
+        let Some((data, _)) = self.manifest(repo, tag)? else {
             return Ok(None);
         };
         let m = Manifest::parse(&data)?;
@@ -541,7 +584,7 @@ impl Store {
         let index = Arc::new(RepoIndex::parse(&blob)?);
         let mut cache = self.indexes.lock().expect("index cache");
         // Indexes are replaced as pushes arrive; old ones are not asked for.
-        if cache.len() >= 64 {
+        if cache.len() >= 1024 {
             cache.clear();
         }
         cache.insert(digest, index.clone());

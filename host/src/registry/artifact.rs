@@ -23,6 +23,11 @@ pub const INDEX_TYPE: &str = "application/vnd.dev.d4c.index.v1";
 pub const INDEX_JSON_TYPE: &str = "application/vnd.dev.d4c.index.v1+json";
 /// The tag of the repository index.
 pub const INDEX_TAG: &str = "d4c-index";
+/// Tags of index fragments start with this, followed by the hex digest of the
+/// cdimg blob the fragment adds: each push writes its own fragment, which no
+/// other push touches, so concurrent pushes lose nothing (FORMAT.md, "In a
+/// registry").
+pub const FRAGMENT_PREFIX: &str = "d4c-index-";
 /// The OCI empty config.
 pub const EMPTY_TYPE: &str = "application/vnd.oci.empty.v1+json";
 /// Its content.
@@ -290,6 +295,54 @@ impl RepoIndex {
     pub fn contains(&self, other: &RepoIndex) -> bool {
         other.images.iter().all(|i| self.images.contains(i))
             && other.codecs.iter().all(|c| self.codecs.contains(c))
+    }
+
+    /// Adds what `other` has and this one lacks.
+    pub fn union(&mut self, other: &RepoIndex) {
+        for i in &other.images {
+            if !self.images.iter().any(|m| m.blob == i.blob) {
+                self.add_item(i.clone());
+            }
+        }
+        for c in &other.codecs {
+            if self.codec(&c.digest).is_none() {
+                self.add_codec(c.clone());
+            }
+        }
+    }
+
+    /// The fragment tag of the cdimg blob `blob`.
+    pub fn fragment_tag(blob: &crate::digest::Digest) -> String {
+        format!("{FRAGMENT_PREFIX}{}", blob.hex())
+    }
+
+    /// The index `main` (if any) completed with the fragments among `tags`
+    /// that it does not cover yet, read with `read`: the one way an index is
+    /// assembled, by clients and by the update server.
+    pub fn assemble(
+        main: Option<RepoIndex>,
+        tags: impl IntoIterator<Item = String>,
+        mut read: impl FnMut(&str) -> Result<Option<RepoIndex>>,
+    ) -> Result<Option<RepoIndex>> {
+        let mut index = main;
+        for tag in tags {
+            let Some(blob) = tag
+                .strip_prefix(FRAGMENT_PREFIX)
+                .and_then(|h| h.parse::<crate::digest::Digest>().ok())
+            else {
+                continue;
+            };
+            if index
+                .as_ref()
+                .is_some_and(|i| i.images.iter().any(|m| m.blob == blob))
+            {
+                continue;
+            }
+            if let Some(f) = read(&tag)? {
+                index.get_or_insert_with(RepoIndex::new).union(&f);
+            }
+        }
+        Ok(index)
     }
 
     /// The codec with this digest.

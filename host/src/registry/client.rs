@@ -131,7 +131,7 @@ impl Registry {
                 req.uri().clone(),
                 req.headers().clone(),
             );
-            let resp = self.run(req, &what)?;
+            let resp = self.run_retrying(req, &method, &headers, &what)?;
             let resp =
                 if resp.status().is_redirection() && matches!(method, Method::GET | Method::HEAD) {
                     self.follow(resp, method, uri, headers, &what)?
@@ -167,6 +167,40 @@ impl Registry {
             let value = self.answer(&challenge)?;
             *self.authorization.lock().unwrap() = Some(value);
         }
+    }
+
+    /// [`Registry::run`], and for a GET or HEAD that meets a server error
+    /// (registries answer 500 or 503 for a moment under concurrent writes) or
+    /// a broken connection, again after a short pause, up to [`RETRIES`] times.
+    fn run_retrying<B: AsSendBody>(
+        &self,
+        req: http::Request<B>,
+        method: &Method,
+        headers: &http::HeaderMap,
+        what: &str,
+    ) -> Result<Response<Body>> {
+        if !matches!(*method, Method::GET | Method::HEAD) {
+            return self.run(req, what);
+        }
+        let uri = req.uri().clone();
+        let mut result = self.run(req, what);
+        for attempt in 0..RETRIES {
+            let transient = match &result {
+                Ok(r) => r.status().is_server_error(),
+                Err(_) => true,
+            };
+            if !transient {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200 << attempt));
+            let mut again = http::Request::builder()
+                .method(method.clone())
+                .uri(uri.clone())
+                .body(())?;
+            *again.headers_mut() = headers.clone();
+            result = self.run(again, what);
+        }
+        result
     }
 
     fn run<B: AsSendBody>(&self, req: http::Request<B>, what: &str) -> Result<Response<Body>> {
@@ -694,6 +728,44 @@ impl Registry {
         Ok(Some((data, digest)))
     }
 
+    /// The repository's tags (`/tags/list`, following `Link` pages), or none
+    /// if the repository does not exist yet.
+    pub fn list_tags(&self) -> Result<Vec<String>> {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            #[serde(default)]
+            tags: Option<Vec<String>>,
+        }
+        let mut tags = Vec::new();
+        let mut url = self.repo_url("tags/list");
+        for _ in 0..MAX_TAG_PAGES {
+            let mut resp = self.send(|| get(&url))?;
+            match resp.status() {
+                s if s.is_success() => {}
+                StatusCode::NOT_FOUND => return Ok(tags),
+                _ => return Err(self.failure(resp, "listing tags")),
+            }
+            let next = resp
+                .headers()
+                .get(http::header::LINK)
+                .and_then(|v| v.to_str().ok())
+                .and_then(next_link);
+            let body = resp
+                .body_mut()
+                .with_config()
+                .limit(MAX_MANIFEST)
+                .read_to_vec()
+                .map_err(|e| anyhow!("listing tags: {e}"))?;
+            let page: Page = serde_json::from_slice(&body).context("listing tags")?;
+            tags.extend(page.tags.unwrap_or_default());
+            match next {
+                Some(n) => url = redirect_target(&url.parse()?, &n)?.to_string(),
+                None => return Ok(tags),
+            }
+        }
+        bail!("listing tags: more than {MAX_TAG_PAGES} pages")
+    }
+
     /// Stores a manifest under a tag or its digest.
     pub fn put_manifest(&self, reference: &str, data: &[u8], media_type: &str) -> Result<Digest> {
         let url = self.repo_url(&format!("manifests/{reference}"));
@@ -708,6 +780,26 @@ impl Registry {
         }
         Ok(Digest::of(data))
     }
+}
+
+/// Times a GET or HEAD is tried again after a server error or a broken
+/// connection.
+const RETRIES: u32 = 3;
+
+/// Pages of tags read at most.
+const MAX_TAG_PAGES: usize = 100;
+
+/// The target of a `Link: <url>; rel="next"` header.
+fn next_link(h: &str) -> Option<String> {
+    h.split(',').find_map(|part| {
+        let (url, params) = part.split_once(';')?;
+        params.contains(r#"rel="next""#).then(|| {
+            url.trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_string()
+        })
+    })
 }
 
 /// Redirects followed for one request.

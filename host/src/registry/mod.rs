@@ -21,12 +21,24 @@ use artifact::{Manifest, RepoIndex, INDEX_JSON_TYPE, INDEX_TAG, INDEX_TYPE};
 /// Largest repository index accepted.
 const MAX_INDEX: u64 = 64 << 20;
 
-/// The repository's d4c index, if it has one.
+/// The repository's d4c index, if it has one: the index tag completed with
+/// the fragments pushes wrote (see [`RepoIndex::assemble`]).
 pub fn read_index(reg: &Registry) -> Result<Option<RepoIndex>> {
-    let Some((data, _)) = reg.get_manifest(INDEX_TAG)? else {
+    let main = read_main_index(reg)?;
+    RepoIndex::assemble(main, reg.list_tags()?, |tag| read_index_at(reg, tag))
+}
+
+/// The index under the index tag alone, without fragments.
+pub fn read_main_index(reg: &Registry) -> Result<Option<RepoIndex>> {
+    read_index_at(reg, INDEX_TAG)
+}
+
+/// The index artifact under `tag`, if there is one.
+fn read_index_at(reg: &Registry, tag: &str) -> Result<Option<RepoIndex>> {
+    let Some((data, _)) = reg.get_manifest(tag)? else {
         return Ok(None);
     };
-    let m = Manifest::parse(&data).context("the d4c index manifest")?;
+    let m = Manifest::parse(&data).with_context(|| format!("the d4c index manifest {tag}"))?;
     let layer = m.d4c_layer(INDEX_TYPE)?;
     let blob = reg.fetch_blob_bytes(&layer.sha256()?, MAX_INDEX.min(layer.size))?;
     RepoIndex::parse(&blob).map(Some)
@@ -34,12 +46,25 @@ pub fn read_index(reg: &Registry) -> Result<Option<RepoIndex>> {
 
 /// Stores `index` as the repository's d4c index.
 pub fn write_index(reg: &Registry, index: &RepoIndex) -> Result<()> {
+    write_index_at(reg, INDEX_TAG, index)
+}
+
+/// Stores `fragment` (what one push adds) under its own fragment tag.
+pub fn write_fragment(
+    reg: &Registry,
+    blob: &crate::digest::Digest,
+    fragment: &RepoIndex,
+) -> Result<()> {
+    write_index_at(reg, &RepoIndex::fragment_tag(blob), fragment)
+}
+
+fn write_index_at(reg: &Registry, tag: &str, index: &RepoIndex) -> Result<()> {
     let data = index.to_bytes();
     let digest = reg.push_blob_bytes(&data)?;
     reg.push_blob_bytes(artifact::EMPTY_CONFIG)?;
     let layer = artifact::Descriptor::new(INDEX_JSON_TYPE, &digest, data.len() as u64);
     let m = Manifest::artifact(INDEX_TYPE, layer, Default::default());
-    reg.put_manifest(INDEX_TAG, &m.to_bytes(), client::OCI_MANIFEST)?;
+    reg.put_manifest(tag, &m.to_bytes(), client::OCI_MANIFEST)?;
     Ok(())
 }
 

@@ -18,8 +18,8 @@ use crate::registry::artifact::{
 };
 use crate::registry::{self, client::OCI_MANIFEST, Registry};
 
-/// Times the index is re-read and rewritten when another push raced this one.
-const INDEX_TRIES: usize = 8;
+/// Times the main index is re-read and rewritten when another push raced this one.
+const INDEX_TRIES: usize = 4;
 
 /// What a push did.
 #[derive(Debug, Clone, Serialize)]
@@ -120,6 +120,9 @@ pub fn push(
     for (c, _) in &codec_items {
         mine.add_codec(c.clone());
     }
+    // Its own fragment first: no concurrent push can lose it. Then the main
+    // index, which readers complete with fragments it lacks.
+    registry::write_fragment(reg, &item.blob, &mine)?;
     update_index(reg, &mine)?;
     // The tag last: whoever resolves it finds the index already listing it.
     if let Some(t) = tag {
@@ -165,29 +168,21 @@ fn push_compact(
     }))
 }
 
-/// Adds `mine` to the repository index. Registries have no compare-and-swap, so
-/// after writing it re-reads, and writes again if a concurrent push won.
+/// Folds `mine` (and the fragments of other pushes) into the main index, so
+/// readers need few fragment reads. Registries have no compare-and-swap: a
+/// concurrent push may overwrite this write, so it is checked and retried a
+/// few times; what it still lacks then, its fragment holds.
 fn update_index(reg: &Registry, mine: &RepoIndex) -> Result<()> {
     for attempt in 0..INDEX_TRIES {
-        let mut idx = registry::read_index(reg)?.unwrap_or_else(RepoIndex::new);
-        if idx.contains(mine) {
+        if registry::read_main_index(reg)?.is_some_and(|m| m.contains(mine)) {
             return Ok(());
         }
-        for i in &mine.images {
-            idx.add_item(i.clone());
-        }
-        for c in &mine.codecs {
-            idx.add_codec(c.clone());
-        }
+        let mut idx = registry::read_index(reg)?.unwrap_or_else(RepoIndex::new);
+        idx.union(mine);
         registry::write_index(reg, &idx)?;
         if attempt > 0 {
             std::thread::sleep(std::time::Duration::from_millis(50 << attempt.min(5)));
         }
     }
-    let idx = registry::read_index(reg)?.unwrap_or_else(RepoIndex::new);
-    anyhow::ensure!(
-        idx.contains(mine),
-        "the repository index kept changing under concurrent pushes; push again"
-    );
     Ok(())
 }
