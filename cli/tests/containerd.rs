@@ -479,3 +479,48 @@ int main(int argc, char **argv) {
         .unwrap();
     assert_eq!(out.trim(), "uid=65534 euid=0");
 }
+
+/// The breakout corpus through the snapshotter: a hand-made image whose names
+/// escape its tree is refused when loaded (the snapshotter's own import
+/// validates it too), nothing lands outside, and other images still run.
+#[test]
+fn a_hostile_image_is_refused_and_the_snapshotter_serves_on() {
+    use d4c_host::image::entry::Kind;
+    use d4c_tests::raw::{entry, Raw};
+    let s = series();
+    let h = harness();
+    let dir = s.dir.join("hostile");
+    std::fs::create_dir_all(&dir).unwrap();
+    let img = dir.join("hostile.cdimg");
+    let mut r = Raw::new();
+    let pwned = r.file("\\x2e\\x2e/\\x2e\\x2e/\\x2e\\x2e/pwned", b"pwned");
+    r.write(
+        &img,
+        None,
+        vec![],
+        vec![
+            entry("\\x2e\\x2e", Kind::Dir),
+            entry("\\x2e\\x2e/\\x2e\\x2e", Kind::Dir),
+            entry("\\x2e\\x2e/\\x2e\\x2e/\\x2e\\x2e", Kind::Dir),
+            pwned,
+        ],
+    );
+    let addr = h.containerd.to_string_lossy().into_owned();
+    let img_s = img.to_string_lossy().into_owned();
+    let (ok, _, err) = s.run(&[
+        "load",
+        "d4c.test/hostile:v1",
+        &img_s,
+        "--address",
+        &addr,
+        "--namespace",
+        &h.namespace,
+    ]);
+    assert!(!ok && err.contains("invalid header"), "{err}");
+    for base in [h.root.parent().unwrap(), h.root.as_path(), dir.as_path()] {
+        assert!(!base.join("pwned").exists(), "{}", base.display());
+    }
+    h.d4c(s, &["load", "d4c.test/app:v1", &s.p("v1.cdimg")]);
+    let out = h.cat_version("d4c.test/app:v1", "after-hostile");
+    assert_eq!(out.trim(), version_of(s, "v1"));
+}

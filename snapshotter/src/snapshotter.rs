@@ -736,4 +736,53 @@ mod tests {
         s.remove("a-img").unwrap();
         s.shutdown();
     }
+
+    /// A cdimg whose one file is named `..` escaped: written past d4c's own
+    /// writer, which refuses it.
+    fn hostile_image(path: &Path) {
+        use d4c_host::image::entry::{image_id, Data, Entry, Kind as EntryKind};
+        use d4c_host::image::format::{header_tail, Header, ImageKind, MAGIC};
+        let mut body = MAGIC.to_vec();
+        let offset = body.len() as u64;
+        body.extend_from_slice(b"pwned");
+        let mut f = Entry::dir("\\x2e\\x2e");
+        f.kind = EntryKind::File;
+        f.size = Some(5);
+        f.digest = Some(d4c_host::digest::Digest::of(b"pwned"));
+        f.data = Some(Data::Full {
+            offset,
+            length: 5,
+            compression: d4c_host::image::entry::Compression::None,
+        });
+        let entries = vec![Entry::dir(""), f];
+        let header = Header {
+            kind: ImageKind::Image,
+            image_id: image_id(&entries),
+            base_id: None,
+            config: "{}".into(),
+            codecs: vec![],
+            dicts: vec![],
+            entries,
+        };
+        let json = serde_json::to_vec(&header).unwrap();
+        let at = body.len() as u64;
+        body.extend(header_tail(&json, at).unwrap());
+        std::fs::write(path, body).unwrap();
+    }
+
+    #[test]
+    fn a_hostile_image_is_refused_at_prepare() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let s = open(&root);
+        let p = dir.path().join("hostile.cdimg");
+        hostile_image(&p);
+        let label = labels(&[(CHAIN_LABEL, &serde_json::to_string(&[&p]).unwrap())]);
+        let e = s.prepare(Kind::Active, "h", "", label).unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains("invalid header"), "{e:?}");
+        assert!(s.list().is_empty());
+        assert_eq!(std::fs::read_dir(root.join("images")).unwrap().count(), 0);
+        assert!(!dir.path().join("pwned").exists() && !root.join("pwned").exists());
+    }
 }
