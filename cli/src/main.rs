@@ -115,6 +115,12 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    // A closed stdout (`d4c ... | head`) ends the process quietly with the
+    // status shells expect, as for any Unix tool, instead of a panic in print.
+    // SAFETY: restoring a signal's default action, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
