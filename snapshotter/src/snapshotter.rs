@@ -562,6 +562,7 @@ fn du(dir: &Path) -> anyhow::Result<Usage> {
 mod tests {
     use super::*;
     use d4c_host::codec::{CodecStore, Limits, Runtime};
+    use d4c_host::image::format::Reader;
     use tonic::Code;
 
     fn open(root: &Path) -> Snapshotter {
@@ -784,5 +785,75 @@ mod tests {
         assert!(s.list().is_empty());
         assert_eq!(std::fs::read_dir(root.join("images")).unwrap().count(), 0);
         assert!(!dir.path().join("pwned").exists() && !root.join("pwned").exists());
+    }
+
+    /// A snapshot whose delta needs a codec that is gone from the store at
+    /// restart fails alone, naming the codec.
+    #[test]
+    fn a_restart_with_a_codec_gone_serves_the_rest() {
+        use d4c_host::image::entry::{image_id, Data, Entry, Kind as EntryKind, Step};
+        use d4c_host::image::format::{CodecRef, Header, ImageKind, Writer};
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let s = open(&root);
+        let codec = CodecStore::new(root.join("codecs"))
+            .put(d4c_tests::components::TEMPLATE)
+            .unwrap();
+        let base = dir.path().join("v1.cdimg");
+        image(&base, b"v1\n");
+        let base_id = Reader::open(&base).unwrap().header().image_id;
+        // A delta whose one file is a template-codec step from v1's file.
+        let delta = dir.path().join("d12.cdimg");
+        let mut w = Writer::create(&delta).unwrap();
+        let offset = w.blob(b"a delta").unwrap();
+        let mut f = Entry::dir("version");
+        f.kind = EntryKind::File;
+        f.size = Some(3);
+        f.digest = Some(d4c_host::digest::Digest::of(b"v2\n"));
+        f.data = Some(Data::Delta {
+            source: d4c_host::digest::Digest::of(b"v1\n"),
+            steps: vec![Step {
+                codec: 0,
+                offset,
+                length: 7,
+                digest: d4c_host::digest::Digest::of(b"v2\n"),
+                dict: None,
+            }],
+        });
+        let entries = vec![Entry::dir(""), f];
+        let header = Header {
+            kind: ImageKind::Delta,
+            image_id: image_id(&entries),
+            base_id: Some(base_id),
+            config: "{}".into(),
+            codecs: vec![CodecRef {
+                sha256: codec,
+                name: "template".into(),
+                version: "0".into(),
+            }],
+            dicts: vec![],
+            entries,
+        };
+        w.finish(&header).unwrap();
+        let chain =
+            |paths: &[&Path]| labels(&[(CHAIN_LABEL, &serde_json::to_string(paths).unwrap())]);
+        s.prepare(Kind::Active, "d", "", chain(&[&base, &delta]))
+            .unwrap();
+        s.prepare(Kind::Active, "v", "", chain(&[&base])).unwrap();
+        s.shutdown();
+        drop(s);
+        for e in std::fs::read_dir(root.join("codecs")).unwrap() {
+            std::fs::remove_file(e.unwrap().path()).unwrap();
+        }
+        let s = open(&root);
+        let e = s.mounts("d").unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+        assert!(e.message().contains("template"), "{e:?}");
+        let m = s.mounts("v").unwrap();
+        assert_eq!(
+            std::fs::read(Path::new(&m[0].source).join("version")).unwrap(),
+            b"v1\n"
+        );
+        s.shutdown();
     }
 }
