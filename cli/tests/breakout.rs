@@ -12,9 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use d4c_host::digest::Digest;
-use d4c_host::image::entry::{Data, Entry, Kind, Step};
-use d4c_host::image::format::CodecRef;
-use d4c_tests::raw::{device, entry, link, Raw};
+use d4c_host::image::entry::{Entry, Kind};
+use d4c_tests::raw::{builtin_codec, device, entry, huge_claim_chain, link, Raw};
 
 fn d4c() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_d4c"))
@@ -273,53 +272,7 @@ fn links_out_of_the_tree_are_written_as_links_never_followed() {
 #[test]
 fn a_header_claiming_a_huge_file_is_an_error_not_an_abort() {
     let s = Sentinel::new();
-    let bsdiff: Vec<serde_json::Value> = serde_json::from_str(
-        &String::from_utf8(
-            Command::new(d4c())
-                .args(["codec", "list", "--json"])
-                .env("D4C_HOME", s.root.join("home"))
-                .output()
-                .unwrap()
-                .stdout,
-        )
-        .unwrap(),
-    )
-    .unwrap();
-    let bsdiff = bsdiff.iter().find(|c| c["name"] == "bsdiff").unwrap();
-    let codec = CodecRef {
-        sha256: bsdiff["sha256"].as_str().unwrap().parse().unwrap(),
-        name: "bsdiff".into(),
-        version: bsdiff["version"].as_str().unwrap().into(),
-    };
-
-    let mut r = Raw::new();
-    let f = r.file("f", b"hello world\n");
-    let v1 = r.write(&s.work("v1.cdimg"), None, vec![], vec![f]);
-    // d1: f is stored in full, and claims to be 1 TiB.
-    let mut r = Raw::new();
-    let mut f = r.file("f", b"tiny");
-    let huge = Digest::of(b"a terabyte");
-    f.size = Some(1 << 40);
-    f.digest = Some(huge);
-    let v2 = r.write(&s.work("d1.cdimg"), Some(v1), vec![], vec![f]);
-    // d2: f is a bsdiff step from d1's huge content.
-    let mut r = Raw::new();
-    let (offset, length) = r.blob(b"not really a bsdiff delta");
-    let out = Digest::of(b"x");
-    let mut f = entry("f", Kind::File);
-    f.size = Some(1);
-    f.digest = Some(out);
-    f.data = Some(Data::Delta {
-        source: huge,
-        steps: vec![Step {
-            codec: 0,
-            offset,
-            length,
-            digest: out,
-            dict: None,
-        }],
-    });
-    r.write(&s.work("d2.cdimg"), Some(v2), vec![codec], vec![f]);
+    huge_claim_chain(&s.work(""), builtin_codec(d4c(), "bsdiff"));
 
     let w = |n: &str| s.work(n).to_string_lossy().into_owned();
     let too_large = "more than content rebuilt in memory may be";

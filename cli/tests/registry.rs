@@ -4,7 +4,6 @@
 //! blobs are rejected, and TLS with basic auth works against a registry the test
 //! starts itself.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -559,23 +558,13 @@ struct Server {
 
 impl Server {
     fn start(store: &Path, home: &Path) -> Server {
-        let mut child = Command::new(D4C)
-            .args(["serve", "--listen", "127.0.0.1:0", "--store"])
-            .arg(store)
-            .env("D4C_HOME", home)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(store.with_extension("log")).unwrap())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap_or_else(|| panic!("d4c serve said {line:?}"))
-            .to_string();
+        let (child, url) = d4c_tests::start_serve(
+            Command::new(D4C)
+                .args(["serve", "--listen", "127.0.0.1:0", "--store"])
+                .arg(store)
+                .env("D4C_HOME", home)
+                .stderr(std::fs::File::create(store.with_extension("log")).unwrap()),
+        );
         Server { child, url }
     }
 
@@ -1163,31 +1152,20 @@ fn serve_with_tls_and_logins() {
     let htpasswd = sh(Command::new("htpasswd").args(["-Bbn", "alice", "s3cret"])).unwrap();
     std::fs::write(d.join("htpasswd"), htpasswd).unwrap();
     let serve = |store: &str, extra: &[&str]| -> (Child, String) {
-        let mut child = Command::new(D4C)
-            .args(["serve", "--listen", "127.0.0.1:0", "--store"])
-            .arg(d.join(store))
-            .arg("--htpasswd")
-            .arg(d.join("htpasswd"))
-            .arg("--tls-cert")
-            .arg(d.join("cert.pem"))
-            .arg("--tls-key")
-            .arg(d.join("key.pem"))
-            .args(extra)
-            .env("D4C_HOME", d.join("server-home"))
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(d.join(format!("{store}.log"))).unwrap())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .split_whitespace()
-            .find(|w| w.starts_with("https://"))
-            .unwrap_or_else(|| panic!("d4c serve said {line:?}"))
-            .to_string();
-        (child, url)
+        d4c_tests::start_serve(
+            Command::new(D4C)
+                .args(["serve", "--listen", "127.0.0.1:0", "--store"])
+                .arg(d.join(store))
+                .arg("--htpasswd")
+                .arg(d.join("htpasswd"))
+                .arg("--tls-cert")
+                .arg(d.join("cert.pem"))
+                .arg("--tls-key")
+                .arg(d.join("key.pem"))
+                .args(extra)
+                .env("D4C_HOME", d.join("server-home"))
+                .stderr(std::fs::File::create(d.join(format!("{store}.log"))).unwrap()),
+        )
     };
     let ca = d.join("ca.pem");
     let d4c = |args: &[&str], user: Option<(&str, &str)>, trust: bool| {

@@ -3,16 +3,14 @@
 //! PUT, a stored blob never replaced, wrong digests refused, uploads bounded,
 //! and a request that makes a merge fail leaves the server serving.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 
 use d4c_host::digest::Digest;
-use d4c_host::image::entry::{Data, Kind, Step};
-use d4c_host::image::format::CodecRef;
-use d4c_tests::raw::{entry, Raw};
+use d4c_tests::raw::{builtin_codec, huge_claim_chain, Raw};
 
 const D4C: &str = env!("CARGO_BIN_EXE_d4c");
 
@@ -33,37 +31,28 @@ impl Server {
     /// options.
     fn start_in(dir: Arc<tempfile::TempDir>, extra: &[&str]) -> Server {
         let store = dir.path().join("store");
-        let mut child = Command::new(D4C)
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--max-upload",
-                "1M",
-                "--store",
-            ])
-            .arg(&store)
-            .args(extra)
-            .env("D4C_HOME", dir.path().join("home"))
-            .stdout(Stdio::piped())
-            .stderr(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(dir.path().join("serve.log"))
-                    .unwrap(),
-            )
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("http://"))
-            .unwrap_or_else(|| panic!("d4c serve said {line:?}"))
-            .to_string();
+        let (child, url) = d4c_tests::start_serve(
+            Command::new(D4C)
+                .args([
+                    "serve",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--max-upload",
+                    "1M",
+                    "--store",
+                ])
+                .arg(&store)
+                .args(extra)
+                .env("D4C_HOME", dir.path().join("home"))
+                .stderr(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(dir.path().join("serve.log"))
+                        .unwrap(),
+                ),
+        );
+        let addr = url.trim_start_matches("http://").to_string();
         Server {
             child,
             addr,
@@ -250,44 +239,7 @@ fn a_hostile_delta_fails_its_merge_not_the_server() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
-    let list = Command::new(D4C)
-        .args(["codec", "list", "--json"])
-        .env("D4C_HOME", &home)
-        .output()
-        .unwrap();
-    let codecs: Vec<serde_json::Value> = serde_json::from_slice(&list.stdout).unwrap();
-    let bsdiff = codecs.iter().find(|c| c["name"] == "bsdiff").unwrap();
-    let codec = CodecRef {
-        sha256: bsdiff["sha256"].as_str().unwrap().parse().unwrap(),
-        name: "bsdiff".into(),
-        version: bsdiff["version"].as_str().unwrap().into(),
-    };
-    let mut r = Raw::new();
-    let f = r.file("f", b"hello\n");
-    let v1 = r.write(&p("v1.cdimg"), None, vec![], vec![f]);
-    let mut r = Raw::new();
-    let mut f = r.file("f", b"tiny");
-    let huge = Digest::of(b"a terabyte");
-    f.size = Some(1 << 40);
-    f.digest = Some(huge);
-    let v2 = r.write(&p("d1.cdimg"), Some(v1), vec![], vec![f]);
-    let mut r = Raw::new();
-    let (offset, length) = r.blob(b"not a bsdiff delta");
-    let out = Digest::of(b"x");
-    let mut f = entry("f", Kind::File);
-    f.size = Some(1);
-    f.digest = Some(out);
-    f.data = Some(Data::Delta {
-        source: huge,
-        steps: vec![Step {
-            codec: 0,
-            offset,
-            length,
-            digest: out,
-            dict: None,
-        }],
-    });
-    r.write(&p("d2.cdimg"), Some(v2), vec![codec], vec![f]);
+    huge_claim_chain(dir.path(), builtin_codec(Path::new(D4C), "bsdiff"));
     for (file, tag) in [("v1.cdimg", "v1"), ("d1.cdimg", "v2"), ("d2.cdimg", "v3")] {
         let (ok, err) = run(&[
             "push",

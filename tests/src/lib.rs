@@ -56,6 +56,26 @@ pub fn run_d4c(bin: &Path, home: &Path, args: &[&str]) -> (bool, String, String)
     )
 }
 
+/// Starts `d4c serve` as `cmd` (its stdout is taken here) and returns it with
+/// the URL its first line says it listens on.
+pub fn start_serve(cmd: &mut Command) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting d4c serve");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("piped"))
+        .read_line(&mut line)
+        .expect("reading d4c serve's first line");
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://") || w.starts_with("https://"))
+        .unwrap_or_else(|| panic!("d4c serve said {line:?}"))
+        .to_string();
+    (child, url)
+}
+
 /// Where downloaded test data is kept between runs.
 pub fn data_dir() -> PathBuf {
     let d = workspace_root().join("target").join("test-data");

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use d4c_host::digest::Digest;
-use d4c_host::image::entry::{image_id, Compression, Data, Entry, Kind};
+use d4c_host::image::entry::{image_id, Compression, Data, Entry, Kind, Step};
 use d4c_host::image::format::{header_tail, CodecRef, Header, ImageKind, MAGIC};
 
 /// A cdimg being made by hand: blobs appended, then any header at all.
@@ -103,4 +103,53 @@ pub fn device(path: &str) -> Entry {
     let mut e = entry(path, Kind::Block);
     e.rdev = Some((7, 0));
     e
+}
+
+/// The built-in codec `name` of the `d4c` binary `bin`, as a header names it.
+pub fn builtin_codec(bin: &Path, name: &str) -> CodecRef {
+    let home = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(bin)
+        .args(["codec", "list", "--json"])
+        .env("D4C_HOME", home.path())
+        .output()
+        .unwrap();
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let c = list.iter().find(|c| c["name"] == name).unwrap();
+    CodecRef {
+        sha256: c["sha256"].as_str().unwrap().parse().unwrap(),
+        name: name.into(),
+        version: c["version"].as_str().unwrap().into(),
+    }
+}
+
+/// A chain whose middle delta claims a 1 TiB file: `v1.cdimg` (a full image
+/// with `f`), `d1.cdimg` (`f` stored in full, 4 bytes that claim 1 TiB) and
+/// `d2.cdimg` (`f` as a `codec` step from that content), in `dir`.
+pub fn huge_claim_chain(dir: &Path, codec: CodecRef) {
+    let mut r = Raw::new();
+    let f = r.file("f", b"hello world\n");
+    let v1 = r.write(&dir.join("v1.cdimg"), None, vec![], vec![f]);
+    let mut r = Raw::new();
+    let mut f = r.file("f", b"tiny");
+    let huge = Digest::of(b"a terabyte");
+    f.size = Some(1 << 40);
+    f.digest = Some(huge);
+    let v2 = r.write(&dir.join("d1.cdimg"), Some(v1), vec![], vec![f]);
+    let mut r = Raw::new();
+    let (offset, length) = r.blob(b"not really a codec delta");
+    let out = Digest::of(b"x");
+    let mut f = entry("f", Kind::File);
+    f.size = Some(1);
+    f.digest = Some(out);
+    f.data = Some(Data::Delta {
+        source: huge,
+        steps: vec![Step {
+            codec: 0,
+            offset,
+            length,
+            digest: out,
+            dict: None,
+        }],
+    });
+    r.write(&dir.join("d2.cdimg"), Some(v2), vec![codec], vec![f]);
 }

@@ -769,16 +769,47 @@ impl Registry {
     /// Stores a manifest under a tag or its digest.
     pub fn put_manifest(&self, reference: &str, data: &[u8], media_type: &str) -> Result<Digest> {
         let url = self.repo_url(&format!("manifests/{reference}"));
-        let resp = self.send(|| {
-            request(Method::PUT, &url)
-                .header("Content-Type", media_type)
-                .body(data)
-                .unwrap()
-        })?;
-        if resp.status() != StatusCode::CREATED && !resp.status().is_success() {
-            return Err(self.failure(resp, &format!("storing manifest {reference}")));
+        let what = format!("storing manifest {reference}");
+        let digest = Digest::of(data);
+        let mut attempt = 0;
+        loop {
+            let mut resp = self.send(|| {
+                request(Method::PUT, &url)
+                    .header("Content-Type", media_type)
+                    .body(data)
+                    .unwrap()
+            })?;
+            if resp.status().is_success() {
+                return Ok(digest);
+            }
+            // Storing the same manifest is idempotent, so a passing failure is
+            // tried again: docker-registry answers DIGEST_INVALID (or 500) when
+            // two clients store the same manifest at once and it reads the
+            // other's half-written copy.
+            let status = resp.status();
+            let body = resp
+                .body_mut()
+                .with_config()
+                .limit(64 << 10)
+                .read_to_vec()
+                .unwrap_or_default();
+            let message = registry_message(&body);
+            let passing = status.is_server_error()
+                || (status == StatusCode::BAD_REQUEST
+                    && message
+                        .as_deref()
+                        .is_some_and(|m| m.starts_with("DIGEST_INVALID")));
+            if !passing || attempt == RETRIES {
+                bail!(
+                    "{what} at {}: {} (HTTP {})",
+                    self.reference.registry,
+                    message.unwrap_or_else(|| "no message".into()),
+                    status.as_u16()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200 << attempt));
+            attempt += 1;
         }
-        Ok(Digest::of(data))
     }
 }
 
