@@ -33,10 +33,11 @@ pub struct Negotiator {
     slots: Slots,
 }
 
-/// A counting bound on concurrent work, waited for at most [`SLOT_WAIT`].
+/// A counting bound on concurrent work, each taker waiting at most `wait`.
 struct Slots {
     free: Mutex<usize>,
     freed: std::sync::Condvar,
+    wait: std::time::Duration,
 }
 
 /// How long a request waits for a merge slot before it is told to come back.
@@ -45,11 +46,19 @@ const SLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 struct Slot<'a>(&'a Slots);
 
 impl Slots {
+    fn new(n: usize, wait: std::time::Duration) -> Slots {
+        Slots {
+            free: Mutex::new(n.max(1)),
+            freed: std::sync::Condvar::new(),
+            wait,
+        }
+    }
+
     fn take(&self) -> Result<Slot<'_>, ApiError> {
         let free = self.free.lock().unwrap_or_else(|e| e.into_inner());
         let (mut free, _) = self
             .freed
-            .wait_timeout_while(free, SLOT_WAIT, |n| *n == 0)
+            .wait_timeout_while(free, self.wait, |n| *n == 0)
             .unwrap_or_else(|e| e.into_inner());
         if *free == 0 {
             return Err(ApiError {
@@ -79,10 +88,7 @@ impl Negotiator {
             codecs,
             threads,
             merging: Mutex::new(HashMap::new()),
-            slots: Slots {
-                free: Mutex::new(max_merges.max(1)),
-                freed: std::sync::Condvar::new(),
-            },
+            slots: Slots::new(max_merges, SLOT_WAIT),
         }
     }
 
@@ -294,4 +300,30 @@ impl Negotiator {
 /// what was asked for within its time to live).
 fn touch(path: &std::path::Path) {
     let _ = std::fs::File::open(path).and_then(|f| f.set_modified(std::time::SystemTime::now()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_slots_bound_concurrent_work() {
+        let slots = Slots::new(2, std::time::Duration::from_millis(50));
+        let a = slots.take().unwrap();
+        let _b = slots.take().unwrap();
+        let e = slots.take().err().unwrap();
+        assert_eq!(e.status, axum::http::StatusCode::SERVICE_UNAVAILABLE);
+        drop(a);
+        assert!(slots.take().is_ok());
+        // A waiter gets the slot freed while it waits.
+        let slots = std::sync::Arc::new(Slots::new(1, std::time::Duration::from_secs(10)));
+        let held = slots.take().unwrap();
+        let waiter = {
+            let slots = slots.clone();
+            std::thread::spawn(move || slots.take().is_ok())
+        };
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        drop(held);
+        assert!(waiter.join().unwrap());
+    }
 }

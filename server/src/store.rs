@@ -591,3 +591,55 @@ impl Store {
         Ok(Some(index))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An upload nobody wrote to for its time to live is gone (and its bytes
+    /// no longer count); a fresh one stays.
+    #[test]
+    fn abandoned_uploads_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            upload_ttl: Duration::from_secs(3600),
+            ..Limits::default()
+        };
+        let store = Arc::new(Store::open_with(dir.path(), limits).unwrap());
+        let old = store.new_upload().unwrap();
+        let fresh = store.new_upload().unwrap();
+        let path = dir.path().join("uploads").join(&old);
+        std::fs::write(&path, vec![0u8; 1000]).unwrap();
+        let f = File::open(&path).unwrap();
+        f.set_modified(std::time::SystemTime::now() - Duration::from_secs(7200))
+            .unwrap();
+        let store = Arc::new(Store::open_with(dir.path(), limits).unwrap());
+        assert_eq!(store.claim_upload(&old).err(), Some(UploadError::Unknown));
+        assert!(store.claim_upload(&fresh).is_ok());
+        assert_eq!(store.used(), 0);
+    }
+
+    /// A repository index is parsed once per blob, not once per pull.
+    #[test]
+    fn an_index_is_parsed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let index = RepoIndex::new().to_bytes();
+        let digest = store.put_blob_bytes(&index).unwrap();
+        store
+            .put_blob_bytes(d4c_host::registry::artifact::EMPTY_CONFIG)
+            .unwrap();
+        let layer = d4c_host::registry::artifact::Descriptor::new(
+            d4c_host::registry::artifact::INDEX_JSON_TYPE,
+            &digest,
+            index.len() as u64,
+        );
+        let m = Manifest::artifact(INDEX_TYPE, layer, Default::default());
+        store
+            .put_manifest("t/app", INDEX_TAG, &m.to_bytes())
+            .unwrap();
+        let a = store.index("t/app").unwrap().unwrap();
+        let b = store.index("t/app").unwrap().unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+    }
+}

@@ -330,14 +330,11 @@ impl Registry {
     /// An error for an unexpected response, with the registry's own message.
     fn failure(&self, mut resp: Response<Body>, what: &str) -> anyhow::Error {
         let status = resp.status();
-        let body = resp
-            .body_mut()
-            .with_config()
-            .limit(64 << 10)
-            .read_to_vec()
-            .unwrap_or_default();
-        let detail = registry_message(&body);
-        match detail {
+        self.error(what, status, error_message(&mut resp))
+    }
+
+    fn error(&self, what: &str, status: StatusCode, message: Option<String>) -> anyhow::Error {
+        match message {
             Some(d) => anyhow!(
                 "{what} at {}: {d} (HTTP {})",
                 self.reference.registry,
@@ -787,25 +784,14 @@ impl Registry {
             // two clients store the same manifest at once and it reads the
             // other's half-written copy.
             let status = resp.status();
-            let body = resp
-                .body_mut()
-                .with_config()
-                .limit(64 << 10)
-                .read_to_vec()
-                .unwrap_or_default();
-            let message = registry_message(&body);
+            let message = error_message(&mut resp);
             let passing = status.is_server_error()
                 || (status == StatusCode::BAD_REQUEST
                     && message
                         .as_deref()
                         .is_some_and(|m| m.starts_with("DIGEST_INVALID")));
             if !passing || attempt == RETRIES {
-                bail!(
-                    "{what} at {}: {} (HTTP {})",
-                    self.reference.registry,
-                    message.unwrap_or_else(|| "no message".into()),
-                    status.as_u16()
-                );
+                return Err(self.error(&what, status, message));
             }
             std::thread::sleep(Duration::from_millis(200 << attempt));
             attempt += 1;
@@ -908,6 +894,17 @@ fn transport_error(e: &ureq::Error) -> String {
         ureq::Error::Io(io) => io.to_string(),
         other => other.to_string(),
     }
+}
+
+/// The registry's own message in an error response's body, if it has one.
+fn error_message(resp: &mut Response<Body>) -> Option<String> {
+    let body = resp
+        .body_mut()
+        .with_config()
+        .limit(64 << 10)
+        .read_to_vec()
+        .unwrap_or_default();
+    registry_message(&body)
 }
 
 /// The first message of an OCI error body (`{"errors":[{"code","message"}]}`).

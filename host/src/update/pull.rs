@@ -404,3 +404,27 @@ fn kind_word(k: ImageKind) -> &'static str {
         ImageKind::Delta => "delta",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What lands at the output is checked again: a download that changed on
+    /// disk after its check is refused, and nothing is left in its place.
+    #[test]
+    fn a_download_changed_on_disk_does_not_land() {
+        let dir = tempfile::tempdir().unwrap();
+        let from = dir.path().join("blob");
+        std::fs::write(&from, b"the checked bytes").unwrap();
+        let good = (from.clone(), Digest::of(b"the checked bytes"), 17);
+        place(&good, &dir.path().join("out")).unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("out")).unwrap(),
+            b"the checked bytes"
+        );
+        std::fs::write(&from, b"other bytes, same length").unwrap();
+        let err = place(&good, &dir.path().join("out2")).unwrap_err();
+        assert!(format!("{err:#}").contains("changed on disk"), "{err:#}");
+        assert!(!dir.path().join("out2").exists());
+    }
+}
