@@ -184,8 +184,6 @@ impl Header {
             (self.kind == ImageKind::Delta) == self.base_id.is_some(),
             "a delta must name its base image and a full image must not"
         );
-        let mut files: HashSet<&str> = HashSet::new();
-        let mut dirs: HashSet<&str> = HashSet::new();
         let in_body = |offset: u64, length: u64| {
             offset >= MAGIC.len() as u64
                 && offset.checked_add(length).is_some_and(|e| e <= body_end)
@@ -201,106 +199,11 @@ impl Header {
             );
             ensure!(d.size <= MAX_DICT, "dictionary {i} is too large");
         }
-        let mut prev: Option<&str> = None;
+        let mut tree = TreeCheck::default();
         for e in &self.entries {
-            let p = e.path.as_str();
-            if let Some(q) = prev {
-                ensure!(q < p, "entries not sorted or duplicated at {p:?}");
-            }
-            prev = Some(p);
-            ensure!(valid_path(p), "invalid path {p:?}");
-            if p.is_empty() {
-                ensure!(e.kind == Kind::Dir, "the root must be a directory");
-            } else {
-                let parent = p.rfind('/').map_or("", |i| &p[..i]);
-                ensure!(
-                    dirs.contains(parent),
-                    "{p:?}: parent {parent:?} is missing or not a directory"
-                );
-            }
-            ensure!(e.mode <= 0o7777, "{p:?}: mode {:o} has type bits", e.mode);
-            ensure!(
-                e.xattrs.keys().all(|k| valid_xattr_name(k)),
-                "{p:?}: invalid extended attribute name"
-            );
-            ensure!(
-                e.link.is_none() || matches!(e.kind, Kind::Symlink | Kind::Hardlink),
-                "{p:?}: a link target on a {:?}",
-                e.kind
-            );
-            let is_file = e.kind == Kind::File;
-            ensure!(
-                is_file == e.data.is_some(),
-                "{p:?}: data only and always for files"
-            );
-            ensure!(
-                is_file == e.digest.is_some() && is_file == e.size.is_some(),
-                "{p:?}: size and digest only for files"
-            );
-            match e.kind {
-                Kind::Dir => {
-                    dirs.insert(p);
-                }
-                Kind::File => {
-                    files.insert(p);
-                }
-                Kind::Symlink => ensure!(
-                    e.link.as_deref().is_some_and(valid_link_target),
-                    "{p:?}: symlink without a valid target"
-                ),
-                Kind::Hardlink => {
-                    let t = e.link.as_deref().unwrap_or_default();
-                    ensure!(
-                        files.contains(t),
-                        "{p:?}: hardlink to {t:?}, which is not an earlier file"
-                    );
-                }
-                Kind::Char | Kind::Block => {
-                    ensure!(e.rdev.is_some(), "{p:?}: device without numbers")
-                }
-                Kind::Fifo => {}
-            }
-            if !matches!(e.kind, Kind::Char | Kind::Block) {
-                ensure!(e.rdev.is_none(), "{p:?}: device numbers on a {:?}", e.kind);
-            }
-            match &e.data {
-                Some(Data::Inline) => {
-                    ensure!(e.size == Some(0), "{p:?}: inline data for a non-empty file")
-                }
-                Some(Data::Full { offset, length, .. }) => {
-                    ensure!(in_body(*offset, *length), "{p:?}: blob outside the body")
-                }
-                Some(Data::Same) => ensure!(
-                    self.kind == ImageKind::Delta,
-                    "{p:?}: 'same' in a full image"
-                ),
-                Some(Data::Delta { steps, .. }) => {
-                    ensure!(
-                        self.kind == ImageKind::Delta,
-                        "{p:?}: 'delta' in a full image"
-                    );
-                    ensure!(!steps.is_empty(), "{p:?}: delta without steps");
-                    for s in steps {
-                        ensure!(
-                            (s.codec as usize) < self.codecs.len(),
-                            "{p:?}: codec index out of range"
-                        );
-                        ensure!(
-                            in_body(s.offset, s.length),
-                            "{p:?}: delta blob outside the body"
-                        );
-                        ensure!(
-                            s.dict.is_none_or(|d| (d as usize) < self.dicts.len()),
-                            "{p:?}: dictionary index out of range"
-                        );
-                    }
-                    ensure!(
-                        steps.last().map(|s| s.digest) == e.digest,
-                        "{p:?}: last step digest differs"
-                    );
-                }
-                None => {}
-            }
+            tree.place(e)?;
+            check_shape(e, &tree.files)?;
+            self.check_data(e, &in_body)?;
         }
         ensure!(
             self.entries.first().is_some_and(|e| e.path.is_empty()),
@@ -310,6 +213,51 @@ impl Header {
             image_id(&self.entries) == self.image_id,
             "the image id does not match the tree"
         );
+        Ok(())
+    }
+
+    /// How a file entry's content is stored: blobs inside the body, codec and
+    /// dictionary indices in range, delta-only kinds only in deltas.
+    fn check_data(&self, e: &Entry, in_body: &dyn Fn(u64, u64) -> bool) -> Result<()> {
+        let p = &e.path;
+        match &e.data {
+            Some(Data::Inline) => {
+                ensure!(e.size == Some(0), "{p:?}: inline data for a non-empty file")
+            }
+            Some(Data::Full { offset, length, .. }) => {
+                ensure!(in_body(*offset, *length), "{p:?}: blob outside the body")
+            }
+            Some(Data::Same) => ensure!(
+                self.kind == ImageKind::Delta,
+                "{p:?}: 'same' in a full image"
+            ),
+            Some(Data::Delta { steps, .. }) => {
+                ensure!(
+                    self.kind == ImageKind::Delta,
+                    "{p:?}: 'delta' in a full image"
+                );
+                ensure!(!steps.is_empty(), "{p:?}: delta without steps");
+                for s in steps {
+                    ensure!(
+                        (s.codec as usize) < self.codecs.len(),
+                        "{p:?}: codec index out of range"
+                    );
+                    ensure!(
+                        in_body(s.offset, s.length),
+                        "{p:?}: delta blob outside the body"
+                    );
+                    ensure!(
+                        s.dict.is_none_or(|d| (d as usize) < self.dicts.len()),
+                        "{p:?}: dictionary index out of range"
+                    );
+                }
+                ensure!(
+                    steps.last().map(|s| s.digest) == e.digest,
+                    "{p:?}: last step digest differs"
+                );
+            }
+            None => {}
+        }
         Ok(())
     }
 
@@ -331,6 +279,87 @@ impl Header {
             }
         }
     }
+}
+
+/// Where each entry stands in the tree, entry by entry: sorted without
+/// duplicates, a valid name, its parent an earlier directory.
+#[derive(Default)]
+struct TreeCheck<'a> {
+    prev: Option<&'a str>,
+    dirs: HashSet<&'a str>,
+    files: HashSet<&'a str>,
+}
+
+impl<'a> TreeCheck<'a> {
+    fn place(&mut self, e: &'a Entry) -> Result<()> {
+        let p = e.path.as_str();
+        if let Some(q) = self.prev {
+            ensure!(q < p, "entries not sorted or duplicated at {p:?}");
+        }
+        self.prev = Some(p);
+        ensure!(valid_path(p), "invalid path {p:?}");
+        if p.is_empty() {
+            ensure!(e.kind == Kind::Dir, "the root must be a directory");
+        } else {
+            let parent = p.rfind('/').map_or("", |i| &p[..i]);
+            ensure!(
+                self.dirs.contains(parent),
+                "{p:?}: parent {parent:?} is missing or not a directory"
+            );
+        }
+        match e.kind {
+            Kind::Dir => self.dirs.insert(p),
+            Kind::File => self.files.insert(p),
+            _ => false,
+        };
+        Ok(())
+    }
+}
+
+/// What an entry of its kind may and must carry: mode bits, xattr names, link
+/// targets (valid symlink targets, hardlinks to earlier files), device
+/// numbers, and size, digest and data for files alone.
+fn check_shape(e: &Entry, files: &HashSet<&str>) -> Result<()> {
+    let p = &e.path;
+    ensure!(e.mode <= 0o7777, "{p:?}: mode {:o} has type bits", e.mode);
+    ensure!(
+        e.xattrs.keys().all(|k| valid_xattr_name(k)),
+        "{p:?}: invalid extended attribute name"
+    );
+    ensure!(
+        e.link.is_none() || matches!(e.kind, Kind::Symlink | Kind::Hardlink),
+        "{p:?}: a link target on a {:?}",
+        e.kind
+    );
+    let is_file = e.kind == Kind::File;
+    ensure!(
+        is_file == e.data.is_some(),
+        "{p:?}: data only and always for files"
+    );
+    ensure!(
+        is_file == e.digest.is_some() && is_file == e.size.is_some(),
+        "{p:?}: size and digest only for files"
+    );
+    let device = matches!(e.kind, Kind::Char | Kind::Block);
+    ensure!(
+        device == e.rdev.is_some(),
+        "{p:?}: device numbers only and always on devices"
+    );
+    match e.kind {
+        Kind::Symlink => ensure!(
+            e.link.as_deref().is_some_and(valid_link_target),
+            "{p:?}: symlink without a valid target"
+        ),
+        Kind::Hardlink => {
+            let t = e.link.as_deref().unwrap_or_default();
+            ensure!(
+                files.contains(t),
+                "{p:?}: hardlink to {t:?}, which is not an earlier file"
+            );
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// An open cdimg: its header, and random access to its blobs. Safe to share
