@@ -277,7 +277,9 @@ pub fn extract(cli: &Cli, a: &ExtractArgs) -> Result<()> {
     let chain = Chain::open(&a.images)?;
     let done = extract::extract(&chain, &codecs, &a.output, a.jobs.threads, &Bar::new())?;
     if !done.owners_kept {
-        eprintln!("d4c: warning: not root: files are yours, setuid and setgid bits cleared");
+        eprintln!(
+            "d4c: warning: not root: files are yours, setuid and setgid bits cleared, only user.* xattrs set"
+        );
     }
     if let Some(first) = done.devices_skipped.first() {
         eprintln!(

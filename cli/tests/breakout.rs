@@ -470,6 +470,13 @@ fn extract_as_an_ordinary_user_keeps_what_it_may() {
     let mut r = Raw::new();
     let mut suid = r.file("bin/su", b"#!/bin/true\n");
     suid.mode = 0o4755;
+    // Only root may set a file capability; an ordinary user's extract leaves it.
+    suid.xattrs.insert(
+        "security.capability".into(),
+        vec![
+            1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ],
+    );
     let mut root_only = r.file("etc/shadow", b"root:*:1::::::\n");
     root_only.mode = 0o640;
     root_only.gid = 42;
@@ -507,6 +514,7 @@ fn extract_as_an_ordinary_user_keeps_what_it_may() {
     assert!(err.contains("1 device node(s) left out"), "{err}");
     let m = std::fs::metadata(out.join("bin/su")).unwrap();
     assert_eq!((m.mode() & 0o7777, m.uid()), (0o755, 65534));
+    assert!(err.contains("only user.* xattrs"), "{err}");
     let m = std::fs::metadata(out.join("etc/shadow")).unwrap();
     assert_eq!((m.mode() & 0o7777, m.gid()), (0o640, 65534));
     assert!(!out.join("dev/sda").exists());

@@ -28,6 +28,17 @@ pub struct Meta<'a> {
     pub mtime: i64,
     /// Extended attributes.
     pub xattrs: &'a std::collections::BTreeMap<String, Vec<u8>>,
+    /// Set only the `user.` ones (an ordinary user may set no others).
+    pub user_xattrs_only: bool,
+}
+
+impl Meta<'_> {
+    /// The extended attributes to set.
+    fn xattrs(&self) -> impl Iterator<Item = (&String, &Vec<u8>)> {
+        self.xattrs
+            .iter()
+            .filter(|(k, _)| !self.user_xattrs_only || k.starts_with("user."))
+    }
 }
 
 /// A directory that entries are created beneath.
@@ -137,10 +148,10 @@ impl Beneath {
             )
             .map_err(e)?;
         }
-        if !meta.xattrs.is_empty() {
+        if meta.xattrs().next().is_some() {
             // lsetxattr through the parent's descriptor: no path outside the tree.
             let p = proc_path(&s.dir, s.name);
-            for (k, v) in meta.xattrs {
+            for (k, v) in meta.xattrs() {
                 rustix::fs::lsetxattr(&p, k.as_str(), v, rustix::fs::XattrFlags::empty())
                     .map_err(e)?;
             }
@@ -245,7 +256,7 @@ pub fn set_fd_meta(fd: BorrowedFd, meta: &Meta) -> Result<(), Errno> {
         rustix::fs::fchown(fd, u, g)?;
     }
     rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode))?;
-    for (k, v) in meta.xattrs {
+    for (k, v) in meta.xattrs() {
         rustix::fs::fsetxattr(fd, k.as_str(), v, rustix::fs::XattrFlags::empty())?;
     }
     rustix::fs::futimens(fd, &times(meta.mtime))

@@ -20,12 +20,14 @@ pub struct Extracted {
     /// Device nodes left out: only root may create them.
     pub devices_skipped: Vec<String>,
     /// Whether owners were kept (root only; otherwise the files are the
-    /// caller's, with setuid and setgid bits cleared as tar does).
+    /// caller's, with setuid and setgid bits cleared as tar does, and only
+    /// `user.` extended attributes set).
     pub owners_kept: bool,
 }
 
-/// How entries' metadata is applied: as the image says for root, the caller's
-/// own files without setuid/setgid bits otherwise.
+/// How entries' metadata is applied: as the image says for root; otherwise the
+/// caller's own files without setuid/setgid bits or the extended attributes
+/// only root may set (`security.`, `trusted.`).
 #[derive(Clone, Copy)]
 struct Policy {
     root: bool,
@@ -38,6 +40,7 @@ impl Policy {
             mode: if self.root { e.mode } else { e.mode & !0o6000 },
             mtime: e.mtime,
             xattrs: &e.xattrs,
+            user_xattrs_only: !self.root,
         }
     }
 }
