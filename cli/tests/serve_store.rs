@@ -145,7 +145,16 @@ fn one_writer_per_upload_and_nothing_after_its_put() {
     let mut first = s.open(&format!("PATCH {loc} HTTP/1.1"), data.len());
     first.write_all(&data[..1000]).unwrap();
     first.flush().unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Claimed and streaming once its first bytes are in the upload's file.
+    let file = s
+        .store
+        .join("uploads")
+        .join(loc.rsplit('/').next().unwrap());
+    let t = std::time::Instant::now();
+    while std::fs::metadata(&file).map_or(0, |m| m.len()) < 1000 {
+        assert!(t.elapsed().as_secs() < 30, "the first PATCH never arrived");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     // A second writer, and a PUT that would adopt the upload now: refused.
     let (status, resp) = s.request(&format!("PATCH {loc} HTTP/1.1"), b"evil");
     assert_eq!(status, 409, "{resp}");
