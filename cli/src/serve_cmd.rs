@@ -118,7 +118,7 @@ pub fn run(cli: &Cli, a: &ServeArgs) -> Result<()> {
         .enable_all()
         .build()?;
     if a.gc_interval > 0 {
-        let every = std::time::Duration::from_secs(a.gc_interval * 60);
+        let every = std::time::Duration::from_secs(a.gc_interval.saturating_mul(60));
         rt.spawn(async move {
             loop {
                 tokio::time::sleep(every).await;

@@ -128,14 +128,8 @@ impl Beneath {
         let s = self.slot(rel)?;
         let e = |e| self.err(e, "setting metadata of", rel);
         if let Some((uid, gid)) = meta.owner {
-            rustix::fs::chownat(
-                &s.dir,
-                s.name,
-                uid_gid(uid, gid).0,
-                uid_gid(uid, gid).1,
-                AtFlags::SYMLINK_NOFOLLOW,
-            )
-            .map_err(e)?;
+            let (u, g) = uid_gid(uid, gid);
+            rustix::fs::chownat(&s.dir, s.name, u, g, AtFlags::SYMLINK_NOFOLLOW).map_err(e)?;
         }
         if !is_symlink {
             // fchmodat cannot refuse to follow, but the name is the node just

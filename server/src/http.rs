@@ -432,9 +432,8 @@ async fn append_body(upload: &Upload, declared: Option<u64>, body: Body) -> Resu
         code: "DENIED",
         message: format!("the server's store is full (quota {} bytes)", q.quota),
     };
-    // Refused before the body if it cannot fit (charged for real below).
-    upload.charge(declared.unwrap_or(0)).map_err(full)?;
-    upload.uncharge(declared.unwrap_or(0));
+    // Refused before the body if it cannot fit (charged as it is written).
+    upload.fits(declared.unwrap_or(0)).map_err(full)?;
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| ApiError::bad_request(anyhow::anyhow!("{e}")))?;

@@ -23,7 +23,9 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use d4c_host::digest::Digest;
 use d4c_host::fsutil::{self, AtomicFile};
-use d4c_host::registry::artifact::{Manifest, RepoIndex, FRAGMENT_PREFIX, INDEX_TAG, INDEX_TYPE};
+use d4c_host::registry::artifact::{
+    Manifest, RepoIndex, FRAGMENT_PREFIX, INDEX_JSON_TYPE, INDEX_TAG, INDEX_TYPE,
+};
 use d4c_host::registry::reference::{valid_repository, valid_tag};
 
 /// Largest manifest or index kept in memory.
@@ -126,9 +128,14 @@ impl Upload {
         self.store.charge(n)
     }
 
-    /// Gives back `n` bytes charged by [`Upload::charge`].
-    pub fn uncharge(&self, n: u64) {
-        self.store.uncharge(n)
+    /// Whether `n` more bytes would fit the store's quota now (charged only
+    /// as they are written).
+    pub fn fits(&self, n: u64) -> Result<(), QuotaExceeded> {
+        let quota = self.store.limits.quota.unwrap_or(u64::MAX);
+        if self.store.used().saturating_add(n) > quota {
+            return Err(QuotaExceeded { quota });
+        }
+        Ok(())
     }
 
     /// Ends the upload: its content becomes blob `digest` if it hashes to it
@@ -219,12 +226,7 @@ impl Store {
         let mut gone = (0, 0);
         for e in entries.flatten() {
             let Ok(m) = e.metadata() else { continue };
-            let idle = m
-                .modified()
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age > self.limits.upload_ttl);
-            if idle
+            if older_than(&m, self.limits.upload_ttl)
                 && !busy.contains(e.file_name().to_string_lossy().as_ref())
                 && std::fs::remove_file(e.path()).is_ok()
             {
@@ -257,18 +259,15 @@ impl Store {
                 self.mark_manifest(&d, &mut live, 0);
             }
         }
-        let old = |m: &std::fs::Metadata| {
-            m.modified()
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age > self.limits.gc_grace)
-        };
         for e in std::fs::read_dir(self.root.join("blobs/sha256"))?.flatten() {
             let Ok(d) = e.file_name().to_string_lossy().parse::<Digest>() else {
                 continue;
             };
             let Ok(m) = e.metadata() else { continue };
-            if !live.contains(&d) && old(&m) && std::fs::remove_file(e.path()).is_ok() {
+            if !live.contains(&d)
+                && older_than(&m, self.limits.gc_grace)
+                && std::fs::remove_file(e.path()).is_ok()
+            {
                 self.uncharge(m.len());
                 done.blobs += 1;
                 done.bytes += m.len();
@@ -287,13 +286,10 @@ impl Store {
             if !name.ends_with(".json") {
                 continue;
             }
-            let fresh = e
+            let stale = e
                 .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age <= self.limits.merged_ttl);
-            if !fresh {
+                .is_ok_and(|m| older_than(&m, self.limits.merged_ttl));
+            if stale {
                 if std::fs::remove_file(e.path()).is_ok() {
                     done.merged += 1;
                 }
@@ -319,12 +315,17 @@ impl Store {
         let Ok(v) = serde_json::from_slice::<serde_json::Value>(&data) else {
             return;
         };
-        let digests = |key: &str| -> Vec<Digest> {
+        // (digest, media type) of each descriptor under `key`.
+        let descriptors = |key: &str| -> Vec<(Digest, String)> {
             v.get(key)
                 .and_then(|l| l.as_array())
                 .into_iter()
                 .flatten()
-                .filter_map(|x| x.get("digest")?.as_str()?.parse().ok())
+                .filter_map(|x| {
+                    let d = x.get("digest")?.as_str()?.parse().ok()?;
+                    let t = x.get("mediaType").and_then(|t| t.as_str()).unwrap_or("");
+                    Some((d, t.to_string()))
+                })
                 .collect()
         };
         if let Some(c) = v
@@ -333,24 +334,27 @@ impl Store {
         {
             live.insert(c);
         }
-        for l in digests("layers") {
+        for (l, media) in descriptors("layers") {
             live.insert(l);
-            if let Ok(Some(idx)) = self
-                .blob_bytes(&l, MAX_INDEX)
-                .map(|b| b.and_then(|b| RepoIndex::parse(&b).ok()))
-            {
-                for i in &idx.images {
-                    live.extend([i.blob, i.manifest]);
-                    live.extend(i.compact.as_ref().map(|c| c.blob));
-                    self.mark_manifest(&i.manifest, live, depth + 1);
-                }
-                for c in &idx.codecs {
-                    live.insert(c.digest);
-                    self.mark_manifest(&c.manifest, live, depth + 1);
-                }
+            // A d4c index names cdimgs, compact forms and codecs whose tags
+            // may have moved on.
+            if media != INDEX_JSON_TYPE {
+                continue;
+            }
+            let Ok(idx) = self.index_blob(&l) else {
+                continue;
+            };
+            for i in &idx.images {
+                live.insert(i.blob);
+                live.extend(i.compact.as_ref().map(|c| c.blob));
+                self.mark_manifest(&i.manifest, live, depth + 1);
+            }
+            for c in &idx.codecs {
+                live.insert(c.digest);
+                self.mark_manifest(&c.manifest, live, depth + 1);
             }
         }
-        for m in digests("manifests") {
+        for (m, _) in descriptors("manifests") {
             self.mark_manifest(&m, live, depth + 1);
         }
     }
@@ -574,12 +578,17 @@ impl Store {
             return Ok(None);
         };
         let m = Manifest::parse(&data)?;
-        let digest = m.d4c_layer(INDEX_TYPE)?.sha256()?;
-        if let Some(i) = self.indexes.lock().expect("index cache").get(&digest) {
-            return Ok(Some(i.clone()));
+        self.index_blob(&m.d4c_layer(INDEX_TYPE)?.sha256()?)
+            .map(Some)
+    }
+
+    /// The index blob `digest`, parsed once.
+    fn index_blob(&self, digest: &Digest) -> Result<Arc<RepoIndex>> {
+        if let Some(i) = self.indexes.lock().expect("index cache").get(digest) {
+            return Ok(i.clone());
         }
         let blob = self
-            .blob_bytes(&digest, MAX_INDEX)?
+            .blob_bytes(digest, MAX_INDEX)?
             .context("the index blob is missing")?;
         let index = Arc::new(RepoIndex::parse(&blob)?);
         let mut cache = self.indexes.lock().expect("index cache");
@@ -587,9 +596,17 @@ impl Store {
         if cache.len() >= 1024 {
             cache.clear();
         }
-        cache.insert(digest, index.clone());
-        Ok(Some(index))
+        cache.insert(*digest, index.clone());
+        Ok(index)
     }
+}
+
+/// Whether a file was last written more than `age` ago.
+fn older_than(m: &std::fs::Metadata, age: Duration) -> bool {
+    m.modified()
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|a| a > age)
 }
 
 #[cfg(test)]

@@ -40,9 +40,6 @@ struct Args {
 }
 
 async fn run(args: Args) -> Result<()> {
-    // Images, metadata and mounts are root's alone: a local user must not read
-    // an image's files or plant a codec or a compiled module.
-    d4c_host::fsutil::create_private_dir(&args.root)?;
     let limits = Limits {
         memory: args.codec_memory,
         time: Duration::from_secs(args.codec_timeout),

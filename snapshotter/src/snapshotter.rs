@@ -562,7 +562,7 @@ fn du(dir: &Path) -> anyhow::Result<Usage> {
 mod tests {
     use super::*;
     use d4c_host::codec::{CodecStore, Limits, Runtime};
-    use d4c_host::image::format::Reader;
+    use d4c_tests::raw::Raw;
     use tonic::Code;
 
     fn open(root: &Path) -> Snapshotter {
@@ -672,27 +672,11 @@ mod tests {
         assert!(s.list().is_empty());
     }
 
-    /// A one-file full image at `path`.
-    fn image(path: &Path, content: &[u8]) {
-        use d4c_host::image::entry::{image_id, Entry, Kind as EntryKind};
-        use d4c_host::image::format::{Header, ImageKind, Writer};
-        let mut w = Writer::create(path).unwrap();
-        let mut f = Entry::dir("version");
-        f.kind = EntryKind::File;
-        f.size = Some(content.len() as u64);
-        f.digest = Some(d4c_host::digest::Digest::of(content));
-        f.data = Some(w.content(content, 3).unwrap());
-        let entries = vec![Entry::dir(""), f];
-        let header = Header {
-            kind: ImageKind::Image,
-            image_id: image_id(&entries),
-            base_id: None,
-            config: "{}".into(),
-            codecs: vec![],
-            dicts: vec![],
-            entries,
-        };
-        w.finish(&header).unwrap();
+    /// A one-file full image at `path`; its image id.
+    fn image(path: &Path, content: &[u8]) -> d4c_host::digest::Digest {
+        let mut r = Raw::new();
+        let f = r.file("version", content);
+        r.write(path, None, vec![], vec![f])
     }
 
     /// A damaged image fails its own snapshot (and its children) at restart;
@@ -738,46 +722,15 @@ mod tests {
         s.shutdown();
     }
 
-    /// A cdimg whose one file is named `..` escaped: written past d4c's own
-    /// writer, which refuses it.
-    fn hostile_image(path: &Path) {
-        use d4c_host::image::entry::{image_id, Data, Entry, Kind as EntryKind};
-        use d4c_host::image::format::{header_tail, Header, ImageKind, MAGIC};
-        let mut body = MAGIC.to_vec();
-        let offset = body.len() as u64;
-        body.extend_from_slice(b"pwned");
-        let mut f = Entry::dir("\\x2e\\x2e");
-        f.kind = EntryKind::File;
-        f.size = Some(5);
-        f.digest = Some(d4c_host::digest::Digest::of(b"pwned"));
-        f.data = Some(Data::Full {
-            offset,
-            length: 5,
-            compression: d4c_host::image::entry::Compression::None,
-        });
-        let entries = vec![Entry::dir(""), f];
-        let header = Header {
-            kind: ImageKind::Image,
-            image_id: image_id(&entries),
-            base_id: None,
-            config: "{}".into(),
-            codecs: vec![],
-            dicts: vec![],
-            entries,
-        };
-        let json = serde_json::to_vec(&header).unwrap();
-        let at = body.len() as u64;
-        body.extend(header_tail(&json, at).unwrap());
-        std::fs::write(path, body).unwrap();
-    }
-
     #[test]
     fn a_hostile_image_is_refused_at_prepare() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("root");
         let s = open(&root);
         let p = dir.path().join("hostile.cdimg");
-        hostile_image(&p);
+        let mut r = Raw::new();
+        let f = r.file("\\x2e\\x2e", b"pwned");
+        r.write(&p, None, vec![], vec![f]);
         let label = labels(&[(CHAIN_LABEL, &serde_json::to_string(&[&p]).unwrap())]);
         let e = s.prepare(Kind::Active, "h", "", label).unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
@@ -791,8 +744,10 @@ mod tests {
     /// restart fails alone, naming the codec.
     #[test]
     fn a_restart_with_a_codec_gone_serves_the_rest() {
-        use d4c_host::image::entry::{image_id, Data, Entry, Kind as EntryKind, Step};
-        use d4c_host::image::format::{CodecRef, Header, ImageKind, Writer};
+        use d4c_host::digest::Digest;
+        use d4c_host::image::entry::{Data, Kind as EntryKind, Step};
+        use d4c_host::image::format::CodecRef;
+        use d4c_tests::raw::entry;
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("root");
         let s = open(&root);
@@ -800,41 +755,30 @@ mod tests {
             .put(d4c_tests::components::TEMPLATE)
             .unwrap();
         let base = dir.path().join("v1.cdimg");
-        image(&base, b"v1\n");
-        let base_id = Reader::open(&base).unwrap().header().image_id;
+        let base_id = image(&base, b"v1\n");
         // A delta whose one file is a template-codec step from v1's file.
         let delta = dir.path().join("d12.cdimg");
-        let mut w = Writer::create(&delta).unwrap();
-        let offset = w.blob(b"a delta").unwrap();
-        let mut f = Entry::dir("version");
-        f.kind = EntryKind::File;
+        let mut r = Raw::new();
+        let (offset, length) = r.blob(b"a delta");
+        let mut f = entry("version", EntryKind::File);
         f.size = Some(3);
-        f.digest = Some(d4c_host::digest::Digest::of(b"v2\n"));
+        f.digest = Some(Digest::of(b"v2\n"));
         f.data = Some(Data::Delta {
-            source: d4c_host::digest::Digest::of(b"v1\n"),
+            source: Digest::of(b"v1\n"),
             steps: vec![Step {
                 codec: 0,
                 offset,
-                length: 7,
-                digest: d4c_host::digest::Digest::of(b"v2\n"),
+                length,
+                digest: Digest::of(b"v2\n"),
                 dict: None,
             }],
         });
-        let entries = vec![Entry::dir(""), f];
-        let header = Header {
-            kind: ImageKind::Delta,
-            image_id: image_id(&entries),
-            base_id: Some(base_id),
-            config: "{}".into(),
-            codecs: vec![CodecRef {
-                sha256: codec,
-                name: "template".into(),
-                version: "0".into(),
-            }],
-            dicts: vec![],
-            entries,
+        let template = CodecRef {
+            sha256: codec,
+            name: "template".into(),
+            version: "0".into(),
         };
-        w.finish(&header).unwrap();
+        r.write(&delta, Some(base_id), vec![template], vec![f]);
         let chain =
             |paths: &[&Path]| labels(&[(CHAIN_LABEL, &serde_json::to_string(paths).unwrap())]);
         s.prepare(Kind::Active, "d", "", chain(&[&base, &delta]))

@@ -193,12 +193,7 @@ impl Registry {
                 break;
             }
             std::thread::sleep(Duration::from_millis(200 << attempt));
-            let mut again = http::Request::builder()
-                .method(method.clone())
-                .uri(uri.clone())
-                .body(())?;
-            *again.headers_mut() = headers.clone();
-            result = self.run(again, what);
+            result = self.run(bodiless(method, &uri, headers)?, what);
         }
         result
     }
@@ -245,11 +240,7 @@ impl Registry {
                 .and_then(|v| v.to_str().ok())
                 .with_context(|| format!("{what}: a redirect without a location"))?;
             uri = redirect_target(&uri, location).with_context(|| what.to_string())?;
-            let mut req = http::Request::builder()
-                .method(method.clone())
-                .uri(uri.clone())
-                .body(())?;
-            *req.headers_mut() = headers.clone();
+            let mut req = bodiless(&method, &uri, &headers)?;
             self.authorize(uri.clone(), req.headers_mut())?;
             resp = self.run(req, what)?;
         }
@@ -497,9 +488,15 @@ impl Registry {
             );
         }
         if dest.exists() {
-            drop(f);
-            let _ = std::fs::remove_file(&partial);
-            return Ok(0);
+            // Left by an earlier pull (or by anyone who can write there):
+            // used only if it is the blob.
+            if crate::digest::of_file(dest).is_ok_and(|(d, n)| d == *digest && n == size) {
+                drop(f);
+                let _ = std::fs::remove_file(&partial);
+                return Ok(0);
+            }
+            std::fs::remove_file(dest)
+                .with_context(|| format!("removing {}, which is not the blob", dest.display()))?;
         }
         let mut have = f.metadata()?.len();
         if have > size {
@@ -865,6 +862,20 @@ fn same_origin(uri: &http::Uri, base: &str) -> bool {
         && port(uri) == port(&b)
 }
 
+/// A GET or HEAD again: the same method and headers, to `uri`.
+fn bodiless(
+    method: &Method,
+    uri: &http::Uri,
+    headers: &http::HeaderMap,
+) -> Result<http::Request<()>> {
+    let mut req = http::Request::builder()
+        .method(method.clone())
+        .uri(uri.clone())
+        .body(())?;
+    *req.headers_mut() = headers.clone();
+    Ok(req)
+}
+
 fn request(method: Method, url: &str) -> http::request::Builder {
     http::Request::builder().method(method).uri(url)
 }
@@ -1130,5 +1141,37 @@ mod tests {
         };
         let err = Registry::connect(&reference, &opts).err().unwrap();
         assert!(format!("{err:#}").contains("not https"), "{err:#}");
+    }
+
+    /// A file already at a download's destination is used only if it is the
+    /// blob; anything else there is replaced by the real download.
+    #[test]
+    fn a_planted_download_is_fetched_again() {
+        let blob = "the real blob";
+        let digest = Digest::of(blob.as_bytes());
+        let registry = Peer::start("127.0.0.1", move |head| {
+            if head.starts_with("GET /v2/ ") {
+                reply("200 OK", "", "{}")
+            } else {
+                reply("200 OK", "", blob)
+            }
+        });
+        let reference = Reference::parse(&format!("{}/a/b:t", registry.addr)).unwrap();
+        let reg = Registry::connect(&reference, &ConnectOptions::default()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join(digest.hex());
+        std::fs::write(&dest, b"planted, not the blob").unwrap();
+        let silent = crate::progress::Silent;
+        reg.fetch_blob(&digest, blob.len() as u64, &dest, &silent)
+            .unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), blob.as_bytes());
+        // The real blob there now: used as it is, nothing downloaded.
+        let asked = registry.seen.lock().unwrap().len();
+        assert_eq!(
+            reg.fetch_blob(&digest, blob.len() as u64, &dest, &silent)
+                .unwrap(),
+            0
+        );
+        assert_eq!(registry.seen.lock().unwrap().len(), asked);
     }
 }

@@ -178,7 +178,14 @@ fn update_index(reg: &Registry, mine: &RepoIndex) -> Result<()> {
             return Ok(());
         }
         let mut idx = registry::read_index(reg)?.unwrap_or_else(RepoIndex::new);
-        idx.union(mine);
+        // Ours replace what the index says of the same blobs (a push again
+        // may add a compact form).
+        for i in &mine.images {
+            idx.add_item(i.clone());
+        }
+        for c in &mine.codecs {
+            idx.add_codec(c.clone());
+        }
         registry::write_index(reg, &idx)?;
         if attempt > 0 {
             std::thread::sleep(std::time::Duration::from_millis(50 << attempt.min(5)));
