@@ -134,6 +134,26 @@ pub struct ExportArgs {
     /// other images in it are kept).
     #[arg(short, long)]
     output: String,
+    /// Write the tree as one new layer, even for an image that keeps its
+    /// original (which is otherwise written as it was, digests and all).
+    #[arg(long)]
+    squash: bool,
+    #[command(flatten)]
+    jobs: Jobs,
+}
+
+/// `d4c verify`.
+#[derive(Args)]
+pub struct VerifyArgs {
+    /// A full image, then deltas in order.
+    #[arg(required = true, num_args = 1..)]
+    images: Vec<PathBuf>,
+    /// The manifest the image must be: a `sha256:` digest, or a manifest file.
+    #[arg(long, value_name = "FILE|DIGEST")]
+    manifest: Option<String>,
+    /// One JSON object on stdout.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     jobs: Jobs,
 }
@@ -151,19 +171,26 @@ pub struct InspectArgs {
     files: bool,
 }
 
-pub fn convert(a: &ConvertArgs) -> Result<()> {
+pub fn convert(cli: &Cli, a: &ConvertArgs) -> Result<()> {
     let source = Source::parse(&a.source)?;
     let opts = BuildOptions {
         level: a.level,
         threads: a.jobs.threads,
     };
-    let c = builder::convert(&source, &a.output, opts, &Bar::new())?;
+    let gzip = cli.codecs()?.builtin("gzip")?;
+    let c = builder::convert(&source, &a.output, opts, Some(&gzip), &Bar::new())?;
+    for n in &c.notes {
+        eprintln!("d4c: note: {n}");
+    }
     println!(
-        "{}: image {} ({} entries, {})",
+        "{}: image {} ({} entries, {}){}",
         a.output.display(),
         c.image_id,
         c.entries,
-        human_bytes(c.bytes)
+        human_bytes(c.bytes),
+        c.manifest
+            .map(|m| format!(", original manifest {}", m.oci()))
+            .unwrap_or_default()
     );
     Ok(())
 }
@@ -300,6 +327,38 @@ pub fn export(cli: &Cli, a: &ExportArgs) -> Result<()> {
     let codecs = cli.codecs()?;
     let chain = Chain::open(&a.images)?;
     let (dir, tag) = export::parse_target(&a.output)?;
+    let target = format!(
+        "{}{}",
+        dir.display(),
+        tag.as_ref().map(|t| format!(":{t}")).unwrap_or_default()
+    );
+    if chain.top().origin.is_some() && !a.squash {
+        let s =
+            export::original::export_original(&chain, &codecs, &dir, tag.as_deref(), &Bar::new())?;
+        for (i, (d, why)) in s.layers.iter().enumerate() {
+            if let Some(why) = why {
+                eprintln!("d4c: note: layer {} is {}: {why}", i + 1, d.oci());
+            }
+        }
+        if s.identical() {
+            println!(
+                "{target}: the original image, manifest {} (config {})",
+                s.manifest.oci(),
+                s.config.oci()
+            );
+        } else {
+            println!(
+                "{target}: manifest {} instead of the original {}: layer blobs differ (above); config {} and every diff_id are the original's",
+                s.manifest.oci(),
+                s.original.oci(),
+                s.config.oci()
+            );
+        }
+        return Ok(());
+    }
+    if chain.top().origin.is_none() && !a.squash {
+        eprintln!("d4c: note: the image keeps no original (converted by an older d4c or from a docker archive): written as one layer");
+    }
     let s = export::export(
         &chain,
         &codecs,
@@ -309,12 +368,63 @@ pub fn export(cli: &Cli, a: &ExportArgs) -> Result<()> {
         &Bar::new(),
     )?;
     println!(
-        "{}{}: manifest {}, layer {} ({})",
-        dir.display(),
-        tag.map(|t| format!(":{t}")).unwrap_or_default(),
+        "{target}: manifest {}, layer {} ({})",
         s.manifest.oci(),
         s.layer.oci(),
         human_bytes(s.layer_size)
+    );
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct VerifyReport {
+    manifest: String,
+    config: String,
+    diff_ids: Vec<String>,
+    tar_bytes: u64,
+    seconds: f64,
+}
+
+/// The manifest digest `--manifest` names: a digest, or a file's sha256.
+fn expected_manifest(s: &str) -> Result<Digest> {
+    if let Ok(d) = s.parse::<Digest>() {
+        return Ok(d);
+    }
+    let bytes = std::fs::read(s).map_err(|e| {
+        anyhow::anyhow!("--manifest {s:?} is neither a sha256 digest nor a readable file: {e}")
+    })?;
+    Ok(Digest::of(&bytes))
+}
+
+pub fn verify(cli: &Cli, a: &VerifyArgs) -> Result<()> {
+    let expected = a.manifest.as_deref().map(expected_manifest).transpose()?;
+    let codecs = cli.codecs()?;
+    let chain = Chain::open(&a.images)?;
+    let t = std::time::Instant::now();
+    let v = d4c_host::image::origin::rebuild::verify(
+        &chain,
+        &codecs,
+        expected.as_ref(),
+        a.jobs.threads,
+        &Bar::new(),
+    )?;
+    let seconds = t.elapsed().as_secs_f64();
+    let d = &v.described;
+    if a.json {
+        return print_json(&VerifyReport {
+            manifest: d.manifest.oci(),
+            config: d.config.oci(),
+            diff_ids: d.layers.iter().map(|l| l.diff_id.oci()).collect(),
+            tar_bytes: v.tar_bytes,
+            seconds,
+        });
+    }
+    println!(
+        "verified: manifest {}, config {}, {} layers ({} of tar in {seconds:.1} s)",
+        d.manifest.oci(),
+        d.config.oci(),
+        d.layers.len(),
+        human_bytes(v.tar_bytes)
     );
     Ok(())
 }
@@ -359,6 +469,68 @@ struct Inspect {
     dicts: Vec<DictUse>,
     #[serde(skip_serializing_if = "Option::is_none")]
     file_list: Option<Vec<FileInfo>>,
+    /// The original image, when the file keeps it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    origin: Option<OriginInfo>,
+}
+
+#[derive(Serialize)]
+struct OriginInfo {
+    manifest: String,
+    config: String,
+    layers: Vec<OriginLayerInfo>,
+    /// Content kept beyond the tree (records, recipes, replaced files).
+    content: usize,
+    /// Bytes the origin's content blobs and header take in this file.
+    bytes: u64,
+}
+
+#[derive(Serialize)]
+struct OriginLayerInfo {
+    digest: String,
+    diff_id: String,
+    media_type: String,
+    size: u64,
+    /// Whether a recipe rebuilds the blob bit for bit.
+    recipe: bool,
+}
+
+fn origin_info(r: &Reader) -> Result<Option<OriginInfo>> {
+    let h = r.header();
+    let Some(o) = &h.origin else {
+        return Ok(None);
+    };
+    let d = o.describe(&h.config)?;
+    let mut without = h.clone();
+    without.origin = None;
+    let header_cost = serde_json::to_vec(h)?.len() - serde_json::to_vec(&without)?.len();
+    let blobs: u64 = o
+        .content
+        .iter()
+        .map(|e| match &e.data {
+            Some(Data::Full { length, .. }) => *length,
+            Some(Data::Delta { steps, .. }) => steps.iter().map(|s| s.length).sum(),
+            _ => 0,
+        })
+        .sum();
+    Ok(Some(OriginInfo {
+        manifest: d.manifest.oci(),
+        config: d.config.oci(),
+        layers: d
+            .layers
+            .iter()
+            .zip(&o.layers)
+            .map(|(l, ol)| OriginLayerInfo {
+                digest: l.digest.oci(),
+                diff_id: l.diff_id.oci(),
+                media_type: l.media_type.clone(),
+                size: l.size,
+                recipe: ol.recipe.is_some(),
+            })
+            .collect(),
+        content: o.content.len(),
+        bytes: blobs + header_cost as u64,
+    }))
 }
 
 #[derive(Serialize)]
@@ -461,6 +633,7 @@ pub fn inspect(a: &InspectArgs) -> Result<()> {
         file_list: a
             .files
             .then(|| h.entries.iter().filter_map(|e| file_info(h, e)).collect()),
+        origin: origin_info(&r)?,
     };
     if a.json {
         return print_json(&report);
@@ -485,6 +658,28 @@ pub fn inspect(a: &InspectArgs) -> Result<()> {
         "  files     {} full, {} same, {} delta",
         report.files.full, report.files.same, report.files.delta
     );
+    if let Some(o) = &report.origin {
+        println!("  manifest  {} (original)", o.manifest);
+        println!("  config    {}", o.config);
+        for (i, l) in o.layers.iter().enumerate() {
+            println!(
+                "  layer {:<3} {} diff_id {}{}",
+                i + 1,
+                l.digest,
+                l.diff_id,
+                if l.recipe {
+                    ""
+                } else {
+                    " (blob not reproduced)"
+                }
+            );
+        }
+        println!(
+            "  origin    {} content items, {} in this file",
+            o.content,
+            human_bytes(o.bytes)
+        );
+    }
     for c in &report.codecs {
         println!(
             "  codec     {} {} {}: {} files, {}",

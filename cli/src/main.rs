@@ -58,6 +58,9 @@ enum Command {
     Export(image_cmd::ExportArgs),
     /// Show what a cdimg holds.
     Inspect(image_cmd::InspectArgs),
+    /// Check an image (from an image and deltas) against its original: every
+    /// layer's tar stream rebuilt and hashed against the config's diff_ids.
+    Verify(image_cmd::VerifyArgs),
     /// Serve an image (from an image and deltas) as a read-only FUSE file system,
     /// rebuilding each file on first read.
     Mount(mount_cmd::MountArgs),
@@ -98,13 +101,14 @@ impl Cli {
 fn run(cli: Cli) -> Result<()> {
     match &cli.command {
         Command::Codec(c) => codec_cmd::run(&cli, c),
-        Command::Convert(a) => image_cmd::convert(a),
+        Command::Convert(a) => image_cmd::convert(&cli, a),
         Command::Diff(a) => image_cmd::diff(&cli, a),
         Command::Patch(a) => image_cmd::patch(&cli, a),
         Command::Merge(a) => image_cmd::merge(&cli, a),
         Command::Extract(a) => image_cmd::extract(&cli, a),
         Command::Export(a) => image_cmd::export(&cli, a),
         Command::Inspect(a) => image_cmd::inspect(a),
+        Command::Verify(a) => image_cmd::verify(&cli, a),
         Command::Mount(a) => mount_cmd::run(&cli, a),
         Command::Umount(a) => mount_cmd::umount(a),
         Command::Load(a) => load_cmd::run(a),

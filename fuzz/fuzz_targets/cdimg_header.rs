@@ -22,7 +22,7 @@ fn memfd(data: &[u8]) -> std::fs::File {
 }
 
 fn use_header(h: &Header) {
-    let _ = image_id(&h.entries);
+    let _ = h.compute_id();
     if let Ok(tree) = Tree::new(h) {
         for ino in 1..=tree.len() as u64 {
             let node = tree.get(ino).expect("every inode exists");

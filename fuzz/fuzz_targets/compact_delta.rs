@@ -29,12 +29,13 @@ fn base() -> &'static Header {
         }
         Header {
             kind: ImageKind::Image,
-            image_id: image_id(&entries),
+            image_id: image_id(&entries, None),
             base_id: None,
             config: "{}".into(),
             codecs: vec![],
             dicts: vec![],
             entries,
+            origin: None,
         }
     })
 }

@@ -69,16 +69,17 @@ impl Raw {
             } else {
                 ImageKind::Image
             },
-            image_id: image_id(&entries),
+            image_id: image_id(&entries, None),
             base_id: base,
             config: std::mem::take(&mut self.config),
             codecs,
             dicts: vec![],
             entries,
+            origin: None,
         };
         let json = serde_json::to_vec(&header).unwrap();
         let offset = self.body.len() as u64;
-        self.body.extend(header_tail(&json, offset).unwrap());
+        self.body.extend(header_tail(&json, offset, MAGIC).unwrap());
         std::fs::write(path, &self.body).unwrap();
         header.image_id
     }

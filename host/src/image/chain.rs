@@ -17,7 +17,8 @@ use crate::digest::{CheckedReader, Digest};
 /// An opened, checked chain of cdimg files.
 pub struct Chain {
     layers: Vec<Reader>,
-    /// Per layer: content digest → index of an entry with that content.
+    /// Per layer: content digest → index of an item with that content
+    /// ([`Header::items`]: the tree's entries, then the origin's content).
     by_digest: Vec<HashMap<Digest, usize>>,
 }
 
@@ -71,7 +72,7 @@ impl Chain {
             .iter()
             .map(|r| {
                 let mut m = HashMap::new();
-                for (i, e) in r.header().entries.iter().enumerate() {
+                for (i, e) in r.header().items().enumerate() {
                     if let Some(d) = e.digest {
                         // Prefer an entry that is cheap to read.
                         let cheap = matches!(e.data, Some(Data::Full { .. } | Data::Inline));
@@ -150,7 +151,7 @@ impl Chain {
                 Data::Same => {
                     level = level.checked_sub(1)?;
                     let i = *self.by_digest[level].get(&e.digest?)?;
-                    e = &self.layers[level].header().entries[i];
+                    e = self.layers[level].header().item(i);
                 }
             }
         }
@@ -164,7 +165,14 @@ impl Chain {
                 self.layers[level].path().display()
             )
         })?;
-        Ok(&self.layers[level].header().entries[*i])
+        Ok(self.layers[level].header().item(*i))
+    }
+
+    /// An item of the top image (a tree entry or origin content) holding `digest`.
+    pub fn top_item(&self, digest: &Digest) -> Option<&Entry> {
+        let top = self.layers.len() - 1;
+        let i = self.by_digest[top].get(digest)?;
+        Some(self.layers[top].header().item(*i))
     }
 
     fn resolve(&self, codecs: &Codecs, level: usize, entry: &Entry) -> Result<Vec<u8>> {

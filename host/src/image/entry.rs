@@ -274,10 +274,15 @@ struct Canonical<'a> {
     rdev: Option<(u32, u32)>,
 }
 
-/// The image id: sha256 over the canonical lines of every entry, in order.
-pub fn image_id(entries: &[Entry]) -> Digest {
+/// The image id: sha256 over the canonical lines of every entry, in order,
+/// then, for an image that keeps its origin, one line naming the original
+/// manifest (the same tree from another image is another image).
+pub fn image_id(entries: &[Entry], manifest: Option<&Digest>) -> Digest {
     let mut h = Hasher::default();
     canonical_lines(entries, |line| h.update(line));
+    if let Some(m) = manifest {
+        h.update(format!("origin {}\n", m.oci()).as_bytes());
+    }
     h.finish()
 }
 
@@ -376,10 +381,10 @@ mod tests {
     #[test]
     fn id_ignores_storage_but_not_metadata() {
         let mut e = Entry::dir("etc");
-        let a = image_id(std::slice::from_ref(&e));
+        let a = image_id(std::slice::from_ref(&e), None);
         e.data = Some(Data::Same);
-        assert_eq!(image_id(std::slice::from_ref(&e)), a);
+        assert_eq!(image_id(std::slice::from_ref(&e), None), a);
         e.mode = 0o700;
-        assert_ne!(image_id(std::slice::from_ref(&e)), a);
+        assert_ne!(image_id(std::slice::from_ref(&e), None), a);
     }
 }

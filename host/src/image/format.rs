@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::entry::{
     image_id, valid_link_target, valid_path, valid_xattr_name, Compression, Data, Entry, Kind,
 };
+use super::origin::Origin;
 use crate::digest::Digest;
 use crate::fsutil::AtomicFile;
 
@@ -33,7 +34,7 @@ impl Footer {
     /// Parses and checks the last [`FOOTER_LEN`] bytes of a cdimg of `len` bytes.
     pub fn parse(footer: &[u8], len: u64) -> Result<Footer> {
         ensure!(
-            footer.len() as u64 == FOOTER_LEN && &footer[56..64] == MAGIC,
+            footer.len() as u64 == FOOTER_LEN && version(&footer[56..64]).is_some(),
             "truncated or not a cdimg (no footer)"
         );
         let offset = u64::from_le_bytes(footer[0..8].try_into().unwrap());
@@ -97,8 +98,30 @@ thread_local! {
         std::cell::RefCell::new(zstd::bulk::Decompressor::new().ok());
 }
 
-/// Magic and format version, at the start and the end of every cdimg.
+/// Magic and format version 1, at the start and the end of a cdimg without
+/// provenance.
 pub const MAGIC: &[u8; 8] = b"D4CIMG01";
+/// Magic of format version 2: the header may carry `origin`.
+pub const MAGIC_V2: &[u8; 8] = b"D4CIMG02";
+
+/// The format version a magic names, if it is a cdimg magic.
+pub fn version(magic: &[u8]) -> Option<u8> {
+    match magic {
+        m if m == MAGIC => Some(1),
+        m if m == MAGIC_V2 => Some(2),
+        _ => None,
+    }
+}
+
+/// The magic a file holding `header` starts and ends with: version 1 unless
+/// it carries provenance, so older readers still take what they can read.
+pub fn magic_for(header: &Header) -> &'static [u8; 8] {
+    if header.origin.is_some() {
+        MAGIC_V2
+    } else {
+        MAGIC
+    }
+}
 /// Length of the footer.
 pub const FOOTER_LEN: u64 = 64;
 /// Largest compressed header accepted.
@@ -174,6 +197,9 @@ pub struct Header {
     pub dicts: Vec<Dict>,
     /// The tree, sorted by path.
     pub entries: Vec<Entry>,
+    /// The original OCI image, when the file keeps it (format version 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Origin>,
 }
 
 impl Header {
@@ -209,11 +235,43 @@ impl Header {
             self.entries.first().is_some_and(|e| e.path.is_empty()),
             "the tree has no root entry"
         );
+        if let Some(o) = &self.origin {
+            let tree: HashSet<Digest> = self.entries.iter().filter_map(|e| e.digest).collect();
+            o.validate(&self.config, self.codecs.len(), &tree)
+                .context("invalid origin")?;
+            for e in &o.content {
+                self.check_data(e, &in_body)?;
+            }
+        }
         ensure!(
-            image_id(&self.entries) == self.image_id,
+            self.compute_id() == self.image_id,
             "the image id does not match the tree"
         );
         Ok(())
+    }
+
+    /// The image id of this tree and origin (FORMAT.md, "Image id").
+    pub fn compute_id(&self) -> Digest {
+        image_id(
+            &self.entries,
+            self.origin.as_ref().map(|o| o.manifest_digest()).as_ref(),
+        )
+    }
+
+    /// Every entry that holds content: the tree's entries, then the origin's
+    /// content. [`Header::item`] takes an index into this sequence.
+    pub fn items(&self) -> impl Iterator<Item = &Entry> {
+        self.entries
+            .iter()
+            .chain(self.origin.iter().flat_map(|o| o.content.iter()))
+    }
+
+    /// Item `i` of [`Header::items`].
+    pub fn item(&self, i: usize) -> &Entry {
+        match i.checked_sub(self.entries.len()) {
+            None => &self.entries[i],
+            Some(j) => &self.origin.as_ref().expect("origin item").content[j],
+        }
     }
 
     /// How a file entry's content is stored: blobs inside the body, codec and
@@ -271,12 +329,17 @@ impl Header {
 
     /// The index of `codec` in the codec table, adding it if absent.
     pub fn codec_index(&mut self, codec: CodecRef) -> u32 {
-        match self.codecs.iter().position(|c| c.sha256 == codec.sha256) {
-            Some(i) => i as u32,
-            None => {
-                self.codecs.push(codec);
-                (self.codecs.len() - 1) as u32
-            }
+        codec_index(&mut self.codecs, &codec)
+    }
+}
+
+/// The index of `codec` in `codecs`, adding it if absent.
+pub fn codec_index(codecs: &mut Vec<CodecRef>, codec: &CodecRef) -> u32 {
+    match codecs.iter().position(|c| c.sha256 == codec.sha256) {
+        Some(i) => i as u32,
+        None => {
+            codecs.push(codec.clone());
+            (codecs.len() - 1) as u32
         }
     }
 }
@@ -397,15 +460,23 @@ impl Reader {
         );
         let mut head = [0u8; 8];
         file.read_exact_at(&mut head, 0)?;
-        if &head != MAGIC {
+        let Some(v) = version(&head) else {
             bail!("not a cdimg (bad magic)");
-        }
+        };
         let mut footer = [0u8; FOOTER_LEN as usize];
         file.read_exact_at(&mut footer, len - FOOTER_LEN)?;
         let f = Footer::parse(&footer, len)?;
+        ensure!(
+            footer[56..64] == head,
+            "corrupt cdimg (its two magics differ)"
+        );
         let mut raw = vec![0u8; f.header_len as usize];
         file.read_exact_at(&mut raw, f.header_offset)?;
         let header = f.header(&raw)?;
+        ensure!(
+            v >= 2 || header.origin.is_none(),
+            "corrupt cdimg (provenance in a version 1 file)"
+        );
         let dicts = header.dicts.iter().map(|_| Default::default()).collect();
         Ok(Reader {
             file,
@@ -575,7 +646,8 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts writing `path`.
+    /// Starts writing `path`. The magic is written last (by [`Writer::finish`]),
+    /// when the header says which version the file is.
     pub fn create(path: &Path) -> Result<Writer> {
         let mut out = std::io::BufWriter::with_capacity(1 << 20, AtomicFile::create(path)?);
         out.write_all(MAGIC)?;
@@ -628,13 +700,13 @@ impl Writer {
             .context("refusing to write an invalid header")?;
         let json = serde_json::to_vec(header)?;
         let offset = self.pos;
-        let tail = header_tail(&json, offset)?;
+        let magic = magic_for(header);
+        let tail = header_tail(&json, offset, magic)?;
         self.out.write_all(&tail)?;
         let total = offset + tail.len() as u64;
-        self.out
-            .into_inner()
-            .map_err(|e| e.into_error())?
-            .commit()?;
+        let mut file = self.out.into_inner().map_err(|e| e.into_error())?;
+        file.file().write_all_at(magic, 0)?;
+        file.commit()?;
         Ok(total)
     }
 }
@@ -644,10 +716,10 @@ impl Writer {
 /// debian delta) for about half a second per file written.
 const HEADER_LEVEL: i32 = 19;
 
-/// The bytes that end a cdimg whose body ends at `offset`: the compressed header
-/// JSON and the footer. Deterministic, so a header sent in another encoding can be
-/// turned back into the exact file.
-pub fn header_tail(json: &[u8], offset: u64) -> Result<Vec<u8>> {
+/// The bytes that end a cdimg whose body ends at `offset` and which starts
+/// with `magic`: the compressed header JSON and the footer. Deterministic, so a
+/// header sent in another encoding can be turned back into the exact file.
+pub fn header_tail(json: &[u8], offset: u64, magic: &[u8; 8]) -> Result<Vec<u8>> {
     let raw = zstd::bulk::compress(json, HEADER_LEVEL)?;
     let mut out = Vec::with_capacity(raw.len() + FOOTER_LEN as usize);
     out.extend_from_slice(&raw);
@@ -655,7 +727,7 @@ pub fn header_tail(json: &[u8], offset: u64) -> Result<Vec<u8>> {
     out.extend_from_slice(&(raw.len() as u64).to_le_bytes());
     out.extend_from_slice(&Digest::of(&raw).0);
     out.extend_from_slice(&[0u8; 8]);
-    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(magic);
     Ok(out)
 }
 

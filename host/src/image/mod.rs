@@ -3,6 +3,7 @@
 //! - [`entry`]: tree entries, content storage, the image id.
 //! - [`format`]: reading and writing cdimg files.
 //! - [`builder`]: `convert` from OCI layouts and docker archives.
+//! - [`origin`]: provenance, the original image rebuilt and verified.
 
 pub mod builder;
 pub mod chain;
@@ -11,3 +12,4 @@ pub mod entry;
 pub mod export;
 pub mod extract;
 pub mod format;
+pub mod origin;

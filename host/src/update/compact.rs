@@ -18,11 +18,11 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::path::Path;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 use crate::digest::Digest;
 use crate::fsutil::AtomicFile;
-use crate::image::entry::{canonical_tree, image_id};
+use crate::image::entry::canonical_tree;
 use crate::image::format::{self, Header, ImageKind, Reader};
 
 const MAGIC: &[u8; 8] = b"D4CCMPT1";
@@ -67,7 +67,7 @@ pub fn decode(compact: &Path, base: &Header, want: &Digest, out: &Path) -> Resul
     ensure!(&prefix[..8] == MAGIC, "not a compact delta");
     let base_id = Digest(prefix[8..40].try_into().unwrap());
     ensure!(
-        base_id == base.image_id && image_id(&base.entries) == base.image_id,
+        base_id == base.image_id && base.compute_id() == base.image_id,
         "the compact delta is against image {}, not the held {}",
         base_id.short(),
         base.image_id.short()
@@ -84,7 +84,18 @@ pub fn decode(compact: &Path, base: &Header, want: &Digest, out: &Path) -> Resul
     );
     let mut w = AtomicFile::create(out)?;
     let mut hasher = crate::digest::HashWriter::new(w.file());
-    std::io::copy(&mut (&mut f).take(body_len), &mut hasher)?;
+    // The body starts with the magic, which names the format version the
+    // footer repeats.
+    let mut magic = [0u8; 8];
+    f.read_exact(&mut magic)
+        .context("a compact delta's body is too short")?;
+    let magic = match format::version(&magic) {
+        Some(1) => format::MAGIC,
+        Some(_) => format::MAGIC_V2,
+        None => bail!("a compact delta's body is not a cdimg's"),
+    };
+    hasher.write_all(magic)?;
+    std::io::copy(&mut (&mut f).take(body_len.saturating_sub(8)), &mut hasher)?;
     let mut z = Vec::with_capacity(z_len as usize);
     f.read_to_end(&mut z)?;
     let dict = canonical_tree(&base.entries);
@@ -98,7 +109,7 @@ pub fn decode(compact: &Path, base: &Header, want: &Digest, out: &Path) -> Resul
         json.len() as u64 == json_len,
         "the compact delta's header is not the length it states"
     );
-    hasher.write_all(&format::header_tail(&json, body_len)?)?;
+    hasher.write_all(&format::header_tail(&json, body_len, magic)?)?;
     let (_, got, _) = hasher.finish();
     ensure!(
         got == *want,
@@ -110,7 +121,7 @@ pub fn decode(compact: &Path, base: &Header, want: &Digest, out: &Path) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::image::entry::{Data, Entry, Kind};
+    use crate::image::entry::{image_id, Data, Entry, Kind};
     use crate::image::format::Writer;
 
     fn tree(n: usize, changed: usize) -> Vec<Entry> {
@@ -134,12 +145,13 @@ mod tests {
         let base_entries = tree(2000, 0);
         let base = Header {
             kind: ImageKind::Image,
-            image_id: image_id(&base_entries),
+            image_id: image_id(&base_entries, None),
             base_id: None,
             config: "{}".into(),
             codecs: vec![],
             dicts: vec![],
             entries: base_entries,
+            origin: None,
         };
         let mut entries = tree(2000, 3);
         for e in entries.iter_mut().skip(1) {
@@ -147,12 +159,13 @@ mod tests {
         }
         let delta_h = Header {
             kind: ImageKind::Delta,
-            image_id: image_id(&entries),
+            image_id: image_id(&entries, None),
             base_id: Some(base.image_id),
             config: "{}".into(),
             codecs: vec![],
             dicts: vec![],
             entries,
+            origin: None,
         };
         let delta = dir.path().join("d.cdimg");
         let mut w = Writer::create(&delta).unwrap();
@@ -174,7 +187,7 @@ mod tests {
         assert!(decode(&compact, &base, &Digest([0; 32]), &other).is_err());
         let mut wrong = base.clone();
         wrong.entries.pop();
-        wrong.image_id = image_id(&wrong.entries);
+        wrong.image_id = image_id(&wrong.entries, None);
         assert!(decode(&compact, &wrong, &want, &other).is_err());
         assert!(!other.exists());
     }

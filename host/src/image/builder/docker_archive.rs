@@ -139,6 +139,7 @@ pub fn open(file: &Path, tag: Option<&str>, tmp_in: &Path) -> Result<SourceImage
         .collect::<Result<_>>()?;
     Ok(SourceImage {
         config,
+        manifest: None,
         layers,
         _tmp: Some(tmp),
     })

@@ -27,6 +27,12 @@ struct Node {
 pub trait ContentSink {
     /// Consumes `size` bytes from `r`, stores them, returns their sha256.
     fn store(&mut self, r: &mut dyn Read, size: u64) -> Result<Digest>;
+
+    /// Like [`ContentSink::store`] for a sparse file, whose content (holes
+    /// filled with zeros) is not the bytes the tar stream holds for it.
+    fn store_sparse(&mut self, r: &mut dyn Read, size: u64) -> Result<Digest> {
+        self.store(r, size)
+    }
 }
 
 /// The tree being built from layers.
@@ -150,7 +156,11 @@ impl TreeBuilder {
             EntryType::Directory => entry.kind = Kind::Dir,
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 let size = te.size();
-                let digest = sink.store(te, size)?;
+                let digest = if header.entry_type() == EntryType::GNUSparse {
+                    sink.store_sparse(te, size)?
+                } else {
+                    sink.store(te, size)?
+                };
                 entry.kind = Kind::File;
                 entry.size = Some(size);
                 entry.digest = Some(digest);

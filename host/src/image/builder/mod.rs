@@ -17,15 +17,22 @@ use std::sync::Mutex;
 use anyhow::{bail, ensure, Context, Result};
 
 use self::layer::{ContentSink, TreeBuilder};
+use crate::codec::{Codec, ErrorKind};
 use crate::digest::{Digest, Hasher};
-use crate::image::entry::{image_id, Compression, Data, Kind};
+use crate::image::entry::{Compression, Data, Entry, Kind};
+use crate::image::format::CodecRef;
 use crate::image::format::{self, Header, ImageKind, Writer};
+use crate::image::origin::records::{self, Record, Recorder};
+use crate::image::origin::{self, Origin, OriginLayer, Recipe};
 use crate::progress::Progress;
 
 /// An image to convert: its config and its layer blobs, in order.
 pub struct SourceImage {
     /// The OCI image config, verbatim.
     pub config: Vec<u8>,
+    /// The image manifest, verbatim, where the source has one (a docker
+    /// archive holds none): what provenance is kept against.
+    pub manifest: Option<Vec<u8>>,
     /// Layer blob paths, with the digest each must have (if known).
     pub layers: Vec<(PathBuf, Option<Digest>)>,
     /// Keeps a temporary unpack directory alive.
@@ -215,15 +222,68 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
+/// Largest layer tar stream a recipe is made for: what the gzip codec inflates.
+const RECIPE_LIMIT: usize = 256 << 20;
+/// zstd level of a recipe's inner frame: the tar stream is its whole base, so
+/// long-distance matching alone finds everything and the fastest level does.
+const RECIPE_LEVEL: u8 = 1;
+
+/// What reading one layer left besides the tree.
+struct LayerRun {
+    /// Its tar records (origin/records.rs).
+    records: Vec<u8>,
+    /// Its tar stream, kept when the blob is gzip and at most [`RECIPE_LIMIT`].
+    tar: Option<Vec<u8>>,
+}
+
+/// Keeps what passes through, up to a limit (then nothing).
+struct Capture<R> {
+    inner: R,
+    kept: Option<Vec<u8>>,
+}
+
+impl<R: Read> Read for Capture<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(k) = &mut self.kept {
+            if k.len() + n > RECIPE_LIMIT {
+                self.kept = None;
+            } else {
+                k.extend_from_slice(&buf[..n]);
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// A sink whose every file's content is recorded by digest in the records.
+struct RecordingSink<'a> {
+    inner: &'a mut dyn ContentSink,
+    rec: Recorder,
+}
+
+impl ContentSink for RecordingSink<'_> {
+    fn store(&mut self, r: &mut dyn Read, size: u64) -> Result<Digest> {
+        let inner = &mut *self.inner;
+        self.rec.content(size, || inner.store(r, size))
+    }
+
+    fn store_sparse(&mut self, r: &mut dyn Read, size: u64) -> Result<Digest> {
+        // Recorded as the raw bytes the stream holds.
+        self.inner.store_sparse(r, size)
+    }
+}
+
 /// Applies one layer blob to `tree`: undoes gzip or zstd (detected by magic
 /// bytes) and, if `expected` is given, checks the blob's digest in the same pass.
+/// Records the tar stream as it goes.
 fn apply_layer_file(
     tree: &mut TreeBuilder,
     path: &Path,
     expected: Option<&Digest>,
     diff_id: Option<&Digest>,
     sink: &mut dyn ContentSink,
-) -> Result<()> {
+) -> Result<LayerRun> {
     let file = File::open(path).with_context(|| format!("opening layer {}", path.display()))?;
     let hasher = std::rc::Rc::new(std::cell::RefCell::new(Hasher::default()));
     let mut f = BufReader::with_capacity(
@@ -245,15 +305,24 @@ fn apply_layer_file(
         [0x28, 0xb5, 0x2f, 0xfd] => Box::new(zstd::stream::read::Decoder::with_buffer(f)?),
         _ => Box::new(f),
     };
+    let gzip = magic.starts_with(&[0x1f, 0x8b]);
     let mut tar_hash = Hasher::default();
-    let mut r = Tee {
-        inner: r,
-        hasher: &mut tar_hash,
+    let rec = Recorder::default();
+    let mut r = rec.reader(Capture {
+        inner: Tee {
+            inner: r,
+            hasher: &mut tar_hash,
+        },
+        kept: gzip.then(Vec::new),
+    });
+    let mut recording = RecordingSink {
+        inner: sink,
+        rec: rec.clone(),
     };
-    tree.apply_layer(&mut r, sink)?;
+    tree.apply_layer(&mut r, &mut recording)?;
     // The tar end marker may come before the end of the blob: read the rest too.
     std::io::copy(&mut r, &mut std::io::sink())?;
-    drop(r);
+    let tar = r.into_inner().kept;
     if let Some(d) = diff_id {
         ensure!(
             tar_hash.finish() == *d,
@@ -268,7 +337,10 @@ fn apply_layer_file(
             "layer does not match its digest {d}"
         );
     }
-    Ok(())
+    Ok(LayerRun {
+        records: rec.finish(),
+        tar,
+    })
 }
 
 /// The config's `rootfs.diff_ids`, which every layer's tar stream must match:
@@ -304,13 +376,67 @@ pub struct Converted {
     pub entries: usize,
     /// Size of the written cdimg.
     pub bytes: u64,
+    /// The original manifest's digest, when provenance was kept.
+    pub manifest: Option<Digest>,
+    /// Why something of the original image will not be rebuilt exactly: no
+    /// provenance at all, or a layer blob no codec reproduces.
+    pub notes: Vec<String>,
 }
 
-/// Converts `source` into a full cdimg at `out`.
+/// One layer's provenance as convert gathers it.
+struct LayerOrigin {
+    records: Digest,
+    recipe: Option<Recipe>,
+}
+
+/// Content convert stored beyond the tree, with its size and name.
+#[derive(Default)]
+struct Extra {
+    /// Digest → (size, name), first name kept.
+    content: HashMap<Digest, (u64, String)>,
+}
+
+impl Extra {
+    fn add(&mut self, digest: Digest, size: u64, name: impl FnOnce() -> String) {
+        self.content.entry(digest).or_insert_with(|| (size, name()));
+    }
+}
+
+/// Stores `bytes` as content named `name`.
+fn store_extra(sink: &mut Sink, extra: &mut Extra, bytes: &[u8], name: String) -> Result<Digest> {
+    let d = sink.store(&mut &bytes[..], bytes.len() as u64)?;
+    extra.add(d, bytes.len() as u64, || name);
+    Ok(d)
+}
+
+/// The recipe of layer `i` (blob at `path`, tar stream `tar`): the gzip
+/// codec's delta from the tar stream to the blob; or why there is none.
+fn make_recipe(
+    codec: &Codec,
+    i: usize,
+    path: &Path,
+    tar: &[u8],
+    sink: &mut Sink,
+    extra: &mut Extra,
+) -> Result<std::result::Result<Recipe, String>> {
+    let blob = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    match codec.diff(tar, &blob, RECIPE_LEVEL) {
+        Ok(delta) => {
+            let d = store_extra(sink, extra, &delta, origin::recipe_name(i))?;
+            Ok(Ok(Recipe { codec: 0, delta: d }))
+        }
+        Err(e) if e.kind == ErrorKind::Unsupported => Ok(Err(e.message)),
+        Err(e) => Ok(Err(e.to_string())),
+    }
+}
+
+/// Converts `source` into a full cdimg at `out`. With `gzip` (the built-in
+/// gzip codec), compressed layers get recipes where it reproduces them.
 pub fn convert(
     source: &Source,
     out: &Path,
     opts: BuildOptions,
+    gzip: Option<&Codec>,
     progress: &dyn Progress,
 ) -> Result<Converted> {
     let dir = match out.parent() {
@@ -321,6 +447,21 @@ pub fn convert(
     let config =
         String::from_utf8(image.config.clone()).context("the image config is not UTF-8")?;
     let diff_ids = diff_ids(&image.config, image.layers.len())?;
+    let mut notes = Vec::new();
+    // Provenance needs a manifest that names this config and its diff_ids.
+    let manifest = match &image.manifest {
+        None => {
+            notes.push("no provenance kept: the source holds no image manifest".to_string());
+            None
+        }
+        Some(m) => match origin::describe(m, &image.config) {
+            Ok(_) => Some(String::from_utf8(m.clone()).context("the manifest is not UTF-8")?),
+            Err(e) => {
+                notes.push(format!("no provenance kept: {e:#}"));
+                None
+            }
+        },
+    };
 
     let spool = Mutex::new(Spool {
         file: tempfile::tempfile_in(&dir)?,
@@ -331,6 +472,8 @@ pub fn convert(
     let rx = Mutex::new(rx);
     let threads = opts.threads.max(1);
     let mut tree = TreeBuilder::default();
+    let mut extra = Extra::default();
+    let mut layers: Vec<LayerOrigin> = Vec::new();
     progress.start("converting", 0);
     std::thread::scope(|s| -> Result<()> {
         let workers: Vec<_> = (0..threads)
@@ -347,6 +490,23 @@ pub fn convert(
         for (i, (path, digest)) in image.layers.iter().enumerate() {
             let diff_id = diff_ids.as_ref().map(|d| &d[i]);
             result = apply_layer_file(&mut tree, path, digest.as_ref(), diff_id, &mut sink)
+                .and_then(|run| {
+                    if manifest.is_none() {
+                        return Ok(());
+                    }
+                    let keep = keep_layer(run, i, path, gzip, &mut sink, &mut extra)?;
+                    if let Err(why) = &keep.1 {
+                        notes.push(format!(
+                            "layer {}: its blob will be recompressed on export: {why}",
+                            i + 1
+                        ));
+                    }
+                    layers.push(LayerOrigin {
+                        records: keep.0,
+                        recipe: keep.1.ok(),
+                    });
+                    Ok(())
+                })
                 .with_context(|| format!("layer {} ({})", i + 1, path.display()));
             if result.is_err() {
                 break;
@@ -365,44 +525,120 @@ pub fn convert(
     let mut spool = spool.into_inner().unwrap_or_else(|p| p.into_inner());
     let mut w = Writer::create(out)?;
     let mut written: HashMap<Digest, Data> = HashMap::new();
-    for e in entries.iter_mut().filter(|e| e.kind == Kind::File) {
-        let digest = e.digest.expect("file digest");
-        if e.size == Some(0) {
-            e.data = Some(Data::Inline);
-            continue;
-        }
-        if let Some(d) = written.get(&digest) {
-            e.data = Some(d.clone());
-            continue;
-        }
-        let (at, len, compression) = *spool
-            .index
-            .get(&digest)
-            .context("content missing from the spool")?;
-        spool.file.seek(SeekFrom::Start(at))?;
-        let (offset, length) = w.blob_from(&mut (&mut spool.file).take(len))?;
-        ensure!(length == len, "spool truncated");
-        let data = Data::Full {
-            offset,
-            length,
-            compression,
-        };
-        written.insert(digest, data.clone());
-        e.data = Some(data);
+    let tree_digests: std::collections::HashSet<Digest> =
+        entries.iter().filter_map(|e| e.digest).collect();
+    let mut content: Vec<Entry> = extra
+        .content
+        .into_iter()
+        .filter(|(d, _)| !tree_digests.contains(d))
+        .map(|(d, (size, name))| Entry {
+            kind: Kind::File,
+            size: Some(size),
+            digest: Some(d),
+            ..Entry::dir(&name)
+        })
+        .collect();
+    content.sort_by(|a, b| a.path.cmp(&b.path).then(a.digest.cmp(&b.digest)));
+    for e in entries
+        .iter_mut()
+        .chain(content.iter_mut())
+        .filter(|e| e.kind == Kind::File)
+    {
+        e.data = Some(stored_data(e, &mut spool, &mut w, &mut written)?);
     }
-    let header = Header {
+    let codecs: Vec<CodecRef> = match gzip {
+        Some(c) if layers.iter().any(|l| l.recipe.is_some()) => {
+            vec![crate::image::delta::diff::codec_ref(c)]
+        }
+        _ => Vec::new(),
+    };
+    let origin = manifest.map(|manifest| Origin {
+        manifest,
+        layers: layers
+            .into_iter()
+            .map(|l| OriginLayer {
+                records: l.records,
+                recipe: l.recipe,
+            })
+            .collect(),
+        content,
+    });
+    let mut header = Header {
         kind: ImageKind::Image,
-        image_id: image_id(&entries),
+        image_id: Digest([0; 32]),
         base_id: None,
         config,
-        codecs: Vec::new(),
+        codecs,
         dicts: Vec::new(),
         entries,
+        origin,
     };
+    header.image_id = header.compute_id();
     let bytes = w.finish(&header)?;
     Ok(Converted {
         image_id: header.image_id,
         entries: header.entries.len(),
         bytes,
+        manifest: header.origin.as_ref().map(|o| o.manifest_digest()),
+        notes,
     })
+}
+
+/// Stores a layer's records and, if the gzip codec reproduces its blob, its
+/// recipe; names the content the records refer to (some of it the tree no
+/// longer holds). Returns the records' digest and the recipe or why none.
+fn keep_layer(
+    run: LayerRun,
+    i: usize,
+    path: &Path,
+    gzip: Option<&Codec>,
+    sink: &mut Sink,
+    extra: &mut Extra,
+) -> Result<(Digest, std::result::Result<Recipe, String>)> {
+    for r in records::parse(&run.records)? {
+        if let Record::Content(d, size) = r {
+            extra.add(d, size, || format!("layers/{i}/files/{}", d.hex()));
+        }
+    }
+    let records = store_extra(sink, extra, &run.records, origin::records_name(i))?;
+    let recipe = match (gzip, &run.tar) {
+        (Some(codec), Some(tar)) => make_recipe(codec, i, path, tar, sink, extra)?,
+        (None, _) => Err("no gzip codec at hand".to_string()),
+        (_, None) => Err(format!(
+            "not gzip, or its tar stream is over {} MiB",
+            RECIPE_LIMIT >> 20
+        )),
+    };
+    Ok((records, recipe))
+}
+
+/// Where a file's content lands in the cdimg: inline when empty, else its
+/// spooled blob, written once per digest.
+fn stored_data(
+    e: &Entry,
+    spool: &mut Spool,
+    w: &mut Writer,
+    written: &mut HashMap<Digest, Data>,
+) -> Result<Data> {
+    let digest = e.digest.expect("file digest");
+    if e.size == Some(0) {
+        return Ok(Data::Inline);
+    }
+    if let Some(d) = written.get(&digest) {
+        return Ok(d.clone());
+    }
+    let (at, len, compression) = *spool
+        .index
+        .get(&digest)
+        .context("content missing from the spool")?;
+    spool.file.seek(SeekFrom::Start(at))?;
+    let (offset, length) = w.blob_from(&mut (&mut spool.file).take(len))?;
+    ensure!(length == len, "spool truncated");
+    let data = Data::Full {
+        offset,
+        length,
+        compression,
+    };
+    written.insert(digest, data.clone());
+    Ok(data)
 }

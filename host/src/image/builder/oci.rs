@@ -102,10 +102,8 @@ pub fn open(dir: &Path, tag: Option<&str>) -> Result<SourceImage> {
         },
     };
     let mut desc = desc;
-    let mut manifest: Value = serde_json::from_slice(&read_blob(
-        dir,
-        desc["digest"].as_str().unwrap_or_default(),
-    )?)?;
+    let mut raw = read_blob(dir, desc["digest"].as_str().unwrap_or_default())?;
+    let mut manifest: Value = serde_json::from_slice(&raw)?;
     for _ in 0..2 {
         let mt = manifest["mediaType"]
             .as_str()
@@ -116,10 +114,8 @@ pub fn open(dir: &Path, tag: Option<&str>) -> Result<SourceImage> {
             break;
         }
         desc = pick_platform(&manifest)?;
-        manifest = serde_json::from_slice(&read_blob(
-            dir,
-            desc["digest"].as_str().unwrap_or_default(),
-        )?)?;
+        raw = read_blob(dir, desc["digest"].as_str().unwrap_or_default())?;
+        manifest = serde_json::from_slice(&raw)?;
     }
     let config = read_blob(
         dir,
@@ -137,6 +133,7 @@ pub fn open(dir: &Path, tag: Option<&str>) -> Result<SourceImage> {
     }
     Ok(SourceImage {
         config,
+        manifest: Some(raw),
         layers,
         _tmp: None,
     })

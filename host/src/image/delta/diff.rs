@@ -174,12 +174,14 @@ pub fn diff(
             r.path().display()
         );
     }
-    let old_entries = &old.header().entries;
+    // The tree's entries, then the origin's content: diffed alike.
+    let old_items: Vec<Entry> = old.header().items().cloned().collect();
     let old_digests: std::collections::HashSet<Digest> =
-        old_entries.iter().filter_map(|e| e.digest).collect();
-    let similar = Similar::new(old_entries);
+        old_items.iter().filter_map(|e| e.digest).collect();
+    let similar = Similar::new(&old_items);
 
-    let new_entries = &new.header().entries;
+    let new_items: Vec<Entry> = new.header().items().cloned().collect();
+    let new_entries = &new_items;
     let mut planned = std::collections::HashSet::new();
     let plans: Vec<Plan> = new_entries
         .iter()
@@ -376,6 +378,7 @@ pub fn diff(
         codecs: Vec::new(),
         dicts: Vec::new(),
         entries: Vec::with_capacity(new_entries.len()),
+        origin: None,
     };
     let mut w = Writer::create(out)?;
     let mut summary = DiffSummary::default();
@@ -436,6 +439,12 @@ pub fn diff(
         }
         header.entries.push(e);
     }
+    let content = header.entries.split_off(new.header().entries.len());
+    header.origin = new
+        .header()
+        .origin
+        .as_ref()
+        .map(|o| o.carried(content, &new.header().codecs, &mut header.codecs));
     summary.dicts = header.dicts.len();
     summary.codec_failures = failures.into_inner().unwrap_or_default();
     summary.bytes = w.finish(&header)?;

@@ -48,7 +48,7 @@ pub struct MergeSummary {
 
 fn index_by_digest(h: &Header) -> HashMap<Digest, &Entry> {
     let mut m: HashMap<Digest, &Entry> = HashMap::new();
-    for e in &h.entries {
+    for e in h.items() {
         if let Some(d) = e.digest {
             // Prefer the cheapest way to have the content.
             let rank = |e: &Entry| match e.data {
@@ -101,15 +101,17 @@ pub fn merge(
             .with_context(|| format!("content {} is not in the lower delta", d.short()))
     };
 
-    progress.start("merging", uh.entries.len() as u64);
+    // The tree's entries, then the origin's content: merged alike.
+    let items: Vec<&Entry> = uh.items().collect();
+    progress.start("merging", items.len() as u64);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads.max(1))
         .build()?;
     let plans: Vec<Result<Option<Merged>>> = pool.install(|| {
-        uh.entries
+        items
             .par_iter()
             .with_max_len(1)
-            .map(|e| {
+            .map(|&e| {
                 progress.advance(1);
                 if e.kind != Kind::File {
                     return Ok(None);
@@ -169,14 +171,15 @@ pub fn merge(
         config: uh.config.clone(),
         codecs: Vec::new(),
         dicts: Vec::new(),
-        entries: Vec::with_capacity(uh.entries.len()),
+        entries: Vec::with_capacity(items.len()),
+        origin: None,
     };
     let mut summary = MergeSummary::default();
     let mut w = Writer::create(out)?;
     // Entries with equal content share one blob, as in the inputs.
     let mut stored: HashMap<Digest, Data> = HashMap::new();
-    for (e, plan) in uh.entries.iter().zip(plans) {
-        let mut e = e.clone();
+    for (e, plan) in items.iter().zip(plans) {
+        let mut e = (*e).clone();
         if let Some(d) = e.digest.and_then(|d| stored.get(&d)) {
             e.data = Some(d.clone());
             header.entries.push(e);
@@ -232,6 +235,11 @@ pub fn merge(
         }
         header.entries.push(e);
     }
+    let content = header.entries.split_off(uh.entries.len());
+    header.origin = uh
+        .origin
+        .as_ref()
+        .map(|o| o.carried(content, &uh.codecs, &mut header.codecs));
     summary.bytes = w.finish(&header)?;
     Ok(summary)
 }

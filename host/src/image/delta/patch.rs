@@ -27,8 +27,9 @@ pub fn materialize(
     progress: &dyn Progress,
 ) -> Result<u64> {
     let top = chain.top();
-    let rebuild: u64 = top
-        .entries
+    // The tree's entries, then the origin's content: stored alike.
+    let items: Vec<&crate::image::entry::Entry> = top.items().collect();
+    let rebuild: u64 = items
         .iter()
         .filter(|e| chain.raw_source(e).is_none())
         .map(|e| e.file_size())
@@ -39,7 +40,7 @@ pub fn materialize(
         .build()?;
     // Rebuilt content, compressed, for the entries that need a codec.
     let rebuilt: Vec<Option<Result<Compressed>>> = pool.install(|| {
-        top.entries
+        items
             .par_iter()
             .with_max_len(1)
             .map(|e| {
@@ -57,10 +58,10 @@ pub fn materialize(
     progress.finish();
 
     let mut w = Writer::create(out)?;
-    let mut entries = Vec::with_capacity(top.entries.len());
+    let mut entries = Vec::with_capacity(items.len());
     let mut done: std::collections::HashMap<crate::digest::Digest, Data> = Default::default();
-    for (e, rebuilt) in top.entries.iter().zip(rebuilt) {
-        let mut e = e.clone();
+    for (e, rebuilt) in items.iter().zip(rebuilt) {
+        let mut e = (*e).clone();
         if e.kind == Kind::File {
             let digest = e.digest.expect("file");
             let data = if let Some(d) = done.get(&digest) {
@@ -88,6 +89,7 @@ pub fn materialize(
         }
         entries.push(e);
     }
+    let content = entries.split_off(top.entries.len());
     let header = Header {
         kind: ImageKind::Image,
         image_id: top.image_id,
@@ -96,6 +98,12 @@ pub fn materialize(
         codecs: Vec::new(),
         dicts: Vec::new(),
         entries,
+        origin: None,
     };
+    let mut header = header;
+    header.origin = top
+        .origin
+        .as_ref()
+        .map(|o| o.carried(content, &top.codecs, &mut header.codecs));
     w.finish(&header)
 }

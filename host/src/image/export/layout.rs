@@ -81,11 +81,15 @@ impl Layout {
 
     /// Writes a small blob; returns its descriptor with `media_type`.
     pub fn put_json(&self, media_type: &str, value: &Value) -> Result<Value> {
-        let data = serde_json::to_vec(value)?;
-        let mut w = self.blob_writer()?;
-        w.write_all(&data)?;
-        let (digest, size) = w.commit()?;
+        let (digest, size) = self.put_bytes(&serde_json::to_vec(value)?)?;
         Ok(descriptor(media_type, &digest, size))
+    }
+
+    /// Writes a small blob as given; returns its digest and size.
+    pub fn put_bytes(&self, data: &[u8]) -> Result<(Digest, u64)> {
+        let mut w = self.blob_writer()?;
+        w.write_all(data)?;
+        w.commit()
     }
 
     /// Adds `manifest` (a descriptor) to `index.json`, named `tag` if given; a

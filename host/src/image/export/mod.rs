@@ -8,6 +8,7 @@
 //! and manifest digests however the image was delivered.
 
 pub mod layout;
+pub mod original;
 pub mod tar;
 
 use std::collections::HashMap;

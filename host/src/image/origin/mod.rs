@@ -1,0 +1,246 @@
+//! Provenance: the original OCI image a cdimg was converted from travels with
+//! it (docs/FORMAT.md, "Provenance"), so that the image can be rebuilt down to
+//! its digests and checked against them.
+//!
+//! - the manifest and the config, verbatim (the config is the header's);
+//! - per layer, its tar stream as [`records`] (content by digest) and, where
+//!   a codec reproduces the compressed blob from the tar stream, that codec's
+//!   delta (the *recipe*);
+//! - as content, what the tree alone lacks: record streams, recipes, and the
+//!   files a later layer replaced or deleted.
+//!
+//! [`rebuild`] turns it back into tar streams and layer blobs and checks them.
+
+pub mod rebuild;
+pub mod records;
+
+use std::collections::HashSet;
+
+use anyhow::{ensure, Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::digest::Digest;
+use crate::image::entry::{valid_path, Entry, Kind};
+use crate::image::format::{codec_index, CodecRef};
+
+/// The original image of a cdimg.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    /// The image manifest, verbatim: its sha256 is the manifest digest.
+    pub manifest: String,
+    /// The manifest's layers, in order.
+    pub layers: Vec<OriginLayer>,
+    /// Content the tree does not hold (regular-file entries, named for what
+    /// they are): stored, diffed and merged like the tree's own files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub content: Vec<Entry>,
+}
+
+/// How one layer is rebuilt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OriginLayer {
+    /// The content holding the layer's tar records.
+    pub records: Digest,
+    /// How the layer blob is made from its tar stream, if a codec can.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipe: Option<Recipe>,
+}
+
+/// A compressed layer blob as a codec delta from the layer's tar stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recipe {
+    /// Index into the header's codec table.
+    pub codec: u32,
+    /// The content holding the codec's delta.
+    pub delta: Digest,
+}
+
+/// A layer as the manifest and the config describe it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerDesc {
+    /// The blob's media type.
+    pub media_type: String,
+    /// The blob's sha256.
+    pub digest: Digest,
+    /// The blob's size.
+    pub size: u64,
+    /// sha256 of the uncompressed tar stream (`rootfs.diff_ids`).
+    pub diff_id: Digest,
+}
+
+/// What the manifest and config say about the image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Described {
+    /// The manifest's sha256.
+    pub manifest: Digest,
+    /// The manifest's media type (from its `mediaType`, OCI's when absent).
+    pub media_type: String,
+    /// The config's sha256, as the manifest names it.
+    pub config: Digest,
+    /// The layers, in order.
+    pub layers: Vec<LayerDesc>,
+}
+
+/// The OCI image manifest media type, the default of a manifest that names none.
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// Names of the content an origin adds: `layers/<n>/tar-split`, `layers/<n>/recipe`.
+pub fn records_name(layer: usize) -> String {
+    format!("layers/{layer}/tar-split")
+}
+
+/// See [`records_name`].
+pub fn recipe_name(layer: usize) -> String {
+    format!("layers/{layer}/recipe")
+}
+
+/// Reads `manifest` (an OCI or Docker v2 image manifest) against `config`:
+/// the config must be the one it names and list one diff_id per layer.
+pub fn describe(manifest: &[u8], config: &[u8]) -> Result<Described> {
+    let m: Value = serde_json::from_slice(manifest).context("the manifest is not JSON")?;
+    let digest_of = |v: &Value, what: &str| -> Result<Digest> {
+        v["digest"]
+            .as_str()
+            .with_context(|| format!("{what} has no digest"))?
+            .parse()
+            .with_context(|| format!("{what} has no sha256 digest"))
+    };
+    let config_digest = digest_of(&m["config"], "the manifest's config")?;
+    ensure!(
+        Digest::of(config) == config_digest,
+        "the config is not the one the manifest names ({config_digest})"
+    );
+    let c: Value = serde_json::from_slice(config).context("the config is not JSON")?;
+    let diff_ids = c
+        .pointer("/rootfs/diff_ids")
+        .and_then(Value::as_array)
+        .context("the config lists no rootfs.diff_ids")?;
+    let layers = m["layers"]
+        .as_array()
+        .context("the manifest lists no layers")?;
+    ensure!(
+        layers.len() == diff_ids.len(),
+        "the manifest has {} layers and the config {} diff_ids",
+        layers.len(),
+        diff_ids.len()
+    );
+    let layers = layers
+        .iter()
+        .zip(diff_ids)
+        .enumerate()
+        .map(|(i, (l, d))| {
+            let what = format!("layer {}", i + 1);
+            Ok(LayerDesc {
+                media_type: l["mediaType"].as_str().unwrap_or_default().to_string(),
+                digest: digest_of(l, &what)?,
+                size: l["size"]
+                    .as_u64()
+                    .with_context(|| format!("{what} has no size"))?,
+                diff_id: d
+                    .as_str()
+                    .and_then(|s| s.parse().ok())
+                    .with_context(|| format!("diff_id {} is not a sha256 digest", i + 1))?,
+            })
+        })
+        .collect::<Result<_>>()?;
+    Ok(Described {
+        manifest: Digest::of(manifest),
+        media_type: m["mediaType"].as_str().unwrap_or(OCI_MANIFEST).to_string(),
+        config: config_digest,
+        layers,
+    })
+}
+
+impl Origin {
+    /// This origin in another file: its content stored as `content` says, its
+    /// recipes' codecs (indices into `from`) renumbered into `codecs`.
+    pub fn carried(
+        &self,
+        content: Vec<Entry>,
+        from: &[CodecRef],
+        codecs: &mut Vec<CodecRef>,
+    ) -> Origin {
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| OriginLayer {
+                records: l.records,
+                recipe: l.recipe.map(|r| Recipe {
+                    codec: codec_index(codecs, &from[r.codec as usize]),
+                    delta: r.delta,
+                }),
+            })
+            .collect();
+        Origin {
+            manifest: self.manifest.clone(),
+            layers,
+            content,
+        }
+    }
+
+    /// The manifest's sha256.
+    pub fn manifest_digest(&self) -> Digest {
+        Digest::of(self.manifest.as_bytes())
+    }
+
+    /// The manifest read against `config`.
+    pub fn describe(&self, config: &str) -> Result<Described> {
+        describe(self.manifest.as_bytes(), config.as_bytes())
+    }
+
+    /// Checks what needs no content: the manifest matches the config and has
+    /// one layer per record, content entries are well-formed regular files
+    /// (their storage is checked by the header), and every record stream and
+    /// recipe is content of the image (`tree`: the tree's file digests).
+    pub(crate) fn validate(
+        &self,
+        config: &str,
+        codecs: usize,
+        tree: &HashSet<Digest>,
+    ) -> Result<()> {
+        let d = self.describe(config)?;
+        ensure!(
+            d.layers.len() == self.layers.len(),
+            "the manifest has {} layers and the origin {}",
+            d.layers.len(),
+            self.layers.len()
+        );
+        let mut own = HashSet::new();
+        for e in &self.content {
+            let p = &e.path;
+            ensure!(valid_path(p) && !p.is_empty(), "invalid content name {p:?}");
+            ensure!(
+                e.kind == Kind::File
+                    && e.link.is_none()
+                    && e.rdev.is_none()
+                    && e.data.is_some()
+                    && e.size.is_some(),
+                "{p:?}: origin content must be a regular file with data"
+            );
+            let digest = e.digest.with_context(|| format!("{p:?}: no digest"))?;
+            ensure!(
+                !tree.contains(&digest) && own.insert(digest),
+                "{p:?}: content {} listed twice",
+                digest.short()
+            );
+        }
+        let known = |d: &Digest| tree.contains(d) || own.contains(d);
+        for (i, l) in self.layers.iter().enumerate() {
+            ensure!(
+                known(&l.records),
+                "layer {}: its records are missing",
+                i + 1
+            );
+            if let Some(r) = &l.recipe {
+                ensure!(
+                    (r.codec as usize) < codecs,
+                    "layer {}: codec index out of range",
+                    i + 1
+                );
+                ensure!(known(&r.delta), "layer {}: its recipe is missing", i + 1);
+            }
+        }
+        Ok(())
+    }
+}
