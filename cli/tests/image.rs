@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 
 use d4c_host::image::entry::Data;
 use d4c_host::image::format::Reader;
+use d4c_tests::pax_record;
 use d4c_tests::series::Series;
 use d4c_tests::{sh, tree_listing};
 
@@ -291,17 +292,7 @@ fn bad_inputs_are_clear_errors_and_write_nothing() {
         let hex = digest.trim_start_matches("sha256:");
         serde_json::from_slice(&std::fs::read(blobs.join(hex)).unwrap()).unwrap()
     };
-    let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(tampered.join("index.json")).unwrap()).unwrap();
-    let v1_manifest = index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == "v1")
-        .unwrap()["digest"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let v1_manifest = d4c_tests::tagged_manifest(&tampered, "v1");
     let last_layer = json(&v1_manifest)["layers"]
         .as_array()
         .unwrap()
@@ -531,19 +522,6 @@ fn layer_edge_cases_match_umoci() {
         serde_json::from_str::<serde_json::Value>(&out).unwrap()["image_id"].clone()
     };
     assert_eq!(id(&img), id(&again));
-}
-
-/// One PAX extended header record.
-fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
-    let rest = key.len() + value.len() + 3;
-    let mut len = rest + 1;
-    while len != rest + len.to_string().len() {
-        len = rest + len.to_string().len();
-    }
-    let mut r = format!("{len} {key}=").into_bytes();
-    r.extend_from_slice(value);
-    r.push(b'\n');
-    r
 }
 
 #[test]

@@ -4,10 +4,11 @@
 //! 1. a committed snapshot in the d4c snapshotter, prepared with
 //!    [`CHAIN_LABEL`] naming the cdimg files (the snapshotter copies each file
 //!    into its image store once: loading v2 as v1 + delta stores only the delta);
-//! 2. the image config (rootfs rewritten to one layer whose diff id is the d4c
-//!    image id, so the chain id is that too) and a manifest in the content store,
-//!    labelled so containerd's garbage collector keeps the snapshot as long as
-//!    the image;
+//! 2. the image config and manifest in the content store: for an image that
+//!    keeps its origin, the original ones (the snapshot named by the chain id
+//!    of the original diff_ids); else a config whose rootfs is one layer with
+//!    the d4c image id as diff id (so the chain id is that too) — labelled so
+//!    containerd's garbage collector keeps the snapshot as long as the image;
 //! 3. the image record `NAME:TAG` pointing at the manifest.
 //!
 //! Everything is written under a lease, so nothing is collected halfway. The
@@ -95,22 +96,12 @@ pub async fn load(name: &str, images: &[PathBuf], opts: &LoadOptions) -> Result<
         .iter()
         .map(|p| std::path::absolute(p).with_context(|| format!("{}", p.display())))
         .collect::<Result<_>>()?;
-    let (image_id, config) = {
-        let chain = Chain::open(&paths)?;
-        (chain.top().image_id, chain.top().config.clone())
-    };
-    let config: serde_json::Value =
-        serde_json::from_str(&config).context("the image config is not JSON")?;
-    let config = serde_json::to_vec(&export::rewrite_config(config, &image_id)?)?;
+    let chain = Chain::open(&paths)?;
+    let image_id = chain.top().image_id;
+    let r = registration(chain.top())?;
+    drop(chain);
+    let (config, manifest, chain_id) = (r.config, r.manifest, r.chain_id.oci());
     let config_digest = Digest::of(&config);
-    let chain_id = image_id.oci();
-    let manifest = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": MANIFEST_MEDIA_TYPE,
-        "config": {"mediaType": CONFIG_MEDIA_TYPE, "digest": config_digest.oci(), "size": config.len()},
-        "layers": [{"mediaType": LAYER_MEDIA_TYPE, "digest": chain_id, "size": 0}],
-        "annotations": {export::IMAGE_ID_ANNOTATION: chain_id},
-    }))?;
     let manifest_digest = Digest::of(&manifest);
 
     let channel = containerd_client::connect(&opts.address)
@@ -143,7 +134,7 @@ pub async fn load(name: &str, images: &[PathBuf], opts: &LoadOptions) -> Result<
         &paths,
         &chain_id,
         (&config, config_digest),
-        (&manifest, manifest_digest),
+        (&manifest, manifest_digest, &r.media_type),
         name,
     )
     .await;
@@ -164,6 +155,49 @@ pub async fn load(name: &str, images: &[PathBuf], opts: &LoadOptions) -> Result<
         image_id,
         manifest: manifest_digest,
         snapshot_existed,
+    })
+}
+
+/// What containerd is told about an image: config and manifest blobs, the
+/// manifest's media type, and the chain id its snapshot is committed under.
+struct Registration {
+    config: Vec<u8>,
+    manifest: Vec<u8>,
+    media_type: String,
+    chain_id: Digest,
+}
+
+/// An image that keeps its origin is registered as the original: its own
+/// config and manifest, verbatim, so its digests are the publisher's and a
+/// digest-pinned reference matches; the snapshot is the chain id of its
+/// diff_ids, as containerd computes it. Any other image gets a config with
+/// one layer whose diff id is the d4c image id, and a manifest naming it.
+fn registration(top: &d4c_host::image::format::Header) -> Result<Registration> {
+    if let Some(o) = &top.origin {
+        let d = o.describe(&top.config)?;
+        return Ok(Registration {
+            config: top.config.as_bytes().to_vec(),
+            manifest: o.manifest.as_bytes().to_vec(),
+            media_type: d.media_type.clone(),
+            chain_id: d.chain_id().context("the image has no layers")?,
+        });
+    }
+    let config: serde_json::Value =
+        serde_json::from_str(&top.config).context("the image config is not JSON")?;
+    let config = serde_json::to_vec(&export::rewrite_config(config, &top.image_id)?)?;
+    let chain_id = top.image_id.oci();
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_MEDIA_TYPE,
+        "config": {"mediaType": CONFIG_MEDIA_TYPE, "digest": Digest::of(&config).oci(), "size": config.len()},
+        "layers": [{"mediaType": LAYER_MEDIA_TYPE, "digest": chain_id, "size": 0}],
+        "annotations": {export::IMAGE_ID_ANNOTATION: chain_id},
+    }))?;
+    Ok(Registration {
+        config,
+        manifest,
+        media_type: MANIFEST_MEDIA_TYPE.to_string(),
+        chain_id: top.image_id,
     })
 }
 
@@ -205,7 +239,7 @@ async fn load_under_lease(
     paths: &[PathBuf],
     chain_id: &str,
     config: (&[u8], Digest),
-    manifest: (&[u8], Digest),
+    manifest: (&[u8], Digest, &str),
     name: &str,
 ) -> Result<bool> {
     let ns = opts.namespace.as_str();
@@ -289,7 +323,7 @@ async fn load_under_lease(
         &mut content,
         ns,
         lease,
-        manifest,
+        (manifest.0, manifest.1),
         HashMap::from([(
             "containerd.io/gc.ref.content.config".to_string(),
             config.1.oci(),
@@ -302,7 +336,7 @@ async fn load_under_lease(
         name: name.to_string(),
         labels: HashMap::new(),
         target: Some(Descriptor {
-            media_type: MANIFEST_MEDIA_TYPE.to_string(),
+            media_type: manifest.2.to_string(),
             digest: manifest.1.oci(),
             size: manifest.0.len() as i64,
             annotations: HashMap::new(),

@@ -326,6 +326,72 @@ pub fn write_layout(dir: &Path, tag: &str, layers: &[Vec<u8>]) -> Result<()> {
     finish_layout(dir, tag, &descs)
 }
 
+/// How [`write_layout_as`] stores a layer.
+#[derive(Debug, Clone, Copy)]
+pub enum LayerFormat {
+    /// `gzip -n -LEVEL`, GNU gzip (as Debian's tools and the public series).
+    GnuGzip(u8),
+    /// Python's `gzip` module (zlib) at a level.
+    PythonGzip(u8),
+    /// An uncompressed tar layer.
+    Tar,
+}
+
+/// Writes an OCI layout with one image `tag` whose layers are the tar streams
+/// `layers`, each stored as its format says.
+pub fn write_layout_as(dir: &Path, tag: &str, layers: &[(Vec<u8>, LayerFormat)]) -> Result<()> {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs)?;
+    let mut descs = Vec::new();
+    for (l, format) in layers {
+        let (blob, media_type) = match format {
+            LayerFormat::GnuGzip(level) => (
+                pipe(Command::new("gzip").arg("-n").arg(format!("-{level}")), l)?,
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+            ),
+            LayerFormat::PythonGzip(level) => (
+                pipe(
+                    Command::new("python3").args([
+                        "-c",
+                        &format!(
+                            "import gzip,sys; sys.stdout.buffer.write(gzip.compress(sys.stdin.buffer.read(), {level}, mtime=0))"
+                        ),
+                    ]),
+                    l,
+                )?,
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+            ),
+            LayerFormat::Tar => (l.clone(), "application/vnd.oci.image.layer.v1.tar"),
+        };
+        let d = d4c_host::digest::Digest::of(&blob);
+        std::fs::write(blobs.join(d.hex()), &blob)?;
+        descs.push(LayerDesc {
+            media_type,
+            digest: d,
+            size: blob.len() as u64,
+            diff_id: d4c_host::digest::Digest::of(l),
+        });
+    }
+    finish_layout(dir, tag, &descs)
+}
+
+/// Runs `cmd` with `input` on stdin; returns its stdout.
+fn pipe(cmd: &mut Command, input: &[u8]) -> Result<Vec<u8>> {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {cmd:?}"))?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let input = input.to_vec();
+    let feeder = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output()?;
+    feeder.join().expect("feeder")?;
+    anyhow::ensure!(out.status.success(), "{cmd:?} failed");
+    Ok(out.stdout)
+}
+
 /// Like [`write_layout`] for layers that are uncompressed tar files (moved into
 /// the layout as they are, holes and all): for layers too big to hold in memory.
 pub fn write_layout_files(dir: &Path, tag: &str, layers: &[PathBuf]) -> Result<()> {
@@ -399,4 +465,33 @@ fn finish_layout(dir: &Path, tag: &str, layers: &[LayerDesc]) -> Result<()> {
     std::fs::write(dir.join("index.json"), serde_json::to_vec(&index)?)?;
     std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
     Ok(())
+}
+
+/// One PAX extended header record (`LEN KEY=VALUE\n`).
+pub fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
+    let rest = key.len() + value.len() + 3;
+    let mut len = rest + 1;
+    while len != rest + len.to_string().len() {
+        len = rest + len.to_string().len();
+    }
+    let mut r = format!("{len} {key}=").into_bytes();
+    r.extend_from_slice(value);
+    r.push(b'\n');
+    r
+}
+
+/// The manifest digest (`sha256:…`) tagged `tag` in the OCI layout `dir`.
+pub fn tagged_manifest(dir: &Path, tag: &str) -> String {
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).expect("index.json"))
+            .expect("index.json is JSON");
+    index["manifests"]
+        .as_array()
+        .expect("manifests")
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .unwrap_or_else(|| panic!("no {tag} in {}", dir.display()))["digest"]
+        .as_str()
+        .expect("digest")
+        .to_string()
 }

@@ -152,6 +152,22 @@ pub fn describe(manifest: &[u8], config: &[u8]) -> Result<Described> {
     })
 }
 
+/// The chain id of a stack of layers (OCI image spec, "Layer ChainID"): what
+/// containerd names the snapshot of the whole image by.
+pub fn chain_id(diff_ids: &[Digest]) -> Option<Digest> {
+    let (first, rest) = diff_ids.split_first()?;
+    Some(rest.iter().fold(*first, |chain, d| {
+        Digest::of(format!("{} {}", chain.oci(), d.oci()).as_bytes())
+    }))
+}
+
+impl Described {
+    /// The chain id of the image's layers.
+    pub fn chain_id(&self) -> Option<Digest> {
+        chain_id(&self.layers.iter().map(|l| l.diff_id).collect::<Vec<_>>())
+    }
+}
+
 impl Origin {
     /// This origin in another file: its content stored as `content` says, its
     /// recipes' codecs (indices into `from`) renumbered into `codecs`.

@@ -19,6 +19,10 @@ use crate::progress::Progress;
 
 /// Content rebuilt by codecs ahead of a tar stream, at most.
 const REBUILD_BATCH: u64 = 256 << 20;
+/// Stored content read and checked ahead of a tar stream, about.
+const FETCH_BATCH: u64 = 32 << 20;
+/// Larger stored content is streamed, not held.
+const FETCH_LARGEST: u64 = 16 << 20;
 
 /// The original image of a chain's top image.
 pub struct Original<'a> {
@@ -71,73 +75,125 @@ impl<'a> Original<'a> {
     }
 
     /// Writes layer `i`'s tar stream to `out`, every file's content checked
-    /// against its digest; returns its length. Content that needs a codec is
-    /// rebuilt in parallel batches ahead of the stream.
+    /// against its digest; returns its length. Content is read and checked in
+    /// parallel batches by a second thread, ahead of the stream.
     pub fn write_tar(&self, i: usize, out: &mut dyn Write, progress: &dyn Progress) -> Result<u64> {
         let bytes = self.records(i)?;
         let items = records::parse(&bytes).with_context(|| format!("layer {}", i + 1))?;
-        let mut written = 0u64;
-        let mut at = 0;
-        while at < items.len() {
-            let (end, mut rebuilt) = self.rebuild_batch(&items[at..])?;
-            for item in &items[at..at + end] {
-                match *item {
-                    Record::Raw(b) => {
-                        out.write_all(b)?;
-                        written += b.len() as u64;
+        let batches = self.batches(&items)?;
+        std::thread::scope(|s| -> Result<u64> {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            let items = &items;
+            s.spawn(move || {
+                for range in batches {
+                    let fetched = self.fetch(&items[range.clone()]).map(|f| (range, f));
+                    let failed = fetched.is_err();
+                    if tx.send(fetched).is_err() || failed {
+                        return;
                     }
-                    Record::Content(d, size) => {
-                        let e = self.item(&d)?;
-                        ensure!(
-                            e.size == Some(size),
-                            "layer {}: content {} has another size in the image",
-                            i + 1,
-                            d.short()
-                        );
-                        let n = match rebuilt.remove(&d) {
-                            Some(data) => {
-                                out.write_all(&data)?;
-                                data.len() as u64
-                            }
-                            None => {
-                                std::io::copy(&mut self.chain.open_content(self.codecs, e)?, out)
-                                    .with_context(|| {
-                                        format!("layer {}: writing {}", i + 1, e.path)
-                                    })?
-                            }
-                        };
-                        written += n;
+                }
+            });
+            let mut written = 0u64;
+            for fetched in rx {
+                let (range, mut content) = fetched?;
+                for item in &items[range] {
+                    let n = self
+                        .write_item(item, &mut content, out)
+                        .with_context(|| format!("layer {}", i + 1))?;
+                    written += n;
+                    if let Record::Content(..) = item {
                         progress.advance(n);
                     }
                 }
             }
-            at += end;
-        }
-        Ok(written)
+            Ok(written)
+        })
     }
 
-    /// From the start of `items`, the content that needs a codec, rebuilt in
-    /// parallel up to [`REBUILD_BATCH`] bytes; returns how many items that covers.
-    fn rebuild_batch(&self, items: &[Record]) -> Result<(usize, HashMap<Digest, Vec<u8>>)> {
-        let mut want = Vec::new();
-        let mut batch = 0;
-        let mut end = 0;
-        while end < items.len() && batch < REBUILD_BATCH {
-            if let Record::Content(d, size) = items[end] {
-                if self.chain.raw_source(self.item(&d)?).is_none() {
-                    want.push(d);
-                    batch += size;
+    /// Writes one record: raw bytes, or content fetched ahead (else streamed).
+    fn write_item(
+        &self,
+        item: &Record,
+        fetched: &mut HashMap<Digest, Vec<u8>>,
+        out: &mut dyn Write,
+    ) -> Result<u64> {
+        match *item {
+            Record::Raw(b) => {
+                out.write_all(b)?;
+                Ok(b.len() as u64)
+            }
+            Record::Content(d, size) => {
+                let e = self.item(&d)?;
+                ensure!(
+                    e.size == Some(size),
+                    "content {} has another size in the image",
+                    d.short()
+                );
+                if let Some(data) = fetched.get(&d) {
+                    out.write_all(data)?;
+                    return Ok(data.len() as u64);
+                }
+                std::io::copy(&mut self.chain.open_content(self.codecs, e)?, out)
+                    .with_context(|| format!("writing {}", e.path))
+            }
+        }
+    }
+
+    /// The records split into runs whose content to fetch ahead adds up to
+    /// about [`FETCH_BATCH`] bytes (content that needs a codec, up to
+    /// [`REBUILD_BATCH`]).
+    fn batches(&self, items: &[Record]) -> Result<Vec<std::ops::Range<usize>>> {
+        let mut out = Vec::new();
+        let (mut start, mut plain, mut codec) = (0, 0u64, 0u64);
+        for (i, item) in items.iter().enumerate() {
+            if let Record::Content(d, size) = *item {
+                match self.fetch_ahead(&d, size)? {
+                    Some(true) => codec += size,
+                    Some(false) => plain += size,
+                    None => {}
                 }
             }
-            end += 1;
+            if plain >= FETCH_BATCH || codec >= REBUILD_BATCH {
+                out.push(start..i + 1);
+                (start, plain, codec) = (i + 1, 0, 0);
+            }
+        }
+        if start < items.len() {
+            out.push(start..items.len());
+        }
+        Ok(out)
+    }
+
+    /// Whether content is fetched ahead: Some(needs a codec), or None for
+    /// content stored whole that is too large to hold (streamed instead).
+    fn fetch_ahead(&self, d: &Digest, size: u64) -> Result<Option<bool>> {
+        let needs_codec = self.chain.raw_source(self.item(d)?).is_none();
+        Ok((needs_codec || size <= FETCH_LARGEST).then_some(needs_codec))
+    }
+
+    /// The content of `items` that is fetched ahead, read and checked in parallel.
+    fn fetch(&self, items: &[Record]) -> Result<HashMap<Digest, Vec<u8>>> {
+        let mut want = Vec::new();
+        for item in items {
+            if let Record::Content(d, size) = *item {
+                if self.fetch_ahead(&d, size)?.is_some() {
+                    want.push(d);
+                }
+            }
         }
         want.sort_unstable();
         want.dedup();
-        let rebuilt = want
-            .into_par_iter()
-            .map(|d| Ok((d, self.content(&d)?)))
-            .collect::<Result<HashMap<_, _>>>()?;
-        Ok((end, rebuilt))
+        want.into_par_iter()
+            .map(|d| {
+                let e = self.item(&d)?;
+                let mut data = Vec::with_capacity(e.file_size() as usize);
+                self.chain
+                    .open_content(self.codecs, e)?
+                    .read_to_end(&mut data)
+                    .with_context(|| format!("reading {}", e.path))?;
+                Ok((d, data))
+            })
+            .collect()
     }
 
     /// Layer `i`'s blob, made from its tar stream by its recipe and checked
