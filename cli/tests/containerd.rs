@@ -239,6 +239,24 @@ fn a_loaded_delta_runs_and_shares_the_base() {
     let out = h.cat_version("d4c.test/app:v2", "load-v2");
     assert_eq!(out.trim(), version_of(s, "v2"));
     assert_ne!(version_of(s, "v1"), version_of(s, "v2"));
+    // Registered as the original image: the publisher's manifest digest, so
+    // a digest-pinned reference names it.
+    let manifest = d4c_tests::tagged_manifest(&s.dir.join("oci"), "v2");
+    let listed = h.ctr(&["images", "ls"]).unwrap();
+    let line = listed
+        .lines()
+        .find(|l| l.starts_with("d4c.test/app:v2 "))
+        .unwrap_or_else(|| panic!("{listed}"));
+    assert!(line.contains(&manifest), "{line} does not name {manifest}");
+    h.ctr(&[
+        "images",
+        "tag",
+        "d4c.test/app:v2",
+        &format!("d4c.test/app@{manifest}"),
+    ])
+    .unwrap();
+    let pinned = h.cat_version(&format!("d4c.test/app@{manifest}"), "load-pinned");
+    assert_eq!(pinned.trim(), version_of(s, "v2"));
     // v1's file is stored once: the image store holds v1 and the delta only.
     let stored: Vec<u64> = std::fs::read_dir(h.root.join("images"))
         .unwrap()
