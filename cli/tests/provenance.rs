@@ -280,7 +280,8 @@ fn verify_passes_on_the_original_and_names_what_differs_otherwise() {
     assert!(!ok && err.contains(&m2) && err.contains(&m1), "{err}");
 }
 
-/// Writes a copy of `src` with the content of `path` changed by one byte:
+/// Writes a copy of `src` with the content of the first item named `path`
+/// (or starting so) changed by one byte:
 /// with `consistent`, the entry's digest and the image id follow (a well
 /// formed image that is not the original); else only the stored bytes change.
 fn tamper(src: &str, dst: &str, path: &str, consistent: bool) {
@@ -289,12 +290,14 @@ fn tamper(src: &str, dst: &str, path: &str, consistent: bool) {
     let mut w = Writer::create(Path::new(dst)).unwrap();
     let mut items: Vec<&mut d4c_host::image::entry::Entry> = h.entries.iter_mut().collect();
     items.extend(h.origin.as_mut().unwrap().content.iter_mut());
+    let mut done = false;
     for e in items {
         let Some(Data::Full { .. }) = &e.data else {
             continue;
         };
         let mut content = r.full_content(e).unwrap();
-        if e.path == path {
+        if !done && e.path.starts_with(path) {
+            done = true;
             content[0] ^= 1;
             if consistent {
                 e.digest = Some(Digest::of(&content));
@@ -312,11 +315,19 @@ fn tamper(src: &str, dst: &str, path: &str, consistent: bool) {
 fn verify_refuses_an_image_changed_by_one_byte() {
     let env = &pair().env;
     let v1 = env.p("v1.cdimg");
-    // A consistent image with one file changed: the layers' records still
-    // name the original content, so the tree is not theirs.
+    // A consistent image with one file changed: the layer holding it no
+    // longer rebuilds to its diff_id.
     tamper(&v1, &env.p("t1.cdimg"), "etc/os-release", true);
     let (ok, _, err) = env.d4c(&["verify", &env.p("t1.cdimg")]);
-    assert!(!ok && err.contains("is not the image's tree"), "{err}");
+    assert!(
+        !ok && err.contains("layer 1: the rebuilt tar stream") && err.contains("diff_id"),
+        "{err}"
+    );
+    // A file a later layer deleted (kept by digest for the origin) changed
+    // the same way: the records name content the image does not hold.
+    tamper(&v1, &env.p("t4.cdimg"), "layers/0/files/", true);
+    let (ok, _, err4) = env.d4c(&["verify", &env.p("t4.cdimg")]);
+    assert!(!ok && err4.contains("is not in the image"), "{err4}");
     // The stored bytes changed under an unchanged digest: the content check.
     tamper(&v1, &env.p("t2.cdimg"), "etc/os-release", false);
     let (ok, _, err) = env.d4c(&["verify", &env.p("t2.cdimg")]);

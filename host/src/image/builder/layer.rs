@@ -33,6 +33,9 @@ pub trait ContentSink {
     fn store_sparse(&mut self, r: &mut dyn Read, size: u64) -> Result<Digest> {
         self.store(r, size)
     }
+
+    /// Told the tree path of the file whose content comes next.
+    fn next_path(&mut self, _path: &str) {}
 }
 
 /// The tree being built from layers.
@@ -156,6 +159,7 @@ impl TreeBuilder {
             EntryType::Directory => entry.kind = Kind::Dir,
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 let size = te.size();
+                sink.next_path(&path);
                 let digest = if header.entry_type() == EntryType::GNUSparse {
                     sink.store_sparse(te, size)?
                 } else {
@@ -231,6 +235,13 @@ impl TreeBuilder {
             },
         );
         Ok(())
+    }
+
+    /// The content digest of the regular file (or hardlink to one) at `path`
+    /// in the tree as it stands.
+    pub fn file_digest(&self, path: &str) -> Option<Digest> {
+        let n = self.nodes.get(path)?;
+        (n.entry.kind == Kind::File).then_some(n.entry.digest?)
     }
 
     fn new_inode(&mut self) -> u64 {

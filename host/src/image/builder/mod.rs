@@ -22,7 +22,7 @@ use crate::digest::{Digest, Hasher};
 use crate::image::entry::{Compression, Data, Entry, Kind};
 use crate::image::format::CodecRef;
 use crate::image::format::{self, Header, ImageKind, Writer};
-use crate::image::origin::records::{self, Record, Recorder};
+use crate::image::origin::records::{self, Recorded, Recorder};
 use crate::image::origin::{self, Origin, OriginLayer, Recipe};
 use crate::progress::Progress;
 
@@ -230,8 +230,8 @@ const RECIPE_LEVEL: u8 = 1;
 
 /// What reading one layer left besides the tree.
 struct LayerRun {
-    /// Its tar records (origin/records.rs).
-    records: Vec<u8>,
+    /// Its tar records (origin/records.rs), before encoding.
+    records: Vec<Recorded>,
     /// Its tar stream, kept when the blob is gzip and at most [`RECIPE_LIMIT`].
     tar: Option<Vec<u8>>,
 }
@@ -256,16 +256,22 @@ impl<R: Read> Read for Capture<R> {
     }
 }
 
-/// A sink whose every file's content is recorded by digest in the records.
+/// A sink whose every file's content is noted in the records.
 struct RecordingSink<'a> {
     inner: &'a mut dyn ContentSink,
     rec: Recorder,
+    path: String,
 }
 
 impl ContentSink for RecordingSink<'_> {
     fn store(&mut self, r: &mut dyn Read, size: u64) -> Result<Digest> {
         let inner = &mut *self.inner;
-        self.rec.content(size, || inner.store(r, size))
+        self.rec.content(size, &self.path, || inner.store(r, size))
+    }
+
+    fn next_path(&mut self, path: &str) {
+        self.path.clear();
+        self.path.push_str(path);
     }
 
     fn store_sparse(&mut self, r: &mut dyn Read, size: u64) -> Result<Digest> {
@@ -318,6 +324,7 @@ fn apply_layer_file(
     let mut recording = RecordingSink {
         inner: sink,
         rec: rec.clone(),
+        path: String::new(),
     };
     tree.apply_layer(&mut r, &mut recording)?;
     // The tar end marker may come before the end of the blob: read the rest too.
@@ -474,6 +481,8 @@ pub fn convert(
     let mut tree = TreeBuilder::default();
     let mut extra = Extra::default();
     let mut layers: Vec<LayerOrigin> = Vec::new();
+    let mut recorded: Vec<Vec<Recorded>> = Vec::new();
+    let mut recipes: Vec<Option<Recipe>> = Vec::new();
     progress.start("converting", 0);
     std::thread::scope(|s| -> Result<()> {
         let workers: Vec<_> = (0..threads)
@@ -494,22 +503,31 @@ pub fn convert(
                     if manifest.is_none() {
                         return Ok(());
                     }
-                    let keep = keep_layer(run, i, path, gzip, &mut sink, &mut extra)?;
-                    if let Err(why) = &keep.1 {
+                    let recipe = layer_recipe(&run, i, path, gzip, &mut sink, &mut extra)?;
+                    if let Err(why) = &recipe {
                         notes.push(format!(
                             "layer {}: its blob will be recompressed on export: {why}",
                             i + 1
                         ));
                     }
-                    layers.push(LayerOrigin {
-                        records: keep.0,
-                        recipe: keep.1.ok(),
-                    });
+                    recorded.push(run.records);
+                    recipes.push(recipe.ok());
                     Ok(())
                 })
                 .with_context(|| format!("layer {} ({})", i + 1, path.display()));
             if result.is_err() {
                 break;
+            }
+        }
+        if result.is_ok() {
+            // Only now is the tree final: content it holds at the same path
+            // is referred to by path.
+            for (i, (items, recipe)) in recorded.iter().zip(&recipes).enumerate() {
+                let records = store_records(items, i, &tree, &mut sink, &mut extra)?;
+                layers.push(LayerOrigin {
+                    records,
+                    recipe: *recipe,
+                });
             }
         }
         drop(sink);
@@ -584,32 +602,40 @@ pub fn convert(
     })
 }
 
-/// Stores a layer's records and, if the gzip codec reproduces its blob, its
-/// recipe; names the content the records refer to (some of it the tree no
-/// longer holds). Returns the records' digest and the recipe or why none.
-fn keep_layer(
-    run: LayerRun,
+/// Layer `i`'s recipe, if the gzip codec reproduces its blob, or why not.
+fn layer_recipe(
+    run: &LayerRun,
     i: usize,
     path: &Path,
     gzip: Option<&Codec>,
     sink: &mut Sink,
     extra: &mut Extra,
-) -> Result<(Digest, std::result::Result<Recipe, String>)> {
-    for r in records::parse(&run.records)? {
-        if let Record::Content(d, size) = r {
-            extra.add(d, size, || format!("layers/{i}/files/{}", d.hex()));
-        }
-    }
-    let records = store_extra(sink, extra, &run.records, origin::records_name(i))?;
-    let recipe = match (gzip, &run.tar) {
+) -> Result<std::result::Result<Recipe, String>> {
+    Ok(match (gzip, &run.tar) {
         (Some(codec), Some(tar)) => make_recipe(codec, i, path, tar, sink, extra)?,
         (None, _) => Err("no gzip codec at hand".to_string()),
         (_, None) => Err(format!(
             "not gzip, or its tar stream is over {} MiB",
             RECIPE_LIMIT >> 20
         )),
-    };
-    Ok((records, recipe))
+    })
+}
+
+/// Stores layer `i`'s records, content referred to by path where the final
+/// `tree` has it there; the content referred to by digest (the files a later
+/// layer replaced or deleted) is named for the origin. Returns their digest.
+fn store_records(
+    items: &[Recorded],
+    i: usize,
+    tree: &TreeBuilder,
+    sink: &mut Sink,
+    extra: &mut Extra,
+) -> Result<Digest> {
+    let (bytes, by_digest) = records::encode(items, |p| tree.file_digest(p));
+    for (d, size) in by_digest {
+        extra.add(d, size, || format!("layers/{i}/files/{}", d.hex()));
+    }
+    store_extra(sink, extra, &bytes, origin::records_name(i))
 }
 
 /// Where a file's content lands in the cdimg: inline when empty, else its

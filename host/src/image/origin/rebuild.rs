@@ -14,7 +14,7 @@ use crate::codec::Codecs;
 use crate::digest::{Digest, HashWriter};
 use crate::image::builder::layer::{ContentSink, TreeBuilder};
 use crate::image::chain::Chain;
-use crate::image::entry::{image_id, Entry};
+use crate::image::entry::{image_id, Entry, Kind};
 use crate::progress::Progress;
 
 /// Content rebuilt by codecs ahead of a tar stream, at most.
@@ -29,6 +29,8 @@ pub struct Original<'a> {
     chain: &'a Chain,
     codecs: &'a Codecs,
     origin: &'a Origin,
+    /// The top tree's regular files by path (a hardlink: the file it names).
+    files: HashMap<&'a str, &'a Entry>,
     /// What the manifest and config say.
     pub described: Described,
 }
@@ -43,10 +45,26 @@ impl<'a> Original<'a> {
                 chain.layers().last().expect("non-empty").path().display()
             )
         })?;
+        let mut files: HashMap<&str, &Entry> = HashMap::new();
+        for e in &top.entries {
+            match e.kind {
+                Kind::File => {
+                    files.insert(&e.path, e);
+                }
+                Kind::Hardlink => {
+                    let target = e.link.as_deref().and_then(|t| files.get(t).copied());
+                    if let Some(t) = target {
+                        files.insert(&e.path, t);
+                    }
+                }
+                _ => {}
+            }
+        }
         Ok(Original {
             chain,
             codecs,
             origin,
+            files,
             described: origin.describe(&top.config)?,
         })
     }
@@ -61,6 +79,25 @@ impl<'a> Original<'a> {
         self.chain
             .top_item(digest)
             .with_context(|| format!("content {} is not in the image", digest.short()))
+    }
+
+    /// The entry holding the content a record refers to (None for raw bytes).
+    fn content_of(&self, r: &Record) -> Result<Option<&'a Entry>> {
+        Ok(match *r {
+            Record::Raw(_) => None,
+            Record::Content(d, size) => {
+                let e = self.item(&d)?;
+                ensure!(
+                    e.size == Some(size),
+                    "content {} has another size in the image",
+                    d.short()
+                );
+                Some(e)
+            }
+            Record::Tree(p) => Some(self.files.get(p).copied().with_context(|| {
+                format!("the records name {p:?}, which is no file of the tree")
+            })?),
+        })
     }
 
     /// Content by digest, whole (records and recipes: small).
@@ -117,26 +154,18 @@ impl<'a> Original<'a> {
         fetched: &mut HashMap<Digest, Vec<u8>>,
         out: &mut dyn Write,
     ) -> Result<u64> {
-        match *item {
-            Record::Raw(b) => {
-                out.write_all(b)?;
-                Ok(b.len() as u64)
-            }
-            Record::Content(d, size) => {
-                let e = self.item(&d)?;
-                ensure!(
-                    e.size == Some(size),
-                    "content {} has another size in the image",
-                    d.short()
-                );
-                if let Some(data) = fetched.get(&d) {
-                    out.write_all(data)?;
-                    return Ok(data.len() as u64);
-                }
-                std::io::copy(&mut self.chain.open_content(self.codecs, e)?, out)
-                    .with_context(|| format!("writing {}", e.path))
-            }
+        if let Record::Raw(b) = *item {
+            out.write_all(b)?;
+            return Ok(b.len() as u64);
         }
+        let e = self.content_of(item)?.expect("content");
+        let d = e.digest.expect("a file");
+        if let Some(data) = fetched.get(&d) {
+            out.write_all(data)?;
+            return Ok(data.len() as u64);
+        }
+        std::io::copy(&mut self.chain.open_content(self.codecs, e)?, out)
+            .with_context(|| format!("writing {}", e.path))
     }
 
     /// The records split into runs whose content to fetch ahead adds up to
@@ -146,10 +175,10 @@ impl<'a> Original<'a> {
         let mut out = Vec::new();
         let (mut start, mut plain, mut codec) = (0, 0u64, 0u64);
         for (i, item) in items.iter().enumerate() {
-            if let Record::Content(d, size) = *item {
-                match self.fetch_ahead(&d, size)? {
-                    Some(true) => codec += size,
-                    Some(false) => plain += size,
+            if let Some(e) = self.content_of(item)? {
+                match self.fetch_ahead(e) {
+                    Some(true) => codec += e.file_size(),
+                    Some(false) => plain += e.file_size(),
                     None => {}
                 }
             }
@@ -166,26 +195,23 @@ impl<'a> Original<'a> {
 
     /// Whether content is fetched ahead: Some(needs a codec), or None for
     /// content stored whole that is too large to hold (streamed instead).
-    fn fetch_ahead(&self, d: &Digest, size: u64) -> Result<Option<bool>> {
-        let needs_codec = self.chain.raw_source(self.item(d)?).is_none();
-        Ok((needs_codec || size <= FETCH_LARGEST).then_some(needs_codec))
+    fn fetch_ahead(&self, e: &Entry) -> Option<bool> {
+        let needs_codec = self.chain.raw_source(e).is_none();
+        (needs_codec || e.file_size() <= FETCH_LARGEST).then_some(needs_codec)
     }
 
     /// The content of `items` that is fetched ahead, read and checked in parallel.
     fn fetch(&self, items: &[Record]) -> Result<HashMap<Digest, Vec<u8>>> {
-        let mut want = Vec::new();
+        let mut want: HashMap<Digest, &Entry> = HashMap::new();
         for item in items {
-            if let Record::Content(d, size) = *item {
-                if self.fetch_ahead(&d, size)?.is_some() {
-                    want.push(d);
+            if let Some(e) = self.content_of(item)? {
+                if self.fetch_ahead(e).is_some() {
+                    want.insert(e.digest.expect("a file"), e);
                 }
             }
         }
-        want.sort_unstable();
-        want.dedup();
         want.into_par_iter()
-            .map(|d| {
-                let e = self.item(&d)?;
+            .map(|(d, e)| {
                 let mut data = Vec::with_capacity(e.file_size() as usize);
                 self.chain
                     .open_content(self.codecs, e)?
@@ -220,16 +246,22 @@ impl<'a> Original<'a> {
         for i in 0..self.origin.layers.len() {
             let bytes = self.records(i)?;
             let items = records::parse(&bytes)?;
-            let mut sink = Named(
-                items
-                    .iter()
-                    .filter_map(|r| match *r {
-                        Record::Content(d, s) => Some((d, s)),
-                        Record::Raw(_) => None,
-                    })
-                    .collect(),
-            );
-            tree.apply_layer(Skeleton::new(&items), &mut sink)
+            let mut named = VecDeque::new();
+            for r in &items {
+                if let Some(e) = self.content_of(r)? {
+                    named.push_back((e.digest.expect("a file"), e.file_size()));
+                }
+            }
+            let sizes = named.iter().map(|(_, size)| *size).collect();
+            let mut sink = Named(named);
+            let skeleton = Skeleton {
+                items: &items,
+                sizes,
+                at: 0,
+                content: 0,
+                off: 0,
+            };
+            tree.apply_layer(skeleton, &mut sink)
                 .with_context(|| format!("layer {}", i + 1))?;
             ensure!(
                 sink.0.is_empty(),
@@ -242,39 +274,32 @@ impl<'a> Original<'a> {
 }
 
 /// A tar stream with every file's content replaced by zeros: what the tree
-/// needs, without reading content.
+/// needs, without reading content. `sizes`: the content items' sizes, in order.
 struct Skeleton<'a> {
     items: &'a [Record<'a>],
+    sizes: Vec<u64>,
     at: usize,
+    content: usize,
     off: u64,
-}
-
-impl<'a> Skeleton<'a> {
-    fn new(items: &'a [Record<'a>]) -> Self {
-        Skeleton {
-            items,
-            at: 0,
-            off: 0,
-        }
-    }
 }
 
 impl Read for Skeleton<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         while let Some(item) = self.items.get(self.at) {
-            let len = match item {
-                Record::Raw(b) => b.len() as u64,
-                Record::Content(_, s) => *s,
+            let (raw, len) = match item {
+                Record::Raw(b) => (Some(b), b.len() as u64),
+                _ => (None, self.sizes[self.content]),
             };
             let n = (len - self.off).min(buf.len() as u64) as usize;
             if n == 0 {
                 self.at += 1;
                 self.off = 0;
+                self.content += usize::from(raw.is_none());
                 continue;
             }
-            match item {
-                Record::Raw(b) => buf[..n].copy_from_slice(&b[self.off as usize..][..n]),
-                Record::Content(..) => buf[..n].fill(0),
+            match raw {
+                Some(b) => buf[..n].copy_from_slice(&b[self.off as usize..][..n]),
+                None => buf[..n].fill(0),
             }
             self.off += n as u64;
             return Ok(n);

@@ -1,11 +1,15 @@
 //! A layer's tar stream as records (tar-split style): the stream's own bytes
 //! (headers, PAX records, padding, the end blocks, anything after them) kept
-//! verbatim, and each regular file's content replaced by its digest and size.
-//! Concatenating the raw bytes and the contents gives the stream back byte for
-//! byte, so its sha256 is the layer's diff_id again.
+//! verbatim, and each regular file's content replaced by a reference: the
+//! image's tree file at a path, when that is the content, else its digest and
+//! size. Concatenating the raw bytes and the contents gives the stream back
+//! byte for byte, so its sha256 is the layer's diff_id again. A reference by
+//! path costs a delta nothing when a file changes: the new digest is in the
+//! tree already.
 //!
 //! Layout (docs/FORMAT.md, "Provenance"): `"D4CTSR01"`, then items: `1`,
-//! varint length, raw bytes; or `2`, 32-byte sha256, varint size.
+//! varint length, raw bytes; `2`, 32-byte sha256, varint size; or `3`,
+//! varint length, a tree path.
 
 use std::cell::RefCell;
 use std::io::Read;
@@ -19,6 +23,7 @@ use crate::digest::Digest;
 pub const MAGIC: &[u8; 8] = b"D4CTSR01";
 const RAW: u8 = 1;
 const CONTENT: u8 = 2;
+const TREE: u8 = 3;
 
 /// One piece of a layer's tar stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +32,8 @@ pub enum Record<'a> {
     Raw(&'a [u8]),
     /// A regular file's content: `size` bytes with this sha256.
     Content(Digest, u64),
+    /// A regular file's content: that of the image's tree file at this path.
+    Tree(&'a str),
 }
 
 /// The items of a record stream, checked as they are read.
@@ -47,6 +54,19 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<Record<'_>>> {
                     .filter(|&e| e <= bytes.len())
                     .context("a raw record runs past the end")?;
                 out.push(Record::Raw(&bytes[at..end]));
+                at = end;
+            }
+            TREE => {
+                let (len, n) = varint(&bytes[at..])?;
+                at += n;
+                let end = usize::try_from(len)
+                    .ok()
+                    .and_then(|l| at.checked_add(l))
+                    .filter(|&e| e <= bytes.len())
+                    .context("a tree record runs past the end")?;
+                let path = std::str::from_utf8(&bytes[at..end])
+                    .context("a tree record's path is not UTF-8")?;
+                out.push(Record::Tree(path));
                 at = end;
             }
             CONTENT => {
@@ -88,6 +108,56 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
+/// A record as the recorder keeps it, before the final tree decides how
+/// content is referred to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    /// Bytes of the stream itself.
+    Raw(Vec<u8>),
+    /// A regular file's content, with the tree path its entry had.
+    Content {
+        /// Its sha256.
+        digest: Digest,
+        /// Its length.
+        size: u64,
+        /// The path of the entry it belonged to.
+        path: String,
+    },
+}
+
+/// Encodes `items`: content that `tree` (path → the final tree's content
+/// digest there) holds at the same path is referred to by path, the rest by
+/// digest. Returns the bytes and the content referred to by digest.
+pub fn encode(
+    items: &[Recorded],
+    tree: impl Fn(&str) -> Option<Digest>,
+) -> (Vec<u8>, Vec<(Digest, u64)>) {
+    let mut out = MAGIC.to_vec();
+    let mut by_digest = Vec::new();
+    for item in items {
+        match item {
+            Recorded::Raw(b) => {
+                out.push(RAW);
+                put_varint(&mut out, b.len() as u64);
+                out.extend_from_slice(b);
+            }
+            Recorded::Content { digest, size, path } if tree(path) == Some(*digest) => {
+                let _ = size;
+                out.push(TREE);
+                put_varint(&mut out, path.len() as u64);
+                out.extend_from_slice(path.as_bytes());
+            }
+            Recorded::Content { digest, size, .. } => {
+                out.push(CONTENT);
+                out.extend_from_slice(&digest.0);
+                put_varint(&mut out, *size);
+                by_digest.push((*digest, *size));
+            }
+        }
+    }
+    (out, by_digest)
+}
+
 /// Records a tar stream as it is read: wrap the stream's reader in
 /// [`Recorder::reader`] and mark each file's content with
 /// [`Recorder::content`] while it is read from the same stream.
@@ -96,22 +166,17 @@ pub struct Recorder(Rc<RefCell<State>>);
 
 #[derive(Default)]
 struct State {
-    out: Vec<u8>,
+    items: Vec<Recorded>,
     raw: Vec<u8>,
     in_content: bool,
 }
 
 impl State {
     fn flush_raw(&mut self) {
-        if self.raw.is_empty() {
-            return;
+        if !self.raw.is_empty() {
+            let raw = std::mem::take(&mut self.raw);
+            self.items.push(Recorded::Raw(raw));
         }
-        if self.out.is_empty() {
-            self.out.extend_from_slice(MAGIC);
-        }
-        self.out.push(RAW);
-        put_varint(&mut self.out, self.raw.len() as u64);
-        self.out.append(&mut self.raw);
     }
 }
 
@@ -148,12 +213,13 @@ impl Recorder {
         }
     }
 
-    /// Runs `read_content`, which reads one file's content from the stream and
-    /// returns its digest; records the content by digest and size instead of
-    /// its bytes.
+    /// Runs `read_content`, which reads the content of the file at `path`
+    /// from the stream and returns its digest; records a reference to the
+    /// content instead of its bytes.
     pub fn content(
         &self,
         size: u64,
+        path: &str,
         read_content: impl FnOnce() -> Result<Digest>,
     ) -> Result<Digest> {
         {
@@ -165,20 +231,19 @@ impl Recorder {
         let mut s = self.0.borrow_mut();
         s.in_content = false;
         let digest = r?;
-        s.out.push(CONTENT);
-        s.out.extend_from_slice(&digest.0);
-        put_varint(&mut s.out, size);
+        s.items.push(Recorded::Content {
+            digest,
+            size,
+            path: path.to_string(),
+        });
         Ok(digest)
     }
 
-    /// The record stream of everything read so far.
-    pub fn finish(&self) -> Vec<u8> {
+    /// Everything read so far, as records.
+    pub fn finish(&self) -> Vec<Recorded> {
         let mut s = self.0.borrow_mut();
         s.flush_raw();
-        if s.out.is_empty() {
-            s.out.extend_from_slice(MAGIC);
-        }
-        std::mem::take(&mut s.out)
+        std::mem::take(&mut s.items)
     }
 }
 
@@ -197,19 +262,27 @@ mod tests {
             b
         };
         take(8, &mut r);
-        let c1 = rec.content(8, || Ok(Digest::of(&take(8, &mut r)))).unwrap();
+        let c1 = rec
+            .content(8, "a", || Ok(Digest::of(&take(8, &mut r))))
+            .unwrap();
         take(13, &mut r);
-        rec.content(11, || Ok(Digest::of(&take(11, &mut r))))
+        let c2 = rec
+            .content(11, "b", || Ok(Digest::of(&take(11, &mut r))))
             .unwrap();
         take(4, &mut r);
-        let bytes = rec.finish();
+        // "a" is in the tree with that content, "b" no longer is.
+        let tree = |p: &str| (p == "a").then_some(c1);
+        let (bytes, by_digest) = encode(&rec.finish(), tree);
+        assert_eq!(by_digest, vec![(c2, 11)]);
         let items = parse(&bytes).unwrap();
         assert_eq!(items.len(), 5);
         assert_eq!(items[0], Record::Raw(b"header1 "));
-        assert_eq!(items[1], Record::Content(c1, 8));
+        assert_eq!(items[1], Record::Tree("a"));
         assert_eq!(items[2], Record::Raw(b" pad header2 "));
+        assert_eq!(items[3], Record::Content(c2, 11));
         assert_eq!(items[4], Record::Raw(b" end"));
         assert!(parse(&bytes[..bytes.len() - 2]).is_err());
         assert!(parse(b"D4CTSR01\x09").is_err());
+        assert!(parse(b"D4CTSR01\x03\x05ab").is_err());
     }
 }
