@@ -46,26 +46,13 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<Record<'_>>> {
         at += 1;
         match tag {
             RAW => {
-                let (len, n) = varint(&bytes[at..])?;
-                at += n;
-                let end = usize::try_from(len)
-                    .ok()
-                    .and_then(|l| at.checked_add(l))
-                    .filter(|&e| e <= bytes.len())
-                    .context("a raw record runs past the end")?;
-                out.push(Record::Raw(&bytes[at..end]));
+                let (b, end) = prefixed(bytes, at).context("a raw record runs past the end")?;
+                out.push(Record::Raw(b));
                 at = end;
             }
             TREE => {
-                let (len, n) = varint(&bytes[at..])?;
-                at += n;
-                let end = usize::try_from(len)
-                    .ok()
-                    .and_then(|l| at.checked_add(l))
-                    .filter(|&e| e <= bytes.len())
-                    .context("a tree record runs past the end")?;
-                let path = std::str::from_utf8(&bytes[at..end])
-                    .context("a tree record's path is not UTF-8")?;
+                let (b, end) = prefixed(bytes, at).context("a tree record runs past the end")?;
+                let path = std::str::from_utf8(b).context("a tree record's path is not UTF-8")?;
                 out.push(Record::Tree(path));
                 at = end;
             }
@@ -85,6 +72,18 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<Record<'_>>> {
         }
     }
     Ok(out)
+}
+
+/// The varint-length-prefixed bytes at `at`, and where they end.
+fn prefixed(bytes: &[u8], at: usize) -> Result<(&[u8], usize)> {
+    let (len, n) = varint(&bytes[at..])?;
+    let start = at + n;
+    let end = usize::try_from(len)
+        .ok()
+        .and_then(|l| start.checked_add(l))
+        .filter(|&e| e <= bytes.len())
+        .context("length past the end")?;
+    Ok((&bytes[start..end], end))
 }
 
 fn varint(b: &[u8]) -> Result<(u64, usize)> {
