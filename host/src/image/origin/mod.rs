@@ -260,3 +260,114 @@ impl Origin {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::entry::{image_id, Data};
+    use crate::image::format::{version, Header, ImageKind, Reader, Writer, MAGIC, MAGIC_V2};
+
+    /// A one-file image that keeps an origin of one (made up) layer.
+    fn with_origin(path: &std::path::Path) -> Header {
+        let layer = Digest::of(b"a layer");
+        let config = format!(
+            r#"{{"rootfs":{{"type":"layers","diff_ids":["{}"]}}}}"#,
+            layer.oci()
+        );
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"config":{{"digest":"{}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{}","size":7}}]}}"#,
+            Digest::of(config.as_bytes()).oci(),
+            config.len(),
+            layer.oci()
+        );
+        let records = b"D4CTSR01".to_vec();
+        let mut w = Writer::create(path).unwrap();
+        let data = w.content(&records, 3).unwrap();
+        let content = Entry {
+            kind: Kind::File,
+            size: Some(records.len() as u64),
+            digest: Some(Digest::of(&records)),
+            data: Some(data),
+            ..Entry::dir(&records_name(0))
+        };
+        let mut h = Header {
+            kind: ImageKind::Image,
+            image_id: Digest([0; 32]),
+            base_id: None,
+            config,
+            codecs: vec![],
+            dicts: vec![],
+            entries: vec![Entry::dir("")],
+            origin: Some(Origin {
+                manifest,
+                layers: vec![OriginLayer {
+                    records: Digest::of(&records),
+                    recipe: None,
+                }],
+                content: vec![content],
+            }),
+        };
+        h.image_id = h.compute_id();
+        w.finish(&h).unwrap();
+        h
+    }
+
+    #[test]
+    fn provenance_is_version_2_and_a_version_1_file_may_not_claim_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("o.cdimg");
+        let h = with_origin(&p);
+        let bytes = std::fs::read(&p).unwrap();
+        assert_eq!(version(&bytes[..8]), Some(2));
+        assert_eq!(&bytes[bytes.len() - 8..], MAGIC_V2);
+        assert_eq!(Reader::open(&p).unwrap().header(), &h);
+        // The same tree without its origin is another image.
+        assert_ne!(image_id(&h.entries, None), h.image_id);
+
+        let mut v1 = bytes.clone();
+        let n = v1.len();
+        v1[..8].copy_from_slice(MAGIC);
+        v1[n - 8..].copy_from_slice(MAGIC);
+        std::fs::write(&p, &v1).unwrap();
+        let e = format!("{:#}", Reader::open(&p).err().unwrap());
+        assert!(e.contains("provenance in a version 1 file"), "{e}");
+
+        let mut mixed = bytes.clone();
+        mixed[..8].copy_from_slice(MAGIC);
+        std::fs::write(&p, &mixed).unwrap();
+        let e = format!("{:#}", Reader::open(&p).err().unwrap());
+        assert!(e.contains("magics differ"), "{e}");
+    }
+
+    #[test]
+    fn an_origin_must_match_its_config_and_hold_its_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = with_origin(&dir.path().join("o.cdimg"));
+        let o = h.origin.as_ref().unwrap();
+        let tree = HashSet::new();
+        assert!(o.validate(&h.config, 0, &tree).is_ok());
+        let other = h.config.replace("layers\",", "layers\" ,");
+        let e = format!("{:#}", o.validate(&other, 0, &tree).unwrap_err());
+        assert!(e.contains("not the one the manifest names"), "{e}");
+        let mut missing = o.clone();
+        missing.content.clear();
+        let e = format!("{:#}", missing.validate(&h.config, 0, &tree).unwrap_err());
+        assert!(e.contains("records are missing"), "{e}");
+        let mut twice = o.clone();
+        twice.content.push(twice.content[0].clone());
+        assert!(twice.validate(&h.config, 0, &tree).is_err());
+        let mut bad = o.clone();
+        bad.content[0].data = Some(Data::Same);
+        bad.content[0].kind = Kind::Dir;
+        assert!(bad.validate(&h.config, 0, &tree).is_err());
+    }
+
+    #[test]
+    fn chain_ids_follow_the_image_spec() {
+        let (a, b) = (Digest::of(b"a"), Digest::of(b"b"));
+        assert_eq!(chain_id(&[]), None);
+        assert_eq!(chain_id(&[a]), Some(a));
+        let ab = Digest::of(format!("{} {}", a.oci(), b.oci()).as_bytes());
+        assert_eq!(chain_id(&[a, b]), Some(ab));
+    }
+}
