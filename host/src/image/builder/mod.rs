@@ -390,12 +390,6 @@ pub struct Converted {
     pub notes: Vec<String>,
 }
 
-/// One layer's provenance as convert gathers it.
-struct LayerOrigin {
-    records: Digest,
-    recipe: Option<Recipe>,
-}
-
 /// Content convert stored beyond the tree, with its size and name.
 #[derive(Default)]
 struct Extra {
@@ -453,83 +447,111 @@ pub fn convert(
     let image = source.open(&dir)?;
     let config =
         String::from_utf8(image.config.clone()).context("the image config is not UTF-8")?;
-    let diff_ids = diff_ids(&image.config, image.layers.len())?;
     let mut notes = Vec::new();
-    // Provenance needs a manifest that names this config and its diff_ids.
-    let manifest = match &image.manifest {
-        None => {
-            notes.push("no provenance kept: the source holds no image manifest".to_string());
-            None
-        }
-        Some(m) => match origin::describe(m, &image.config) {
-            Ok(_) => Some(String::from_utf8(m.clone()).context("the manifest is not UTF-8")?),
-            Err(e) => {
-                notes.push(format!("no provenance kept: {e:#}"));
-                None
-            }
-        },
-    };
-
+    let manifest = provenance_manifest(&image, &mut notes)?;
     let spool = Mutex::new(Spool {
         file: tempfile::tempfile_in(&dir)?,
         pos: 0,
         index: HashMap::new(),
     });
+    let keep = manifest.is_some().then_some(Keep { gzip });
+    let read = read_layers(&image, keep, opts, &spool, &mut notes, progress)?;
+    let spool = spool.into_inner().unwrap_or_else(|p| p.into_inner());
+    let (header, bytes) = write_image(out, config, manifest, read, spool, gzip)?;
+    Ok(Converted {
+        image_id: header.image_id,
+        entries: header.entries.len(),
+        bytes,
+        manifest: header.origin.as_ref().map(|o| o.manifest_digest()),
+        notes,
+    })
+}
+
+/// The manifest provenance is kept against: the source's, if it names this
+/// config and its diff_ids (else why not, in `notes`).
+fn provenance_manifest(image: &SourceImage, notes: &mut Vec<String>) -> Result<Option<String>> {
+    let Some(m) = &image.manifest else {
+        notes.push("no provenance kept: the source holds no image manifest".to_string());
+        return Ok(None);
+    };
+    if let Err(e) = origin::describe(m, &image.config) {
+        notes.push(format!("no provenance kept: {e:#}"));
+        return Ok(None);
+    }
+    Ok(Some(
+        String::from_utf8(m.clone()).context("the manifest is not UTF-8")?,
+    ))
+}
+
+/// What reading the layers gathered when provenance is kept.
+struct Keep<'a> {
+    gzip: Option<&'a Codec>,
+}
+
+/// The layers applied: the tree, and (when kept) each layer's origin and the
+/// content it needs beyond the tree.
+struct Applied {
+    tree: TreeBuilder,
+    layers: Vec<OriginLayer>,
+    extra: Extra,
+}
+
+/// Applies every layer in order while worker threads compress content into
+/// `spool`; with `keep`, records each layer and makes its recipe.
+fn read_layers(
+    image: &SourceImage,
+    keep: Option<Keep>,
+    opts: BuildOptions,
+    spool: &Mutex<Spool>,
+    notes: &mut Vec<String>,
+    progress: &dyn Progress,
+) -> Result<Applied> {
+    let diff_ids = diff_ids(&image.config, image.layers.len())?;
     let (tx, rx) = sync_channel::<(Digest, Vec<u8>)>(opts.threads * 2);
     let rx = Mutex::new(rx);
-    let threads = opts.threads.max(1);
-    let mut tree = TreeBuilder::default();
-    let mut extra = Extra::default();
-    let mut layers: Vec<LayerOrigin> = Vec::new();
-    let mut recorded: Vec<Vec<Recorded>> = Vec::new();
-    let mut recipes: Vec<Option<Recipe>> = Vec::new();
+    let mut read = Applied {
+        tree: TreeBuilder::default(),
+        layers: Vec::new(),
+        extra: Extra::default(),
+    };
     progress.start("converting", 0);
     std::thread::scope(|s| -> Result<()> {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| s.spawn(|| worker(&rx, &spool, opts.level)))
+        let workers: Vec<_> = (0..opts.threads.max(1))
+            .map(|_| s.spawn(|| worker(&rx, spool, opts.level)))
             .collect();
         let mut sink = Sink {
-            spool: &spool,
+            spool,
             work: tx,
             seen: Default::default(),
             level: opts.level,
             progress,
         };
-        let mut result = Ok(());
-        for (i, (path, digest)) in image.layers.iter().enumerate() {
-            let diff_id = diff_ids.as_ref().map(|d| &d[i]);
-            result = apply_layer_file(&mut tree, path, digest.as_ref(), diff_id, &mut sink)
-                .and_then(|run| {
-                    if manifest.is_none() {
-                        return Ok(());
-                    }
-                    let recipe = layer_recipe(&run, i, path, gzip, &mut sink, &mut extra)?;
+        let result = (|| {
+            let mut recorded = Vec::new();
+            for (i, (path, digest)) in image.layers.iter().enumerate() {
+                let diff_id = diff_ids.as_ref().map(|d| &d[i]);
+                let run =
+                    apply_layer_file(&mut read.tree, path, digest.as_ref(), diff_id, &mut sink)
+                        .with_context(|| format!("layer {} ({})", i + 1, path.display()))?;
+                if let Some(k) = &keep {
+                    let recipe = layer_recipe(&run, i, path, k.gzip, &mut sink, &mut read.extra)?;
                     if let Err(why) = &recipe {
                         notes.push(format!(
                             "layer {}: its blob will be recompressed on export: {why}",
                             i + 1
                         ));
                     }
-                    recorded.push(run.records);
-                    recipes.push(recipe.ok());
-                    Ok(())
-                })
-                .with_context(|| format!("layer {} ({})", i + 1, path.display()));
-            if result.is_err() {
-                break;
+                    recorded.push((run.records, recipe.ok()));
+                }
             }
-        }
-        if result.is_ok() {
             // Only now is the tree final: content it holds at the same path
             // is referred to by path.
-            for (i, (items, recipe)) in recorded.iter().zip(&recipes).enumerate() {
-                let records = store_records(items, i, &tree, &mut sink, &mut extra)?;
-                layers.push(LayerOrigin {
-                    records,
-                    recipe: *recipe,
-                });
+            for (i, (items, recipe)) in recorded.into_iter().enumerate() {
+                let records = store_records(&items, i, &read.tree, &mut sink, &mut read.extra)?;
+                read.layers.push(OriginLayer { records, recipe });
             }
-        }
+            Ok(())
+        })();
         drop(sink);
         for w in workers {
             w.join()
@@ -538,14 +560,26 @@ pub fn convert(
         result
     })?;
     progress.finish();
+    Ok(read)
+}
 
-    let mut entries = tree.finish();
-    let mut spool = spool.into_inner().unwrap_or_else(|p| p.into_inner());
+/// Writes the cdimg: the tree's content and the origin's from the spool, then
+/// the header. Returns the header and the file's size.
+fn write_image(
+    out: &Path,
+    config: String,
+    manifest: Option<String>,
+    read: Applied,
+    mut spool: Spool,
+    gzip: Option<&Codec>,
+) -> Result<(Header, u64)> {
+    let mut entries = read.tree.finish();
     let mut w = Writer::create(out)?;
     let mut written: HashMap<Digest, Data> = HashMap::new();
     let tree_digests: std::collections::HashSet<Digest> =
         entries.iter().filter_map(|e| e.digest).collect();
-    let mut content: Vec<Entry> = extra
+    let mut content: Vec<Entry> = read
+        .extra
         .content
         .into_iter()
         .filter(|(d, _)| !tree_digests.contains(d))
@@ -565,20 +599,14 @@ pub fn convert(
         e.data = Some(stored_data(e, &mut spool, &mut w, &mut written)?);
     }
     let codecs: Vec<CodecRef> = match gzip {
-        Some(c) if layers.iter().any(|l| l.recipe.is_some()) => {
+        Some(c) if read.layers.iter().any(|l| l.recipe.is_some()) => {
             vec![crate::image::delta::diff::codec_ref(c)]
         }
         _ => Vec::new(),
     };
     let origin = manifest.map(|manifest| Origin {
         manifest,
-        layers: layers
-            .into_iter()
-            .map(|l| OriginLayer {
-                records: l.records,
-                recipe: l.recipe,
-            })
-            .collect(),
+        layers: read.layers,
         content,
     });
     let mut header = Header {
@@ -593,13 +621,7 @@ pub fn convert(
     };
     header.image_id = header.compute_id();
     let bytes = w.finish(&header)?;
-    Ok(Converted {
-        image_id: header.image_id,
-        entries: header.entries.len(),
-        bytes,
-        manifest: header.origin.as_ref().map(|o| o.manifest_digest()),
-        notes,
-    })
+    Ok((header, bytes))
 }
 
 /// Layer `i`'s recipe, if the gzip codec reproduces its blob, or why not.
