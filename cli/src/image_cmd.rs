@@ -42,6 +42,11 @@ pub struct ConvertArgs {
     /// zstd level for file content (1..22).
     #[arg(long, default_value_t = 19)]
     level: i32,
+    /// Keep no original image: no `verify`, and `export` writes one squashed
+    /// layer; deltas are smaller where later layers replace earlier layers'
+    /// files (their old content is otherwise kept to rebuild those layers).
+    #[arg(long)]
+    no_origin: bool,
     #[command(flatten)]
     jobs: Jobs,
 }
@@ -176,6 +181,7 @@ pub fn convert(cli: &Cli, a: &ConvertArgs) -> Result<()> {
     let opts = BuildOptions {
         level: a.level,
         threads: a.jobs.threads,
+        origin: !a.no_origin,
     };
     let gzip = cli.codecs()?.builtin("gzip")?;
     let c = builder::convert(&source, &a.output, opts, Some(&gzip), &Bar::new())?;

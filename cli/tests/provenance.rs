@@ -403,4 +403,26 @@ fn a_file_without_provenance_still_reads_and_exports_as_one_layer() {
     assert!(!ok && err.contains("keeps no original"), "{err}");
     let out = env.ok(&["export", &env.p("raw.cdimg"), "-o", &env.p("e")]);
     assert!(out.contains("written as one layer"), "{out}");
+
+    // `convert --no-origin` writes such a file: the tree alone.
+    let p = pair();
+    let plain = p.env.p("v1-plain.cdimg");
+    let source = format!("{}:v1", p.env.p("oci-v1"));
+    p.env.ok(&[
+        "convert",
+        &source,
+        "-o",
+        &plain,
+        "--no-origin",
+        "--level",
+        "3",
+    ]);
+    assert_eq!(&std::fs::read(&plain).unwrap()[..8], b"D4CIMG01");
+    let j: Value = serde_json::from_str(&p.env.ok(&["inspect", &plain, "--json"])).unwrap();
+    assert!(j.get("origin").is_none(), "{j}");
+    let tree = |f: &str| {
+        let r = Reader::open(Path::new(f)).unwrap();
+        d4c_host::image::entry::image_id(&r.header().entries, None)
+    };
+    assert_eq!(tree(&plain), tree(&p.env.p("v1.cdimg")));
 }

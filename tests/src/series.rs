@@ -21,6 +21,11 @@ impl Series {
     /// Builds the series afresh in `data_dir()/name` (the Debian downloads are
     /// cached beside it); level 3 keeps it quick.
     pub fn build(bin: &Path, name: &str) -> Series {
+        Self::build_with(bin, name, &[])
+    }
+
+    /// Like [`Series::build`], with more arguments to every `convert`.
+    pub fn build_with(bin: &Path, name: &str, convert_args: &[&str]) -> Series {
         let dir = crate::data_dir().join(name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -32,14 +37,11 @@ impl Series {
             bin: bin.to_path_buf(),
         };
         for v in ["v1", "v2", "v3"] {
-            s.ok(&[
-                "convert",
-                &format!("{}:{v}", layout.display()),
-                "-o",
-                &s.p(&format!("{v}.cdimg")),
-                "--level",
-                "3",
-            ]);
+            let source = format!("{}:{v}", layout.display());
+            let out = s.p(&format!("{v}.cdimg"));
+            let mut args = vec!["convert", &source, "-o", &out, "--level", "3"];
+            args.extend(convert_args);
+            s.ok(&args);
         }
         for (old, new, out) in [("v1", "v2", "d12"), ("v2", "v3", "d23")] {
             s.ok(&[

@@ -90,6 +90,8 @@ pub struct BuildOptions {
     pub level: i32,
     /// Compression threads.
     pub threads: usize,
+    /// Whether the original image is kept (docs/FORMAT.md, "Provenance").
+    pub origin: bool,
 }
 
 impl Default for BuildOptions {
@@ -97,6 +99,7 @@ impl Default for BuildOptions {
         BuildOptions {
             level: 19,
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            origin: true,
         }
     }
 }
@@ -448,7 +451,10 @@ pub fn convert(
     let config =
         String::from_utf8(image.config.clone()).context("the image config is not UTF-8")?;
     let mut notes = Vec::new();
-    let manifest = provenance_manifest(&image, &mut notes)?;
+    let manifest = match opts.origin {
+        true => provenance_manifest(&image, &mut notes)?,
+        false => None,
+    };
     let spool = Mutex::new(Spool {
         file: tempfile::tempfile_in(&dir)?,
         pos: 0,
