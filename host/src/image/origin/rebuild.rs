@@ -322,6 +322,35 @@ impl ContentSink for Named {
     }
 }
 
+/// Checks that the tree the layers' records give is the image's.
+fn check_tree(o: &Original, chain: &Chain) -> Result<()> {
+    let tree = o.tree()?;
+    let top = chain.top();
+    ensure!(
+        image_id(&tree, Some(&o.described.manifest)) == top.image_id,
+        "the tree the layers give is not the image's tree (image id {})",
+        top.image_id.short()
+    );
+    Ok(())
+}
+
+/// Rebuilds layer `i`'s tar stream and checks it against its diff_id;
+/// returns its length.
+fn check_layer(o: &Original, i: usize, progress: &dyn Progress) -> Result<u64> {
+    let mut h = HashWriter::new(std::io::sink());
+    let n = o.write_tar(i, &mut h, progress)?;
+    let (_, got, _) = h.finish();
+    let want = o.described.layers[i].diff_id;
+    ensure!(
+        got == want,
+        "layer {}: the rebuilt tar stream hashes to {}, not the config's diff_id {}",
+        i + 1,
+        got.oci(),
+        want.oci()
+    );
+    Ok(n)
+}
+
 /// What [`verify`] checked.
 #[derive(Debug, Clone)]
 pub struct Verified {
@@ -352,37 +381,25 @@ pub fn verify(
             m.oci()
         );
     }
-    let tree = o.tree()?;
-    let top = chain.top();
-    ensure!(
-        image_id(&tree, Some(&d.manifest)) == top.image_id,
-        "the tree the layers give is not the image's tree (image id {})",
-        top.image_id.short()
-    );
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads.max(1))
         .build()?;
     progress.start("verifying", 0);
-    let sizes = pool.install(|| {
-        (0..d.layers.len())
-            .into_par_iter()
-            .with_max_len(1)
-            .map(|i| {
-                let mut h = HashWriter::new(std::io::sink());
-                let n = o.write_tar(i, &mut h, progress)?;
-                let (_, got, _) = h.finish();
-                let want = d.layers[i].diff_id;
-                ensure!(
-                    got == want,
-                    "layer {}: the rebuilt tar stream hashes to {}, not the config's diff_id {}",
-                    i + 1,
-                    got.oci(),
-                    want.oci()
-                );
-                Ok(n)
-            })
-            .collect::<Result<Vec<u64>>>()
-    })?;
+    // The tree check reads records only: it runs beside the layers' hashing.
+    let (tree, sizes) = pool.install(|| {
+        rayon::join(
+            || check_tree(&o, chain),
+            || {
+                (0..d.layers.len())
+                    .into_par_iter()
+                    .with_max_len(1)
+                    .map(|i| check_layer(&o, i, progress))
+                    .collect::<Result<Vec<u64>>>()
+            },
+        )
+    });
+    tree?;
+    let sizes = sizes?;
     progress.finish();
     Ok(Verified {
         described: d.clone(),
