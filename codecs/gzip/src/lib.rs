@@ -96,7 +96,7 @@ const GNU_LEVELS: &[u8] = &[9, 6];
 /// Largest uncompressed content handled. Larger content (a gzip bomb, or just a
 /// big archive) counts as not inflatable: the codec does not apply to such a
 /// new file, and such an old file is the base as it is.
-const MAX_RAW: usize = 256 << 20;
+const MAX_RAW: usize = 512 << 20;
 /// zlib settings tried to reproduce a stream, most common first: `gzip -9`,
 /// zlib's default (6), then the other levels; memLevel 8 is zlib's default.
 const SETTINGS: &[(u8, u8)] = &[
@@ -551,8 +551,8 @@ fn zstd_decode(base: &[u8], frame: &[u8], len: usize) -> Result<Vec<u8>> {
 
 impl Codec for Gzip {
     const NAME: &'static str = "gzip";
-    const VERSION: &'static str = "1.0.0";
-    const MAX_INPUT: u64 = 256 << 20;
+    const VERSION: &'static str = "1.0.1";
+    const MAX_INPUT: u64 = 512 << 20;
 
     fn diff(old: &[u8], new: &[u8], level: u8) -> Result<Vec<u8>> {
         Self::check_size("old", old.len())?;

@@ -36,10 +36,16 @@ pub fn builtin_components() -> &'static [BuiltinComponent] {
 /// Earlier builds of built-in codecs (codecs/retired/README.md), kept so the
 /// deltas made with them still decode; never used to diff.
 pub fn retired_components() -> &'static [BuiltinComponent] {
-    const ALL: &[BuiltinComponent] = &[BuiltinComponent {
-        name: "bsdiff",
-        bytes: include_bytes!("../../../codecs/retired/bsdiff-1.0.0-7d763bd9.wasm"),
-    }];
+    const ALL: &[BuiltinComponent] = &[
+        BuiltinComponent {
+            name: "bsdiff",
+            bytes: include_bytes!("../../../codecs/retired/bsdiff-1.0.0-7d763bd9.wasm"),
+        },
+        BuiltinComponent {
+            name: "gzip",
+            bytes: include_bytes!("../../../codecs/retired/gzip-1.0.0-67a06fce.wasm"),
+        },
+    ];
     ALL
 }
 

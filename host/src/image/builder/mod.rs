@@ -226,7 +226,7 @@ impl<R: Read> Read for Hashing<R> {
 }
 
 /// Largest layer tar stream a recipe is made for: what the gzip codec inflates.
-const RECIPE_LIMIT: usize = 256 << 20;
+const RECIPE_LIMIT: usize = 512 << 20;
 /// zstd level of a recipe's inner frame: the tar stream is its whole base, so
 /// long-distance matching alone finds everything and the fastest level does.
 const RECIPE_LEVEL: u8 = 1;
