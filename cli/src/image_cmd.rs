@@ -507,9 +507,8 @@ fn origin_info(r: &Reader) -> Result<Option<OriginInfo>> {
         return Ok(None);
     };
     let d = o.describe(&h.config)?;
-    let mut without = h.clone();
-    without.origin = None;
-    let header_cost = serde_json::to_vec(h)?.len() - serde_json::to_vec(&without)?.len();
+    // Its part of the header JSON (before compression).
+    let header_cost = serde_json::to_vec(o)?.len();
     let blobs: u64 = o
         .content
         .iter()

@@ -285,13 +285,15 @@ impl ContentSink for RecordingSink<'_> {
 
 /// Applies one layer blob to `tree`: undoes gzip or zstd (detected by magic
 /// bytes) and, if `expected` is given, checks the blob's digest in the same pass.
-/// Records the tar stream as it goes.
+/// Records the tar stream as it goes, and keeps it whole for a recipe if
+/// `for_recipe` (and the blob is gzip).
 fn apply_layer_file(
     tree: &mut TreeBuilder,
     path: &Path,
     expected: Option<&Digest>,
     diff_id: Option<&Digest>,
     sink: &mut dyn ContentSink,
+    for_recipe: bool,
 ) -> Result<LayerRun> {
     let file = File::open(path).with_context(|| format!("opening layer {}", path.display()))?;
     let hasher = std::rc::Rc::new(std::cell::RefCell::new(Hasher::default()));
@@ -322,7 +324,7 @@ fn apply_layer_file(
             inner: r,
             hasher: &mut tar_hash,
         },
-        kept: gzip.then(Vec::new),
+        kept: (gzip && for_recipe).then(Vec::new),
     });
     let mut recording = RecordingSink {
         inner: sink,
@@ -536,9 +538,16 @@ fn read_layers(
             let mut recorded = Vec::new();
             for (i, (path, digest)) in image.layers.iter().enumerate() {
                 let diff_id = diff_ids.as_ref().map(|d| &d[i]);
-                let run =
-                    apply_layer_file(&mut read.tree, path, digest.as_ref(), diff_id, &mut sink)
-                        .with_context(|| format!("layer {} ({})", i + 1, path.display()))?;
+                let for_recipe = keep.as_ref().is_some_and(|k| k.gzip.is_some());
+                let run = apply_layer_file(
+                    &mut read.tree,
+                    path,
+                    digest.as_ref(),
+                    diff_id,
+                    &mut sink,
+                    for_recipe,
+                )
+                .with_context(|| format!("layer {} ({})", i + 1, path.display()))?;
                 if let Some(k) = &keep {
                     let recipe = layer_recipe(&run, i, path, k.gzip, &mut sink, &mut read.extra)?;
                     if let Err(why) = &recipe {

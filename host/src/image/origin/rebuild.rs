@@ -117,13 +117,18 @@ impl<'a> Original<'a> {
     pub fn write_tar(&self, i: usize, out: &mut dyn Write, progress: &dyn Progress) -> Result<u64> {
         let bytes = self.records(i)?;
         let items = records::parse(&bytes).with_context(|| format!("layer {}", i + 1))?;
-        let batches = self.batches(&items)?;
+        let pieces = items
+            .iter()
+            .map(|r| self.piece(r))
+            .collect::<Result<Vec<_>>>()
+            .with_context(|| format!("layer {}", i + 1))?;
+        let batches = batches(&pieces);
         std::thread::scope(|s| -> Result<u64> {
             let (tx, rx) = std::sync::mpsc::sync_channel(1);
-            let items = &items;
+            let pieces = &pieces;
             s.spawn(move || {
                 for range in batches {
-                    let fetched = self.fetch(&items[range.clone()]).map(|f| (range, f));
+                    let fetched = self.fetch(&pieces[range.clone()]).map(|f| (range, f));
                     let failed = fetched.is_err();
                     if tx.send(fetched).is_err() || failed {
                         return;
@@ -132,13 +137,13 @@ impl<'a> Original<'a> {
             });
             let mut written = 0u64;
             for fetched in rx {
-                let (range, mut content) = fetched?;
-                for item in &items[range] {
+                let (range, content) = fetched?;
+                for piece in &pieces[range] {
                     let n = self
-                        .write_item(item, &mut content, out)
+                        .write_piece(piece, &content, out)
                         .with_context(|| format!("layer {}", i + 1))?;
                     written += n;
-                    if let Record::Content(..) = item {
+                    if let Piece::Content { .. } = piece {
                         progress.advance(n);
                     }
                 }
@@ -147,20 +152,35 @@ impl<'a> Original<'a> {
         })
     }
 
-    /// Writes one record: raw bytes, or content fetched ahead (else streamed).
-    fn write_item(
+    /// A record resolved: its raw bytes, or the entry holding its content
+    /// and whether that is fetched ahead.
+    fn piece<'r>(&self, r: &Record<'r>) -> Result<Piece<'r, 'a>> {
+        let Some(entry) = self.content_of(r)? else {
+            let Record::Raw(b) = *r else {
+                unreachable!("content_of resolves every content record")
+            };
+            return Ok(Piece::Raw(b));
+        };
+        let needs_codec = self.chain.raw_source(entry).is_none();
+        let ahead = (needs_codec || entry.file_size() <= FETCH_LARGEST).then_some(needs_codec);
+        Ok(Piece::Content { entry, ahead })
+    }
+
+    /// Writes one piece: raw bytes, or content fetched ahead (else streamed).
+    fn write_piece(
         &self,
-        item: &Record,
-        fetched: &mut HashMap<Digest, Vec<u8>>,
+        piece: &Piece,
+        fetched: &HashMap<Digest, Vec<u8>>,
         out: &mut dyn Write,
     ) -> Result<u64> {
-        if let Record::Raw(b) = *item {
-            out.write_all(b)?;
-            return Ok(b.len() as u64);
-        }
-        let e = self.content_of(item)?.expect("content");
-        let d = e.digest.expect("a file");
-        if let Some(data) = fetched.get(&d) {
+        let e = match *piece {
+            Piece::Raw(b) => {
+                out.write_all(b)?;
+                return Ok(b.len() as u64);
+            }
+            Piece::Content { entry, .. } => entry,
+        };
+        if let Some(data) = fetched.get(&e.digest.expect("a file")) {
             out.write_all(data)?;
             return Ok(data.len() as u64);
         }
@@ -168,51 +188,23 @@ impl<'a> Original<'a> {
             .with_context(|| format!("writing {}", e.path))
     }
 
-    /// The records split into runs whose content to fetch ahead adds up to
-    /// about [`FETCH_BATCH`] bytes (content that needs a codec, up to
-    /// [`REBUILD_BATCH`]).
-    fn batches(&self, items: &[Record]) -> Result<Vec<std::ops::Range<usize>>> {
-        let mut out = Vec::new();
-        let (mut start, mut plain, mut codec) = (0, 0u64, 0u64);
-        for (i, item) in items.iter().enumerate() {
-            if let Some(e) = self.content_of(item)? {
-                match self.fetch_ahead(e) {
-                    Some(true) => codec += e.file_size(),
-                    Some(false) => plain += e.file_size(),
-                    None => {}
-                }
-            }
-            if plain >= FETCH_BATCH || codec >= REBUILD_BATCH {
-                out.push(start..i + 1);
-                (start, plain, codec) = (i + 1, 0, 0);
-            }
-        }
-        if start < items.len() {
-            out.push(start..items.len());
-        }
-        Ok(out)
-    }
-
-    /// Whether content is fetched ahead: Some(needs a codec), or None for
-    /// content stored whole that is too large to hold (streamed instead).
-    fn fetch_ahead(&self, e: &Entry) -> Option<bool> {
-        let needs_codec = self.chain.raw_source(e).is_none();
-        (needs_codec || e.file_size() <= FETCH_LARGEST).then_some(needs_codec)
-    }
-
-    /// The content of `items` that is fetched ahead, read and checked in parallel.
-    fn fetch(&self, items: &[Record]) -> Result<HashMap<Digest, Vec<u8>>> {
-        let mut want: HashMap<Digest, &Entry> = HashMap::new();
-        for item in items {
-            if let Some(e) = self.content_of(item)? {
-                if self.fetch_ahead(e).is_some() {
-                    want.insert(e.digest.expect("a file"), e);
-                }
-            }
-        }
+    /// The content of `pieces` that is fetched ahead, read and checked in
+    /// parallel. Memory is reserved from the bytes that arrive, never from a
+    /// size the header claims.
+    fn fetch(&self, pieces: &[Piece]) -> Result<HashMap<Digest, Vec<u8>>> {
+        let want: HashMap<Digest, &Entry> = pieces
+            .iter()
+            .filter_map(|p| match *p {
+                Piece::Content {
+                    entry,
+                    ahead: Some(_),
+                } => Some((entry.digest.expect("a file"), entry)),
+                _ => None,
+            })
+            .collect();
         want.into_par_iter()
             .map(|(d, e)| {
-                let mut data = Vec::with_capacity(e.file_size() as usize);
+                let mut data = Vec::with_capacity(e.file_size().min(FETCH_LARGEST) as usize);
                 self.chain
                     .open_content(self.codecs, e)?
                     .read_to_end(&mut data)
@@ -271,6 +263,47 @@ impl<'a> Original<'a> {
         }
         Ok(tree.finish())
     }
+}
+
+/// A record of a tar stream, resolved against the image.
+enum Piece<'r, 'a> {
+    /// Bytes of the stream itself.
+    Raw(&'r [u8]),
+    /// A file's content: the entry holding it, and whether it is fetched
+    /// ahead: Some(needs a codec), or None for content stored whole that is
+    /// too large to hold (streamed instead).
+    Content {
+        entry: &'a Entry,
+        ahead: Option<bool>,
+    },
+}
+
+/// The pieces split into runs whose content to fetch ahead adds up to about
+/// [`FETCH_BATCH`] bytes (content that needs a codec, up to [`REBUILD_BATCH`]).
+fn batches(pieces: &[Piece]) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut plain, mut codec) = (0, 0u64, 0u64);
+    for (i, p) in pieces.iter().enumerate() {
+        match *p {
+            Piece::Content {
+                entry,
+                ahead: Some(true),
+            } => codec += entry.file_size(),
+            Piece::Content {
+                entry,
+                ahead: Some(false),
+            } => plain += entry.file_size(),
+            _ => {}
+        }
+        if plain >= FETCH_BATCH || codec >= REBUILD_BATCH {
+            out.push(start..i + 1);
+            (start, plain, codec) = (i + 1, 0, 0);
+        }
+    }
+    if start < pieces.len() {
+        out.push(start..pieces.len());
+    }
+    out
 }
 
 /// A tar stream with every file's content replaced by zeros: what the tree
