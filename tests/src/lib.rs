@@ -333,6 +333,9 @@ pub enum LayerFormat {
     GnuGzip(u8),
     /// Python's `gzip` module (zlib) at a level.
     PythonGzip(u8),
+    /// Go's `compress/gzip` at a level, as docker, buildkit and containerd
+    /// write layers (`codecs/gzip/go/gogzip.go`, built with Debian's Go).
+    GoGzip(u8),
     /// An uncompressed tar layer.
     Tar,
 }
@@ -361,6 +364,10 @@ pub fn write_layout_as(dir: &Path, tag: &str, layers: &[(Vec<u8>, LayerFormat)])
                 )?,
                 "application/vnd.oci.image.layer.v1.tar+gzip",
             ),
+            LayerFormat::GoGzip(level) => (
+                pipe(Command::new(go_gzip()?).arg(level.to_string()), l)?,
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+            ),
             LayerFormat::Tar => (l.clone(), "application/vnd.oci.image.layer.v1.tar"),
         };
         let d = d4c_host::digest::Digest::of(&blob);
@@ -373,6 +380,38 @@ pub fn write_layout_as(dir: &Path, tag: &str, layers: &[(Vec<u8>, LayerFormat)])
         });
     }
     finish_layout(dir, tag, &descs)
+}
+
+/// The `gogzip` helper (Go's compress/gzip as a filter), built once per test
+/// process with the system's Go.
+fn go_gzip() -> Result<PathBuf> {
+    static BIN: std::sync::OnceLock<std::result::Result<PathBuf, String>> =
+        std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let dir = data_dir().join("go");
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let bin = dir.join(format!("gogzip-{}", std::process::id()));
+        let src = workspace_root().join("codecs/gzip/go/gogzip.go");
+        let out = Command::new("go")
+            .arg("build")
+            .arg("-o")
+            .arg(&bin)
+            .arg(&src)
+            .env("GOCACHE", dir.join("cache"))
+            .env("GO111MODULE", "off")
+            .output()
+            .map_err(|e| format!("running go (golang-go, scripts/setup): {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "go build {}: {}",
+                src.display(),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(bin)
+    })
+    .clone()
+    .map_err(anyhow::Error::msg)
 }
 
 /// Runs `cmd` with `input` on stdin; returns its stdout.

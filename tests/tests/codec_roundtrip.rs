@@ -278,8 +278,8 @@ fn retired_builtins_still_decode_and_current_builds_make_the_same_deltas() {
         assert_ne!(current.digest(), digest);
         let old_delta = retired.diff(&v[0], &v[1], 3).unwrap();
         // The current build decodes what the retired one made, and (bsdiff's
-        // retirement changed only its speed, gzip's only its size limit)
-        // makes the very same bytes.
+        // retirement changed only its speed, gzip's its size limit and then
+        // Go's streams) makes the very same bytes.
         assert_eq!(current.patch(&v[0], &old_delta).unwrap(), v[1]);
         assert_eq!(current.diff(&v[0], &v[1], 3).unwrap(), old_delta);
         assert_eq!(retired.patch(&v[0], &old_delta).unwrap(), v[1]);

@@ -6,17 +6,21 @@
 //! zstd-dict does), and records how to deflate the result again bit for bit: the
 //! gzip header verbatim and the setting that reproduces the new deflate stream.
 //!
-//! A setting is a zlib level and memLevel, or GNU gzip's way: zlib's parse (the
+//! A setting is a zlib level and memLevel; or GNU gzip's way: zlib's parse (the
 //! same symbol for symbol at memLevel 8) with 32K-symbol blocks ended where the
 //! stream ends them, recorded in the delta and forced in the vendored zlib
-//! (`zlib/README.d4c`). A stream no setting reproduces answers `unsupported`
-//! and the host uses another codec. docs/CODECS.md has the measurements.
+//! (`zlib/README.d4c`); or a level of Go's `compress/flate` (what docker,
+//! buildkit and containerd write), ported in [`goflate`]. A stream no setting
+//! reproduces answers `unsupported` and the host uses another codec.
+//! docs/CODECS.md has the measurements.
 //!
 //! Delta layout: `"D4CGZIP1"`, flags (1: the old file was inflated and its
-//! content is the base; 2: block ends follow), zlib level, zlib memLevel, [varint
-//! count and varint steps of the block ends], varint length and bytes of the new
-//! gzip header, varint length of the new content, then the zstd frame. The
-//! trailer (CRC-32, length) is recomputed.
+//! content is the base; 2: block ends follow; 4: Go's deflate), the level, zlib's
+//! memLevel (0 for Go), [varint count and varint steps of the block ends],
+//! varint length and bytes of the new gzip header, varint length of the new
+//! content, then the zstd frame. The trailer (CRC-32, length) is recomputed.
+
+mod goflate;
 
 use d4c_codec_guest::{varint, Codec, Error, Result};
 use zstd::zstd_safe::{self, CCtx, CParameter, DCtx, DParameter};
@@ -89,6 +93,11 @@ const OLD_INFLATED: u8 = 1;
 /// Flag: the stream is GNU gzip's: zlib's parse with 32K-symbol blocks ended
 /// where the delta records (gzip ends blocks by a rule of its own).
 const BLOCK_ENDS: u8 = 2;
+/// Flag: the stream is Go's `compress/flate` at the recorded level.
+const GO: u8 = 4;
+/// Go levels tried, most common first: the default (6), `BestSpeed` (1, what
+/// go-containerregistry writes), `BestCompression` (9), then the others.
+const GO_LEVELS: &[u8] = &[6, 1, 9, 2, 3, 4, 5, 7, 8, 0];
 /// log2 of GNU gzip's symbols per block.
 const GNU_LIT_LOG: u8 = 15;
 /// Levels tried for GNU gzip streams: `gzip -9` (Debian's), then gzip's default.
@@ -387,9 +396,30 @@ struct Setting {
     ends: Vec<u64>,
 }
 
+/// The compressor and setting that reproduce a stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Deflater {
+    Zlib(Setting),
+    /// Go's `compress/flate` at this level (0-9).
+    Go(u8),
+}
+
+/// Deflates `raw` as `deflater` does, handing each piece of output to `sink`;
+/// stops early (returning false) when `sink` does.
+fn deflate(raw: &[u8], deflater: &Deflater, sink: impl FnMut(&[u8]) -> bool) -> Result<bool> {
+    match deflater {
+        Deflater::Zlib(setting) => zlib_deflate(raw, setting, sink),
+        Deflater::Go(level) => Ok(goflate::deflate(*level, raw, sink)),
+    }
+}
+
 /// Deflates `raw` with zlib at `setting`, handing each piece of output to
 /// `sink`; stops early (returning false) when `sink` does.
-fn deflate(raw: &[u8], setting: &Setting, mut sink: impl FnMut(&[u8]) -> bool) -> Result<bool> {
+fn zlib_deflate(
+    raw: &[u8],
+    setting: &Setting,
+    mut sink: impl FnMut(&[u8]) -> bool,
+) -> Result<bool> {
     let mut s = Stream::deflate(setting)?;
     let mut buf = vec![0u8; CHUNK];
     let mut pos = 0;
@@ -413,10 +443,10 @@ fn deflate(raw: &[u8], setting: &Setting, mut sink: impl FnMut(&[u8]) -> bool) -
     }
 }
 
-/// Whether zlib at `setting` gives exactly `expected` for `raw`.
-fn reproduces(raw: &[u8], setting: &Setting, expected: &[u8]) -> Result<bool> {
+/// Whether `deflater` gives exactly `expected` for `raw`.
+fn reproduces(raw: &[u8], deflater: &Deflater, expected: &[u8]) -> Result<bool> {
     let mut at = 0;
-    let whole = deflate(raw, setting, |piece| {
+    let whole = deflate(raw, deflater, |piece| {
         let same = expected.get(at..at + piece.len()) == Some(piece);
         at += piece.len();
         same
@@ -430,7 +460,10 @@ fn reproduces(raw: &[u8], setting: &Setting, expected: &[u8]) -> Result<bool> {
 /// several blocks: a setting that fails is only found out when its first block
 /// comes out, some 100 KB of input later, so trying the plain settings first
 /// cost ~50 ms per large file. Single-block streams try the plain settings.
-fn find_setting(new: &Inflated, stream: &[u8]) -> Result<Option<Setting>> {
+/// A stream that ends with an empty final stored block (the four bytes `00 00
+/// ff ff`), as Go's `Close` ends every stream and zlib never does, tries
+/// Go's levels first.
+fn find_setting(new: &Inflated, stream: &[u8]) -> Result<Option<Deflater>> {
     let gnu = GNU_LEVELS.iter().map(|&level| Setting {
         level,
         mem_level: 8,
@@ -441,17 +474,86 @@ fn find_setting(new: &Inflated, stream: &[u8]) -> Result<Option<Setting>> {
         mem_level,
         ends: Vec::new(),
     });
-    let order: Vec<Setting> = if new.ends.is_empty() {
-        plain.collect()
+    let zlib: Vec<Deflater> = if new.ends.is_empty() {
+        plain.map(Deflater::Zlib).collect()
     } else {
-        gnu.chain(plain).collect()
+        gnu.chain(plain).map(Deflater::Zlib).collect()
     };
-    for s in order {
-        if reproduces(&new.raw, &s, stream)? {
-            return Ok(Some(s));
+    let go = GO_LEVELS.iter().map(|&level| Deflater::Go(level));
+    let order: Vec<Deflater> = if stream.ends_with(&[0, 0, 0xff, 0xff]) {
+        go.chain(zlib).collect()
+    } else {
+        zlib
+    };
+    for d in order {
+        if reproduces(&new.raw, &d, stream)? {
+            return Ok(Some(d));
         }
     }
     Ok(None)
+}
+
+/// Writes the flags (`old_flag` and the deflater's), the level, memLevel and
+/// the block ends.
+fn put_deflater(out: &mut Vec<u8>, old_flag: u8, deflater: &Deflater) {
+    match deflater {
+        Deflater::Go(level) => out.extend_from_slice(&[old_flag | GO, *level, 0]),
+        Deflater::Zlib(s) if s.ends.is_empty() => {
+            out.extend_from_slice(&[old_flag, s.level, s.mem_level]);
+        }
+        Deflater::Zlib(s) => {
+            out.extend_from_slice(&[old_flag | BLOCK_ENDS, s.level, s.mem_level]);
+            varint::put(out, s.ends.len() as u64);
+            let mut prev = 0;
+            for &e in &s.ends {
+                varint::put(out, e - prev);
+                prev = e;
+            }
+        }
+    }
+}
+
+/// Reads what [`put_deflater`] wrote: the flags, the deflater, and the rest.
+fn read_deflater(b: &[u8]) -> Result<(u8, Deflater, &[u8])> {
+    let [flags, level, mem_level, ..] = *b else {
+        return Err(Error::InvalidInput("gzip delta: truncated settings".into()));
+    };
+    let go = flags & GO != 0;
+    let valid = flags & !(OLD_INFLATED | BLOCK_ENDS | GO) == 0
+        && if go {
+            flags & BLOCK_ENDS == 0 && level <= 9 && mem_level == 0
+        } else {
+            (1..=9).contains(&level) && (1..=9).contains(&mem_level)
+        };
+    if !valid {
+        return Err(Error::InvalidInput(format!(
+            "gzip delta: bad settings (flags {flags}, level {level}, memLevel {mem_level})"
+        )));
+    }
+    if go {
+        return Ok((flags, Deflater::Go(level), &b[3..]));
+    }
+    let mut r = varint::Reader::new(&b[3..]);
+    let mut ends = Vec::new();
+    if flags & BLOCK_ENDS != 0 {
+        // Each end takes at least one byte of the delta: that bounds the count.
+        let n = r.get_len("block count", b.len() as u64)?;
+        let mut at = 0u64;
+        for _ in 0..n {
+            let step = r.get()?;
+            at = match at.checked_add(step) {
+                Some(a) if step > 0 && a < MAX_RAW as u64 => a,
+                _ => return Err(Error::InvalidInput("gzip delta: bad block ends".into())),
+            };
+            ends.push(at);
+        }
+    }
+    let setting = Setting {
+        level,
+        mem_level,
+        ends,
+    };
+    Ok((flags, Deflater::Zlib(setting), r.rest()))
 }
 
 fn crc32(data: &[u8]) -> u32 {
@@ -551,7 +653,7 @@ fn zstd_decode(base: &[u8], frame: &[u8], len: usize) -> Result<Vec<u8>> {
 
 impl Codec for Gzip {
     const NAME: &'static str = "gzip";
-    const VERSION: &'static str = "1.0.1";
+    const VERSION: &'static str = "1.1.0";
     const MAX_INPUT: u64 = 512 << 20;
 
     fn diff(old: &[u8], new: &[u8], level: u8) -> Result<Vec<u8>> {
@@ -563,28 +665,17 @@ impl Codec for Gzip {
             )));
         };
         let stream = &new[hl..new.len() - 8];
-        let Some(setting) = find_setting(&inflated, stream)? else {
+        let Some(deflater) = find_setting(&inflated, stream)? else {
             return Err(Error::Unsupported(
-                "no zlib setting reproduces the new deflate stream".into(),
+                "no zlib or Go setting reproduces the new deflate stream".into(),
             ));
         };
         let raw = &inflated.raw;
-        let (mut flags, base) = old_base(old)?;
-        if !setting.ends.is_empty() {
-            flags |= BLOCK_ENDS;
-        }
+        let (old_flag, base) = old_base(old)?;
         let frame = zstd_encode(&base, raw, level)?;
-        let mut out = Vec::with_capacity(32 + hl + 4 * setting.ends.len() + frame.len());
+        let mut out = Vec::with_capacity(64 + hl + frame.len());
         out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&[flags, setting.level, setting.mem_level]);
-        if !setting.ends.is_empty() {
-            varint::put(&mut out, setting.ends.len() as u64);
-            let mut prev = 0;
-            for &e in &setting.ends {
-                varint::put(&mut out, e - prev);
-                prev = e;
-            }
-        }
+        put_deflater(&mut out, old_flag, &deflater);
         varint::put(&mut out, hl as u64);
         out.extend_from_slice(&new[..hl]);
         varint::put(&mut out, raw.len() as u64);
@@ -595,33 +686,8 @@ impl Codec for Gzip {
     fn patch(old: &[u8], delta: &[u8]) -> Result<Vec<u8>> {
         let mut r = varint::Reader::new(delta);
         r.expect(MAGIC, "gzip")?;
-        let rest = r.rest();
-        let [flags, level, mem_level, ..] = *rest else {
-            return Err(Error::InvalidInput("gzip delta: truncated settings".into()));
-        };
-        if flags & !(OLD_INFLATED | BLOCK_ENDS) != 0
-            || !(1..=9).contains(&level)
-            || !(1..=9).contains(&mem_level)
-        {
-            return Err(Error::InvalidInput(format!(
-                "gzip delta: bad settings (flags {flags}, level {level}, memLevel {mem_level})"
-            )));
-        }
-        let mut r = varint::Reader::new(&rest[3..]);
-        let mut ends = Vec::new();
-        if flags & BLOCK_ENDS != 0 {
-            // Each end takes at least one byte of the delta: that bounds the count.
-            let n = r.get_len("block count", rest.len() as u64)?;
-            let mut at = 0u64;
-            for _ in 0..n {
-                let step = r.get()?;
-                at = match at.checked_add(step) {
-                    Some(a) if step > 0 && a < MAX_RAW as u64 => a,
-                    _ => return Err(Error::InvalidInput("gzip delta: bad block ends".into())),
-                };
-                ends.push(at);
-            }
-        }
+        let (flags, deflater, rest) = read_deflater(r.rest())?;
+        let mut r = varint::Reader::new(rest);
         let hl = r.get_len("gzip header length", 1 << 20)?;
         let rest = r.rest();
         if rest.len() < hl || !is_header(&rest[..hl]) {
@@ -637,14 +703,9 @@ impl Codec for Gzip {
             ));
         }
         let raw = zstd_decode(&base, r.rest(), len)?;
-        let setting = Setting {
-            level,
-            mem_level,
-            ends,
-        };
         let mut out = Vec::with_capacity(hl + raw.len() / 3 + 64);
         out.extend_from_slice(header);
-        deflate(&raw, &setting, |piece| {
+        deflate(&raw, &deflater, |piece| {
             out.extend_from_slice(piece);
             true
         })?;
@@ -673,7 +734,7 @@ mod tests {
 
     /// A gzip member: `header`, `raw` deflated with `setting`, the trailer.
     fn member(mut out: Vec<u8>, raw: &[u8], setting: &Setting) -> Vec<u8> {
-        deflate(raw, setting, |p| {
+        deflate(raw, &Deflater::Zlib(setting.clone()), |p| {
             out.extend_from_slice(p);
             true
         })
@@ -779,11 +840,11 @@ mod tests {
         // No plain zlib setting makes these blocks.
         assert!(!reproduces(
             &new_raw,
-            &Setting {
+            &Deflater::Zlib(Setting {
                 level: 9,
                 mem_level: 8,
                 ends: vec![]
-            },
+            }),
             &new[10..new.len() - 8]
         )
         .unwrap());
@@ -801,6 +862,70 @@ mod tests {
             matches!(&e, Err(Error::InvalidInput(m)) if m.contains("block ends")),
             "{e:?}"
         );
+    }
+
+    /// Go's compress/gzip output (go/make-fixtures): the input at levels
+    /// 6, 1 and 2, and an edited input at 6.
+    const GO_FIXTURES: [(&[u8], u8); 3] = [
+        (include_bytes!("../go/fixtures/v1-go6.gz"), 6),
+        (include_bytes!("../go/fixtures/v1-go1.gz"), 1),
+        (include_bytes!("../go/fixtures/v1-go2.gz"), 2),
+    ];
+
+    #[test]
+    fn go_streams_are_rebuilt_bit_for_bit_at_their_level() {
+        let (_, v1) = gunzip_exact(GO_FIXTURES[0].0).unwrap().unwrap();
+        for (file, level) in GO_FIXTURES {
+            // As convert makes a recipe: the tar (here the content) as base.
+            let d = Gzip::diff(&v1.raw, file, 1).unwrap();
+            assert_eq!(d[8..11], [GO, level, 0], "level {level}");
+            assert!(d.len() < 200, "level {level}: delta {} bytes", d.len());
+            assert_eq!(Gzip::patch(&v1.raw, &d).unwrap(), file);
+        }
+        // The port itself, with no codec around it: Go's bytes exactly.
+        for (file, level) in GO_FIXTURES {
+            let mut out = file[..10].to_vec();
+            assert!(deflate(&v1.raw, &Deflater::Go(level), |p| {
+                out.extend_from_slice(p);
+                true
+            })
+            .unwrap());
+            out.extend_from_slice(&trailer(&v1.raw));
+            assert!(
+                out == file,
+                "level {level}: {} bytes, Go wrote {}",
+                out.len(),
+                file.len()
+            );
+        }
+    }
+
+    #[test]
+    fn an_edited_go_file_is_a_small_delta() {
+        let (old, new) = (GO_FIXTURES[0].0, include_bytes!("../go/fixtures/v2-go6.gz"));
+        let d = Gzip::diff(old, new, 0).unwrap();
+        assert_eq!(d[8], OLD_INFLATED | GO);
+        assert!(d.len() < 300, "delta {} bytes", d.len());
+        assert_eq!(Gzip::patch(old, &d).unwrap(), new);
+    }
+
+    #[test]
+    fn go_settings_are_checked() {
+        let (_, v1) = gunzip_exact(GO_FIXTURES[0].0).unwrap().unwrap();
+        let d = Gzip::diff(&v1.raw, GO_FIXTURES[0].0, 1).unwrap();
+        for (at, value) in [(9, 10), (10, 8), (8, GO | BLOCK_ENDS)] {
+            let mut bad = d.clone();
+            bad[at] = value;
+            let e = Gzip::patch(&v1.raw, &bad);
+            assert!(
+                matches!(&e, Err(Error::InvalidInput(m)) if m.contains("bad settings")),
+                "byte {at} = {value}: {e:?}"
+            );
+        }
+        // Another valid level decodes, to other bytes than the file.
+        let mut other = d.clone();
+        other[9] = 1;
+        assert_ne!(Gzip::patch(&v1.raw, &other).unwrap(), GO_FIXTURES[0].0);
     }
 
     #[test]

@@ -45,6 +45,10 @@ pub fn retired_components() -> &'static [BuiltinComponent] {
             name: "gzip",
             bytes: include_bytes!("../../../codecs/retired/gzip-1.0.0-67a06fce.wasm"),
         },
+        BuiltinComponent {
+            name: "gzip",
+            bytes: include_bytes!("../../../codecs/retired/gzip-1.0.1-6ebd2378.wasm"),
+        },
     ];
     ALL
 }
