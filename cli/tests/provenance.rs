@@ -1,7 +1,8 @@
 //! Provenance end to end: `convert` keeps the original image, `export` gives
 //! it back down to its digests (directly converted, through a delta chain,
-//! merged, patched), `verify` checks it and refuses a changed image, and
-//! images whose compressor no codec reproduces are recompressed and reported.
+//! merged, patched), `verify` checks it and refuses a changed image, umoci's
+//! pgzip layers come back bit for bit, and layers whose compressor no codec
+//! reproduces are recompressed and reported.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -350,9 +351,9 @@ fn verify_refuses_an_image_changed_by_one_byte() {
 }
 
 #[test]
-fn pgzip_layers_are_recompressed_with_the_original_config_and_diff_ids() {
-    // umoci writes layers with klauspost/pgzip, which no built-in codec
-    // reproduces (its 1 MiB blocks are deflated apart by klauspost/compress).
+fn umoci_pgzip_layers_export_bit_for_bit() {
+    // umoci writes layers with klauspost/pgzip (256 KiB blocks): the gzip
+    // codec's pgzip port makes their recipes.
     let dir = d4c_tests::data_dir().join("provenance-umoci");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -367,6 +368,33 @@ fn pgzip_layers_are_recompressed_with_the_original_config_and_diff_ids() {
         "--level",
         "3",
     ]);
+    assert!(!out.contains("recompressed"), "{out}");
+    let target = env.p("e");
+    let out = env.ok(&["export", &img, "-o", &format!("{target}:v1")]);
+    assert!(out.contains("the original image"), "{out}");
+    let original = d4c_tests::tagged_manifest(&layout, "v1");
+    let (exported, blobs) = layout_digests(&target);
+    assert_eq!(exported, original);
+    // Every exported blob (layers, config, manifest) is one of the original's.
+    for b in blobs {
+        assert!(
+            layout.join("blobs/sha256").join(&b).exists(),
+            "{b} is not the original's"
+        );
+    }
+    env.ok(&["verify", &img, "--manifest", &original]);
+}
+
+#[test]
+fn unreproducible_layers_are_recompressed_with_the_original_config_and_diff_ids() {
+    let env = Env::new();
+    let [mut layers, _] = versions();
+    layers[1].1 = LayerFormat::SmallWindowGzip;
+    let layout = PathBuf::from(env.p("oci"));
+    write_layout_as(&layout, "v1", &layers).unwrap();
+    let img = env.p("v1.cdimg");
+    let source = format!("{}:v1", layout.display());
+    let out = env.ok(&["convert", &source, "-o", &img, "--level", "3"]);
     assert!(out.contains("will be recompressed on export"), "{out}");
     let target = env.p("e");
     let out = env.ok(&["export", &img, "-o", &target]);

@@ -336,6 +336,9 @@ pub enum LayerFormat {
     /// Go's `compress/gzip` at a level, as docker, buildkit and containerd
     /// write layers (`codecs/gzip/go/gogzip.go`, built with Debian's Go).
     GoGzip(u8),
+    /// gzip from zlib with a 1 KiB window: a stream no built-in codec
+    /// reproduces (every writer d4c knows uses 32 KiB).
+    SmallWindowGzip,
     /// An uncompressed tar layer.
     Tar,
 }
@@ -366,6 +369,17 @@ pub fn write_layout_as(dir: &Path, tag: &str, layers: &[(Vec<u8>, LayerFormat)])
             ),
             LayerFormat::GoGzip(level) => (
                 pipe(Command::new(go_gzip()?).arg(level.to_string()), l)?,
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+            ),
+            LayerFormat::SmallWindowGzip => (
+                pipe(
+                    Command::new("python3").args([
+                        "-c",
+                        "import zlib,sys; c=zlib.compressobj(6, zlib.DEFLATED, 16 + 10); \
+                         sys.stdout.buffer.write(c.compress(sys.stdin.buffer.read()) + c.flush())",
+                    ]),
+                    l,
+                )?,
                 "application/vnd.oci.image.layer.v1.tar+gzip",
             ),
             LayerFormat::Tar => (l.clone(), "application/vnd.oci.image.layer.v1.tar"),

@@ -10,15 +10,17 @@
 //! same symbol for symbol at memLevel 8) with 32K-symbol blocks ended where the
 //! stream ends them, recorded in the delta and forced in the vendored zlib
 //! (`zlib/README.d4c`); or a level of Go's `compress/flate` (what docker,
-//! buildkit and containerd write), ported in [`goflate`]. A stream no setting
-//! reproduces answers `unsupported` and the host uses another codec.
-//! docs/CODECS.md has the measurements.
+//! buildkit and containerd write), or klauspost/pgzip's block size (umoci,
+//! skopeo), both ported in [`goflate`]. A stream no setting reproduces
+//! answers `unsupported` and the host uses another codec. docs/CODECS.md has
+//! the measurements.
 //!
 //! Delta layout: `"D4CGZIP1"`, flags (1: the old file was inflated and its
-//! content is the base; 2: block ends follow; 4: Go's deflate), the level, zlib's
-//! memLevel (0 for Go), [varint count and varint steps of the block ends],
-//! varint length and bytes of the new gzip header, varint length of the new
-//! content, then the zstd frame. The trailer (CRC-32, length) is recomputed.
+//! content is the base; 2: block ends follow; 4: a Go writer), the level, zlib's
+//! memLevel (for Go: 0 compress/flate, 1 pgzip), [varint count and varint
+//! steps of the block ends | pgzip's varint block size], varint length and
+//! bytes of the new gzip header, varint length of the new content, then the
+//! zstd frame. The trailer (CRC-32, length) is recomputed.
 
 mod goflate;
 
@@ -93,8 +95,15 @@ const OLD_INFLATED: u8 = 1;
 /// Flag: the stream is GNU gzip's: zlib's parse with 32K-symbol blocks ended
 /// where the delta records (gzip ends blocks by a rule of its own).
 const BLOCK_ENDS: u8 = 2;
-/// Flag: the stream is Go's `compress/flate` at the recorded level.
+/// Flag: the stream is a Go program's: `compress/flate` at the recorded
+/// level (memLevel byte [`GO_STDLIB`]) or klauspost/pgzip (memLevel byte
+/// [`GO_PGZIP`], level 5, then a varint block size).
 const GO: u8 = 4;
+const GO_STDLIB: u8 = 0;
+const GO_PGZIP: u8 = 1;
+/// pgzip's block sizes tried after the one the stream shows: its default,
+/// then umoci's.
+const PGZIP_BLOCK_SIZES: &[usize] = &[1 << 20, 256 << 10];
 /// Go levels tried, most common first: the default (6), `BestSpeed` (1, what
 /// go-containerregistry writes), `BestCompression` (9), then the others.
 const GO_LEVELS: &[u8] = &[6, 1, 9, 2, 3, 4, 5, 7, 8, 0];
@@ -402,6 +411,8 @@ enum Deflater {
     Zlib(Setting),
     /// Go's `compress/flate` at this level (0-9).
     Go(u8),
+    /// klauspost/pgzip at its default level with blocks of this size.
+    Pgzip(usize),
 }
 
 /// Deflates `raw` as `deflater` does, handing each piece of output to `sink`;
@@ -410,6 +421,7 @@ fn deflate(raw: &[u8], deflater: &Deflater, sink: impl FnMut(&[u8]) -> bool) -> 
     match deflater {
         Deflater::Zlib(setting) => zlib_deflate(raw, setting, sink),
         Deflater::Go(level) => Ok(goflate::deflate(*level, raw, sink)),
+        Deflater::Pgzip(block_size) => Ok(goflate::pgzip(*block_size, raw, sink)),
     }
 }
 
@@ -462,7 +474,8 @@ fn reproduces(raw: &[u8], deflater: &Deflater, expected: &[u8]) -> Result<bool> 
 /// cost ~50 ms per large file. Single-block streams try the plain settings.
 /// A stream that ends with an empty final stored block (the four bytes `00 00
 /// ff ff`), as Go's `Close` ends every stream and zlib never does, tries
-/// Go's levels first.
+/// Go's levels first; one that ends with a sync flush and an empty fixed
+/// block (`00 00 ff ff 03 00`), as pgzip's does, tries pgzip first.
 fn find_setting(new: &Inflated, stream: &[u8]) -> Result<Option<Deflater>> {
     let gnu = GNU_LEVELS.iter().map(|&level| Setting {
         level,
@@ -480,7 +493,10 @@ fn find_setting(new: &Inflated, stream: &[u8]) -> Result<Option<Deflater>> {
         gnu.chain(plain).map(Deflater::Zlib).collect()
     };
     let go = GO_LEVELS.iter().map(|&level| Deflater::Go(level));
-    let order: Vec<Deflater> = if stream.ends_with(&[0, 0, 0xff, 0xff]) {
+    let order: Vec<Deflater> = if stream.ends_with(&[0, 0, 0xff, 0xff, 3, 0]) {
+        let pgzip = pgzip_block_sizes(new).into_iter().map(Deflater::Pgzip);
+        pgzip.chain(go).chain(zlib).collect()
+    } else if stream.ends_with(&[0, 0, 0xff, 0xff]) {
         go.chain(zlib).collect()
     } else {
         zlib
@@ -493,11 +509,36 @@ fn find_setting(new: &Inflated, stream: &[u8]) -> Result<Option<Deflater>> {
     Ok(None)
 }
 
+/// The block sizes to try for a pgzip stream: first the one its blocks show
+/// (pgzip's blocks end only every 65535 bytes of input, where a window of
+/// klauspost's compressor ends, and where pgzip's own block does), then the
+/// usual ones.
+fn pgzip_block_sizes(new: &Inflated) -> Vec<usize> {
+    let window = goflate::PGZIP_WINDOW as u64;
+    let shown = new
+        .ends
+        .iter()
+        .find(|&&e| e % window != 0)
+        .map(|&e| e as usize);
+    let sizes = shown.into_iter().chain(PGZIP_BLOCK_SIZES.iter().copied());
+    let mut unique = Vec::new();
+    for s in sizes {
+        if s > goflate::PGZIP_TAIL && !unique.contains(&s) {
+            unique.push(s);
+        }
+    }
+    unique
+}
+
 /// Writes the flags (`old_flag` and the deflater's), the level, memLevel and
 /// the block ends.
 fn put_deflater(out: &mut Vec<u8>, old_flag: u8, deflater: &Deflater) {
     match deflater {
-        Deflater::Go(level) => out.extend_from_slice(&[old_flag | GO, *level, 0]),
+        Deflater::Go(level) => out.extend_from_slice(&[old_flag | GO, *level, GO_STDLIB]),
+        Deflater::Pgzip(block_size) => {
+            out.extend_from_slice(&[old_flag | GO, 5, GO_PGZIP]);
+            varint::put(out, *block_size as u64);
+        }
         Deflater::Zlib(s) if s.ends.is_empty() => {
             out.extend_from_slice(&[old_flag, s.level, s.mem_level]);
         }
@@ -521,7 +562,8 @@ fn read_deflater(b: &[u8]) -> Result<(u8, Deflater, &[u8])> {
     let go = flags & GO != 0;
     let valid = flags & !(OLD_INFLATED | BLOCK_ENDS | GO) == 0
         && if go {
-            flags & BLOCK_ENDS == 0 && level <= 9 && mem_level == 0
+            flags & BLOCK_ENDS == 0
+                && (mem_level == GO_STDLIB && level <= 9 || mem_level == GO_PGZIP && level == 5)
         } else {
             (1..=9).contains(&level) && (1..=9).contains(&mem_level)
         };
@@ -529,6 +571,17 @@ fn read_deflater(b: &[u8]) -> Result<(u8, Deflater, &[u8])> {
         return Err(Error::InvalidInput(format!(
             "gzip delta: bad settings (flags {flags}, level {level}, memLevel {mem_level})"
         )));
+    }
+    if go && mem_level == GO_PGZIP {
+        let mut r = varint::Reader::new(&b[3..]);
+        let size = r.get_len("pgzip block size", MAX_RAW as u64)?;
+        if size <= goflate::PGZIP_TAIL {
+            return Err(Error::InvalidInput(format!(
+                "gzip delta: pgzip block size {size} is not above {}",
+                goflate::PGZIP_TAIL
+            )));
+        }
+        return Ok((flags, Deflater::Pgzip(size), r.rest()));
     }
     if go {
         return Ok((flags, Deflater::Go(level), &b[3..]));
@@ -926,6 +979,51 @@ mod tests {
         let mut other = d.clone();
         other[9] = 1;
         assert_ne!(Gzip::patch(&v1.raw, &other).unwrap(), GO_FIXTURES[0].0);
+    }
+
+    /// klauspost/pgzip's output (go/make-fixtures) with 150000-byte blocks.
+    const PGZIP_FIXTURES: [&[u8]; 2] = [
+        include_bytes!("../go/fixtures/v1-pgzip.gz"),
+        include_bytes!("../go/fixtures/v2-pgzip.gz"),
+    ];
+
+    #[test]
+    fn pgzip_streams_are_rebuilt_with_the_block_size_they_show() {
+        let [v1, v2] = PGZIP_FIXTURES;
+        let (_, raw) = gunzip_exact(v1).unwrap().unwrap();
+        let d = Gzip::diff(&raw.raw, v1, 1).unwrap();
+        assert_eq!(d[8..11], [GO, 5, GO_PGZIP]);
+        let mut r = varint::Reader::new(&d[11..]);
+        assert_eq!(r.get().unwrap(), 150_000);
+        assert!(d.len() < 200, "delta {} bytes", d.len());
+        assert_eq!(Gzip::patch(&raw.raw, &d).unwrap(), v1);
+        // An edited file against the old one: small.
+        let d = Gzip::diff(v1, v2, 0).unwrap();
+        assert!(d.len() < 300, "delta {} bytes", d.len());
+        assert_eq!(Gzip::patch(v1, &d).unwrap(), v2);
+    }
+
+    #[test]
+    fn pgzip_settings_are_checked() {
+        let (_, raw) = gunzip_exact(PGZIP_FIXTURES[0]).unwrap().unwrap();
+        let d = Gzip::diff(&raw.raw, PGZIP_FIXTURES[0], 1).unwrap();
+        // Another level, a block size at or under the tail pgzip primes
+        // blocks with, a block size past the content limit.
+        let mut bad_level = d.clone();
+        bad_level[9] = 6;
+        let mut tiny = d[..11].to_vec();
+        varint::put(&mut tiny, 16384);
+        let mut huge = d[..11].to_vec();
+        varint::put(&mut huge, MAX_RAW as u64 + 1);
+        for bad in [bad_level, tiny, huge] {
+            let e = Gzip::patch(&raw.raw, &bad);
+            assert!(matches!(&e, Err(Error::InvalidInput(_))), "{e:?}");
+        }
+        // Another valid block size decodes, to other bytes than the file.
+        let mut other = d[..11].to_vec();
+        varint::put(&mut other, 1 << 20);
+        other.extend_from_slice(&d[14..]);
+        assert_ne!(Gzip::patch(&raw.raw, &other).unwrap(), PGZIP_FIXTURES[0]);
     }
 
     #[test]

@@ -1,23 +1,23 @@
-//! Go's Huffman block writer (`huffman_code.go`, `huffman_bit_writer.go`):
-//! how it sizes codes, picks stored, fixed or dynamic blocks and lays out bits.
-//! Every rule is Go's, including its quirks, since one bit of difference is a
-//! different stream.
+//! What Go's deflate writers share (`huffman_code.go` and the code-length
+//! part of `huffman_bit_writer.go`, the same in Go's library and in
+//! klauspost/compress): tokens, the code tables, Go's length-limited Huffman
+//! codes, the run-length coded table header, an LSB-first bit stream.
 
 /// Literal/length alphabet size (RFC 1951).
-const MAX_NUM_LIT: usize = 286;
-const OFFSET_CODE_COUNT: usize = 30;
-const END_BLOCK_MARKER: usize = 256;
-const LENGTH_CODES_START: usize = 257;
-const CODEGEN_CODE_COUNT: usize = 19;
+pub const MAX_NUM_LIT: usize = 286;
+pub const OFFSET_CODE_COUNT: usize = 30;
+pub const END_BLOCK_MARKER: usize = 256;
+pub const LENGTH_CODES_START: usize = 257;
+pub const CODEGEN_CODE_COUNT: usize = 19;
 const BAD_CODE: u8 = 255;
 /// Largest stored block.
 pub const MAX_STORE_BLOCK_SIZE: usize = 65535;
 
 /// Go's token: a literal byte, or a match of (length - 3, offset - 1).
 pub type Token = u32;
-const MATCH_TYPE: u32 = 1 << 30;
-const LENGTH_SHIFT: u32 = 22;
-const OFFSET_MASK: u32 = (1 << LENGTH_SHIFT) - 1;
+pub const MATCH_TYPE: u32 = 1 << 30;
+pub const LENGTH_SHIFT: u32 = 22;
+pub const OFFSET_MASK: u32 = (1 << LENGTH_SHIFT) - 1;
 
 /// A literal token.
 pub fn literal(b: u8) -> Token {
@@ -29,18 +29,18 @@ pub fn match_token(xlength: u32, xoffset: u32) -> Token {
     MATCH_TYPE + (xlength << LENGTH_SHIFT) + xoffset
 }
 
-const LENGTH_EXTRA_BITS: [u8; 29] = [
+pub const LENGTH_EXTRA_BITS: [u8; 29] = [
     0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 0,
 ];
-const LENGTH_BASE: [u32; 29] = [
+pub const LENGTH_BASE: [u32; 29] = [
     0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 112, 128,
     160, 192, 224, 255,
 ];
-const OFFSET_EXTRA_BITS: [u8; 30] = [
+pub const OFFSET_EXTRA_BITS: [u8; 30] = [
     0, 0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13,
     13,
 ];
-const OFFSET_BASE: [u32; 30] = [
+pub const OFFSET_BASE: [u32; 30] = [
     0x000000, 0x000001, 0x000002, 0x000003, 0x000004, 0x000006, 0x000008, 0x00000c, 0x000010,
     0x000018, 0x000020, 0x000030, 0x000040, 0x000060, 0x000080, 0x0000c0, 0x000100, 0x000180,
     0x000200, 0x000300, 0x000400, 0x000600, 0x000800, 0x000c00, 0x001000, 0x001800, 0x002000,
@@ -80,12 +80,12 @@ const OFFSET_CODES: [u8; 256] = {
     t
 };
 
-fn length_code(xlength: u32) -> usize {
+pub fn length_code(xlength: u32) -> usize {
     LENGTH_CODES[xlength as usize].into()
 }
 
 /// Go's `offsetCode`: the offset code (0..=29) of an offset minus 1.
-fn offset_code(xoffset: u32) -> usize {
+pub fn offset_code(xoffset: u32) -> usize {
     let x = xoffset as usize;
     if x < 256 {
         OFFSET_CODES[x].into()
@@ -96,10 +96,11 @@ fn offset_code(xoffset: u32) -> usize {
     }
 }
 
-#[derive(Clone, Copy, Default)]
-struct Hcode {
-    code: u16,
-    len: u16,
+/// A code: its bits (reversed, as written) and length; all zero when unused.
+#[derive(Clone, Copy, Default, PartialEq)]
+pub struct Hcode {
+    pub code: u16,
+    pub len: u16,
 }
 
 #[derive(Clone, Copy)]
@@ -113,18 +114,19 @@ fn reverse_bits(number: u16, bit_length: u8) -> u16 {
 }
 
 /// One Huffman code table and Go's way of building it.
-struct Encoder {
-    codes: Vec<Hcode>,
+#[derive(Clone)]
+pub struct Encoder {
+    pub codes: Vec<Hcode>,
 }
 
 impl Encoder {
-    fn new(size: usize) -> Encoder {
+    pub fn new(size: usize) -> Encoder {
         Encoder {
             codes: vec![Hcode::default(); size],
         }
     }
 
-    fn fixed_literal() -> Encoder {
+    pub fn fixed_literal() -> Encoder {
         let mut h = Encoder::new(MAX_NUM_LIT);
         for ch in 0..MAX_NUM_LIT as u16 {
             let (bits, size) = match ch {
@@ -141,7 +143,7 @@ impl Encoder {
         h
     }
 
-    fn fixed_offset() -> Encoder {
+    pub fn fixed_offset() -> Encoder {
         let mut h = Encoder::new(OFFSET_CODE_COUNT);
         for (ch, c) in h.codes.iter_mut().enumerate() {
             *c = Hcode {
@@ -152,7 +154,16 @@ impl Encoder {
         h
     }
 
-    fn bit_length(&self, freq: &[i32]) -> i64 {
+    /// The offset table of Huffman-only blocks: one 1-bit code, offset 0's.
+    pub fn huff_offset() -> Encoder {
+        let mut h = Encoder::new(OFFSET_CODE_COUNT);
+        let mut f = vec![0; OFFSET_CODE_COUNT];
+        f[0] = 1;
+        h.generate(&f, 15);
+        h
+    }
+
+    pub fn bit_length(&self, freq: &[i32]) -> i64 {
         freq.iter()
             .zip(&self.codes)
             .filter(|(f, _)| **f != 0)
@@ -255,7 +266,7 @@ impl Encoder {
     }
 
     /// Go's `generate`: code lengths for `freq`, at most `max_bits` long.
-    fn generate(&mut self, freq: &[i32], max_bits: i32) {
+    pub fn generate(&mut self, freq: &[i32], max_bits: i32) {
         let mut list = Vec::with_capacity(freq.len() + 1);
         for (i, &f) in freq.iter().enumerate() {
             if f != 0 {
@@ -264,7 +275,7 @@ impl Encoder {
                     freq: f,
                 });
             } else {
-                self.codes[i].len = 0;
+                self.codes[i] = Hcode::default();
             }
         }
         if list.len() <= 2 {
@@ -296,103 +307,48 @@ fn put_repeat(cg: &mut [u8], out: &mut usize, freq: &mut [i32], code: u8, extra:
     freq[code as usize] += 1;
 }
 
-/// An LSB-first bit stream into a byte vector.
-#[derive(Default)]
-pub struct Bits {
-    bits: u64,
-    nbits: u32,
-    /// Whole bytes written so far (the caller drains them).
-    pub out: Vec<u8>,
+/// The table header of a dynamic block: the code lengths of both tables,
+/// run-length coded (RFC 1951 3.2.7), and the code that codes them.
+pub struct Codegen {
+    /// The run-length codes, each repeat code followed by its extra value,
+    /// ended by [`BAD_CODE`].
+    codes: Vec<u8>,
+    /// How often each code-length code occurs.
+    pub freq: [i32; CODEGEN_CODE_COUNT],
+    /// The code of the code-length codes (at most 7 bits).
+    encoding: Encoder,
+    /// How many code-length code lengths the header sends.
+    count: usize,
 }
 
-impl Bits {
-    fn put(&mut self, value: u32, nb: u32) {
-        self.bits |= (value as u64) << self.nbits;
-        self.nbits += nb;
-        while self.nbits >= 8 {
-            self.out.push(self.bits as u8);
-            self.bits >>= 8;
-            self.nbits -= 8;
+impl Codegen {
+    pub fn new() -> Codegen {
+        Codegen {
+            codes: vec![0; MAX_NUM_LIT + OFFSET_CODE_COUNT + 1],
+            freq: [0; CODEGEN_CODE_COUNT],
+            encoding: Encoder::new(CODEGEN_CODE_COUNT),
+            count: 0,
         }
     }
 
-    fn code(&mut self, c: Hcode) {
-        self.put(c.code.into(), c.len.into());
-    }
-
-    /// Pads to a byte boundary with zero bits (Go's `flush`).
-    pub fn align(&mut self) {
-        if self.nbits > 0 {
-            self.out.push(self.bits as u8);
-        }
-        self.bits = 0;
-        self.nbits = 0;
-    }
-}
-
-/// Go's `huffmanBitWriter`.
-pub struct BlockWriter {
-    /// The bit stream written.
-    pub bits: Bits,
-    literal_freq: Vec<i32>,
-    offset_freq: Vec<i32>,
-    codegen: Vec<u8>,
-    codegen_freq: [i32; CODEGEN_CODE_COUNT],
-    literal_encoding: Encoder,
-    offset_encoding: Encoder,
-    codegen_encoding: Encoder,
-    fixed_literal: Encoder,
-    fixed_offset: Encoder,
-    /// The offset table of Huffman-only blocks: one code for offset 0.
-    huff_offset: Encoder,
-}
-
-/// Which tables a block is written with.
-#[derive(Clone, Copy, PartialEq)]
-enum Tables {
-    Fixed,
-    Dynamic,
-}
-
-impl BlockWriter {
-    /// A writer with nothing written.
-    pub fn new() -> BlockWriter {
-        let mut huff_offset = Encoder::new(OFFSET_CODE_COUNT);
-        let mut f = vec![0; OFFSET_CODE_COUNT];
-        f[0] = 1;
-        huff_offset.generate(&f, 15);
-        BlockWriter {
-            bits: Bits::default(),
-            literal_freq: vec![0; MAX_NUM_LIT],
-            offset_freq: vec![0; OFFSET_CODE_COUNT],
-            codegen: vec![0; MAX_NUM_LIT + OFFSET_CODE_COUNT + 1],
-            codegen_freq: [0; CODEGEN_CODE_COUNT],
-            literal_encoding: Encoder::new(MAX_NUM_LIT),
-            offset_encoding: Encoder::new(OFFSET_CODE_COUNT),
-            codegen_encoding: Encoder::new(CODEGEN_CODE_COUNT),
-            fixed_literal: Encoder::fixed_literal(),
-            fixed_offset: Encoder::fixed_offset(),
-            huff_offset,
-        }
-    }
-
-    /// Run-length codes of the code lengths (RFC 1951 3.2.7), and their counts.
-    fn generate_codegen(&mut self, num_literals: usize, num_offsets: usize, huff_only: bool) {
-        self.codegen_freq = [0; CODEGEN_CODE_COUNT];
-        let off = if huff_only {
-            &self.huff_offset
-        } else {
-            &self.offset_encoding
-        };
-        let cg = &mut self.codegen;
-        let lengths = self.literal_encoding.codes[..num_literals]
+    /// Go's `generateCodegen` and the code-length code for it.
+    pub fn generate(
+        &mut self,
+        lit: &Encoder,
+        off: &Encoder,
+        num_literals: usize,
+        num_offsets: usize,
+    ) {
+        self.freq = [0; CODEGEN_CODE_COUNT];
+        let cg = &mut self.codes;
+        let lengths = lit.codes[..num_literals]
             .iter()
             .chain(&off.codes[..num_offsets]);
         for (c, code) in cg.iter_mut().zip(lengths) {
             *c = code.len as u8;
         }
         cg[num_literals + num_offsets] = BAD_CODE;
-        let freq = &mut self.codegen_freq;
+        let freq = &mut self.freq;
         let mut size = cg[0];
         let mut count: i32 = 1;
         let mut out = 0usize;
@@ -436,249 +392,109 @@ impl BlockWriter {
             count = 1;
         }
         cg[out] = BAD_CODE;
+        self.encoding.generate(&self.freq, 7);
+        self.count = CODEGEN_CODE_COUNT;
+        while self.count > 4 && self.freq[CODEGEN_ORDER[self.count - 1]] == 0 {
+            self.count -= 1;
+        }
     }
 
-    /// Bits of a dynamic block, and the count of code-length codes sent.
-    fn dynamic_size(&self, huff_only: bool, extra_bits: i64) -> (i64, usize) {
-        let mut num_codegens = CODEGEN_CODE_COUNT;
-        while num_codegens > 4 && self.codegen_freq[CODEGEN_ORDER[num_codegens - 1]] == 0 {
-            num_codegens -= 1;
-        }
-        let cf = &self.codegen_freq;
-        let header = 3
-            + 5
+    /// Go's `headerSize`: the bits of a dynamic block's header.
+    pub fn header_bits(&self) -> i64 {
+        let f = &self.freq;
+        3 + 5
             + 5
             + 4
-            + 3 * num_codegens as i64
-            + self.codegen_encoding.bit_length(cf)
-            + cf[16] as i64 * 2
-            + cf[17] as i64 * 3
-            + cf[18] as i64 * 7;
-        let off = if huff_only {
-            &self.huff_offset
-        } else {
-            &self.offset_encoding
-        };
-        let size = header
-            + self.literal_encoding.bit_length(&self.literal_freq)
-            + off.bit_length(&self.offset_freq)
-            + extra_bits;
-        (size, num_codegens)
+            + 3 * self.count as i64
+            + self.encoding.bit_length(f)
+            + f[16] as i64 * 2
+            + f[17] as i64 * 3
+            + f[18] as i64 * 7
     }
 
-    fn fixed_size(&self, extra_bits: i64) -> i64 {
-        3 + self.fixed_literal.bit_length(&self.literal_freq)
-            + self.fixed_offset.bit_length(&self.offset_freq)
-            + extra_bits
-    }
-
-    fn stored_size(input: Option<&[u8]>) -> Option<i64> {
-        input
-            .filter(|i| i.len() <= MAX_STORE_BLOCK_SIZE)
-            .map(|i| (i.len() as i64 + 5) * 8)
-    }
-
-    fn write_dynamic_header(
-        &mut self,
-        num_literals: usize,
-        num_offsets: usize,
-        num_codegens: usize,
-        eof: bool,
-    ) {
-        let b = &mut self.bits;
+    /// Go's `writeDynamicHeader`.
+    pub fn write_header(&self, b: &mut Bits, num_literals: usize, num_offsets: usize, eof: bool) {
         b.put(if eof { 5 } else { 4 }, 3);
         b.put((num_literals - 257) as u32, 5);
         b.put((num_offsets - 1) as u32, 5);
-        b.put((num_codegens - 4) as u32, 4);
-        for &o in &CODEGEN_ORDER[..num_codegens] {
-            b.put(self.codegen_encoding.codes[o].len.into(), 3);
+        b.put((self.count - 4) as u32, 4);
+        for &o in &CODEGEN_ORDER[..self.count] {
+            b.put(self.encoding.codes[o].len.into(), 3);
         }
         let mut i = 0;
         loop {
-            let word = self.codegen[i];
+            let word = self.codes[i];
             i += 1;
             if word == BAD_CODE {
                 break;
             }
-            b.code(self.codegen_encoding.codes[word as usize]);
+            b.code(self.encoding.codes[word as usize]);
             let extra = match word {
                 16 => 2,
                 17 => 3,
                 18 => 7,
                 _ => continue,
             };
-            b.put(self.codegen[i].into(), extra);
+            b.put(self.codes[i].into(), extra);
             i += 1;
         }
     }
+}
 
-    /// A stored block's header (the data follows byte-aligned).
-    pub fn write_stored_header(&mut self, length: usize, eof: bool) {
-        self.bits.put(eof.into(), 3);
-        self.bits.align();
-        self.bits.put(length as u32, 16);
-        self.bits.put(!(length as u16) as u32, 16);
-    }
+/// An LSB-first bit stream into a byte vector.
+#[derive(Default)]
+pub struct Bits {
+    bits: u64,
+    nbits: u32,
+    /// Whole bytes written so far (the caller drains them).
+    pub out: Vec<u8>,
+}
 
-    fn write_stored(&mut self, input: &[u8], eof: bool) {
-        self.write_stored_header(input.len(), eof);
-        self.bits.out.extend_from_slice(input);
-    }
-
-    /// Go's `writeBlock`: the smallest of stored (when `input` is known and
-    /// fits), fixed and dynamic, by Go's size estimates.
-    pub fn write_block(&mut self, tokens: &[Token], eof: bool, input: Option<&[u8]>) {
-        let (num_literals, num_offsets) = self.index_tokens(tokens);
-        let stored = Self::stored_size(input);
-        let mut extra_bits = 0i64;
-        if stored.is_some() {
-            for code in LENGTH_CODES_START + 8..num_literals {
-                extra_bits += self.literal_freq[code] as i64
-                    * LENGTH_EXTRA_BITS[code - LENGTH_CODES_START] as i64;
-            }
-            for (f, extra) in self.offset_freq[..num_offsets]
-                .iter()
-                .zip(OFFSET_EXTRA_BITS)
-                .skip(4)
-            {
-                extra_bits += *f as i64 * extra as i64;
-            }
-        }
-        let mut tables = Tables::Fixed;
-        let mut size = self.fixed_size(extra_bits);
-        self.generate_codegen(num_literals, num_offsets, false);
-        self.codegen_encoding.generate(&self.codegen_freq, 7);
-        let (dynamic, num_codegens) = self.dynamic_size(false, extra_bits);
-        if dynamic < size {
-            size = dynamic;
-            tables = Tables::Dynamic;
-        }
-        if let (Some(s), Some(input)) = (stored, input) {
-            if s < size {
-                self.write_stored(input, eof);
-                return;
-            }
-        }
-        if tables == Tables::Fixed {
-            self.bits.put(if eof { 3 } else { 2 }, 3);
-        } else {
-            self.write_dynamic_header(num_literals, num_offsets, num_codegens, eof);
-        }
-        self.write_tokens(tokens, tables);
-    }
-
-    /// Go's `writeBlockDynamic`: dynamic tables, or stored when that is not
-    /// 1/16 larger.
-    pub fn write_block_dynamic(&mut self, tokens: &[Token], eof: bool, input: &[u8]) {
-        let (num_literals, num_offsets) = self.index_tokens(tokens);
-        if self.dynamic_header_or_stored(num_literals, num_offsets, false, eof, input) {
-            self.write_tokens(tokens, Tables::Dynamic);
+impl Bits {
+    pub fn put(&mut self, value: u32, nb: u32) {
+        self.bits |= (value as u64) << self.nbits;
+        self.nbits += nb;
+        while self.nbits >= 8 {
+            self.out.push(self.bits as u8);
+            self.bits >>= 8;
+            self.nbits -= 8;
         }
     }
 
-    /// Writes `input` as a stored block when that is not 1/16 larger than
-    /// the dynamic block (returning false), else the dynamic block's header.
-    fn dynamic_header_or_stored(
-        &mut self,
-        num_literals: usize,
-        num_offsets: usize,
-        huff_only: bool,
-        eof: bool,
-        input: &[u8],
-    ) -> bool {
-        self.generate_codegen(num_literals, num_offsets, huff_only);
-        self.codegen_encoding.generate(&self.codegen_freq, 7);
-        let (size, num_codegens) = self.dynamic_size(huff_only, 0);
-        if let Some(s) = Self::stored_size(Some(input)) {
-            if s < size + (size >> 4) {
-                self.write_stored(input, eof);
-                return false;
-            }
-        }
-        self.write_dynamic_header(num_literals, num_offsets, num_codegens, eof);
-        true
+    pub fn code(&mut self, c: Hcode) {
+        self.put(c.code.into(), c.len.into());
     }
 
-    /// Counts symbols (the end-of-block marker included) and builds the
-    /// dynamic tables; returns the counts of literal and offset codes sent.
-    fn index_tokens(&mut self, tokens: &[Token]) -> (usize, usize) {
-        self.literal_freq.fill(0);
-        self.offset_freq.fill(0);
-        for &t in tokens {
-            if t < MATCH_TYPE {
-                self.literal_freq[t as usize] += 1;
-            } else {
-                let len = (t - MATCH_TYPE) >> LENGTH_SHIFT;
-                self.literal_freq[LENGTH_CODES_START + length_code(len)] += 1;
-                self.offset_freq[offset_code(t & OFFSET_MASK)] += 1;
-            }
+    /// Pads to a byte boundary with zero bits (Go's `flush`).
+    pub fn align(&mut self) {
+        if self.nbits > 0 {
+            self.out.push(self.bits as u8);
         }
-        self.literal_freq[END_BLOCK_MARKER] += 1;
-        let mut num_literals = MAX_NUM_LIT;
-        while self.literal_freq[num_literals - 1] == 0 {
-            num_literals -= 1;
-        }
-        let mut num_offsets = OFFSET_CODE_COUNT;
-        while num_offsets > 0 && self.offset_freq[num_offsets - 1] == 0 {
-            num_offsets -= 1;
-        }
-        if num_offsets == 0 {
-            self.offset_freq[0] = 1;
-            num_offsets = 1;
-        }
-        self.literal_encoding.generate(&self.literal_freq, 15);
-        self.offset_encoding.generate(&self.offset_freq, 15);
-        (num_literals, num_offsets)
+        self.bits = 0;
+        self.nbits = 0;
     }
+}
 
-    fn write_tokens(&mut self, tokens: &[Token], tables: Tables) {
-        let (lit, off) = match tables {
-            Tables::Fixed => (&self.fixed_literal, &self.fixed_offset),
-            Tables::Dynamic => (&self.literal_encoding, &self.offset_encoding),
-        };
-        let b = &mut self.bits;
-        for &t in tokens {
-            if t < MATCH_TYPE {
-                b.code(lit.codes[t as usize]);
-                continue;
-            }
-            let len = (t - MATCH_TYPE) >> LENGTH_SHIFT;
-            let lc = length_code(len);
-            b.code(lit.codes[lc + LENGTH_CODES_START]);
-            if LENGTH_EXTRA_BITS[lc] > 0 {
-                b.put(len - LENGTH_BASE[lc], LENGTH_EXTRA_BITS[lc].into());
-            }
-            let offset = t & OFFSET_MASK;
-            let oc = offset_code(offset);
-            b.code(off.codes[oc]);
-            if OFFSET_EXTRA_BITS[oc] > 0 {
-                b.put(offset - OFFSET_BASE[oc], OFFSET_EXTRA_BITS[oc].into());
-            }
+/// Writes `tokens` with the codes `lit` and `off` (an end-of-block token is
+/// the literal code 256).
+pub fn write_tokens(b: &mut Bits, tokens: &[Token], lit: &Encoder, off: &Encoder) {
+    for &t in tokens {
+        if t < MATCH_TYPE {
+            b.code(lit.codes[t as usize]);
+            continue;
         }
-        b.code(lit.codes[END_BLOCK_MARKER]);
-    }
-
-    /// Go's `writeBlockHuff`: literals only, or stored when that is not 1/16
-    /// larger.
-    pub fn write_block_huff(&mut self, eof: bool, input: &[u8]) {
-        self.literal_freq.fill(0);
-        for &b in input {
-            self.literal_freq[b as usize] += 1;
+        let len = (t - MATCH_TYPE) >> LENGTH_SHIFT;
+        let lc = length_code(len);
+        b.code(lit.codes[lc + LENGTH_CODES_START]);
+        if LENGTH_EXTRA_BITS[lc] > 0 {
+            b.put(len - LENGTH_BASE[lc], LENGTH_EXTRA_BITS[lc].into());
         }
-        self.literal_freq[END_BLOCK_MARKER] = 1;
-        // Go sets the first offset count and leaves the rest as they were;
-        // they weigh nothing, having no code in the one-code offset table.
-        self.offset_freq[0] = 1;
-        let (num_literals, num_offsets) = (END_BLOCK_MARKER + 1, 1);
-        self.literal_encoding.generate(&self.literal_freq, 15);
-        if !self.dynamic_header_or_stored(num_literals, num_offsets, true, eof, input) {
-            return;
+        let offset = t & OFFSET_MASK;
+        let oc = offset_code(offset);
+        b.code(off.codes[oc]);
+        if OFFSET_EXTRA_BITS[oc] > 0 {
+            b.put(offset - OFFSET_BASE[oc], OFFSET_EXTRA_BITS[oc].into());
         }
-        for &b in input {
-            self.bits.code(self.literal_encoding.codes[b as usize]);
-        }
-        self.bits
-            .code(self.literal_encoding.codes[END_BLOCK_MARKER]);
     }
 }
 

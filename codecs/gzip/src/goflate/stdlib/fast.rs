@@ -1,7 +1,7 @@
 //! Go's `BestSpeed` matcher (`deflatefast.go`): a Snappy-style single hash
 //! probe per position over 64 KiB blocks, matching into the previous block.
 
-use super::huffman::{literal, match_token, Token, MAX_STORE_BLOCK_SIZE};
+use super::super::huffman::{literal, match_token, Token, MAX_STORE_BLOCK_SIZE};
 
 const TABLE_BITS: u32 = 14;
 const TABLE_SIZE: usize = 1 << TABLE_BITS;
@@ -25,6 +25,13 @@ fn load64(b: &[u8], i: i32) -> u64 {
 
 fn hash(u: u32) -> u32 {
     u.wrapping_mul(0x1e35a7bd) >> TABLE_SHIFT
+}
+
+/// Where a run of matches left off: at the input's margin, or with the
+/// search to go on one byte past `end` (whose 4 bytes are `value`).
+enum After {
+    End(i32),
+    Search { end: i32, value: u32 },
 }
 
 #[derive(Clone, Copy, Default)]
@@ -64,67 +71,21 @@ impl Fast {
         let mut next_emit = 0i32;
         let mut s = 0i32;
         let mut cv = load32(src, s);
-        let mut next_hash = hash(cv);
-        'outer: loop {
-            let mut skip = 32i32;
-            let mut next_s = s;
-            let mut candidate;
-            loop {
-                s = next_s;
-                let between = skip >> 5;
-                next_s = s + between;
-                skip += between;
-                if next_s > s_limit {
-                    break 'outer;
-                }
-                candidate = self.table[(next_hash & TABLE_MASK) as usize];
-                let now = load32(src, next_s);
-                self.table[(next_hash & TABLE_MASK) as usize] = Entry {
-                    offset: s + self.cur,
-                    val: cv,
-                };
-                next_hash = hash(now);
-                let offset = s - (candidate.offset - self.cur);
-                if offset > MAX_MATCH_OFFSET || cv != candidate.val {
-                    cv = now;
-                    continue;
-                }
-                break;
-            }
+        while let Some((at, candidate)) = self.find(src, s, cv, s_limit) {
             dst.extend(
-                src[next_emit as usize..s as usize]
+                src[next_emit as usize..at as usize]
                     .iter()
                     .map(|&b| literal(b)),
             );
-            loop {
-                s += 4;
-                let t = candidate.offset - self.cur + 4;
-                let l = self.match_len(s, t, src);
-                dst.push(match_token((l + 4 - 3) as u32, (s - t - 1) as u32));
-                s += l;
-                next_emit = s;
-                if s >= s_limit {
-                    break 'outer;
-                }
-                let mut x = load64(src, s - 1);
-                let prev_hash = hash(x as u32);
-                self.table[(prev_hash & TABLE_MASK) as usize] = Entry {
-                    offset: self.cur + s - 1,
-                    val: x as u32,
-                };
-                x >>= 8;
-                let curr_hash = hash(x as u32);
-                candidate = self.table[(curr_hash & TABLE_MASK) as usize];
-                self.table[(curr_hash & TABLE_MASK) as usize] = Entry {
-                    offset: self.cur + s,
-                    val: x as u32,
-                };
-                let offset = s - (candidate.offset - self.cur);
-                if offset > MAX_MATCH_OFFSET || x as u32 != candidate.val {
-                    cv = (x >> 8) as u32;
-                    next_hash = hash(cv);
-                    s += 1;
+            match self.emit_matches(dst, src, at, candidate, s_limit) {
+                After::End(end) => {
+                    next_emit = end;
                     break;
+                }
+                After::Search { end, value } => {
+                    next_emit = end;
+                    s = end + 1;
+                    cv = value;
                 }
             }
         }
@@ -134,6 +95,77 @@ impl Fast {
         self.cur += src.len() as i32;
         self.prev.clear();
         self.prev.extend_from_slice(src);
+    }
+
+    /// Go's search loop: from `s` (holding `cv`), probing further apart the
+    /// longer no match turns up, the first position whose table entry holds
+    /// the same 4 bytes within reach, with that entry; `None` past `s_limit`.
+    fn find(&mut self, src: &[u8], mut s: i32, mut cv: u32, s_limit: i32) -> Option<(i32, Entry)> {
+        let mut next_hash = hash(cv);
+        let mut skip = 32i32;
+        let mut next_s = s;
+        loop {
+            s = next_s;
+            let between = skip >> 5;
+            next_s = s + between;
+            skip += between;
+            if next_s > s_limit {
+                return None;
+            }
+            let candidate = self.table[(next_hash & TABLE_MASK) as usize];
+            let now = load32(src, next_s);
+            self.table[(next_hash & TABLE_MASK) as usize] = Entry {
+                offset: s + self.cur,
+                val: cv,
+            };
+            next_hash = hash(now);
+            let offset = s - (candidate.offset - self.cur);
+            if offset <= MAX_MATCH_OFFSET && cv == candidate.val {
+                return Some((s, candidate));
+            }
+            cv = now;
+        }
+    }
+
+    /// Emits the match at `s` and those that follow it back to back.
+    fn emit_matches(
+        &mut self,
+        dst: &mut Vec<Token>,
+        src: &[u8],
+        mut s: i32,
+        mut candidate: Entry,
+        s_limit: i32,
+    ) -> After {
+        loop {
+            s += 4;
+            let t = candidate.offset - self.cur + 4;
+            let l = self.match_len(s, t, src);
+            dst.push(match_token((l + 4 - 3) as u32, (s - t - 1) as u32));
+            s += l;
+            if s >= s_limit {
+                return After::End(s);
+            }
+            let mut x = load64(src, s - 1);
+            let prev_hash = hash(x as u32);
+            self.table[(prev_hash & TABLE_MASK) as usize] = Entry {
+                offset: self.cur + s - 1,
+                val: x as u32,
+            };
+            x >>= 8;
+            let curr_hash = hash(x as u32);
+            candidate = self.table[(curr_hash & TABLE_MASK) as usize];
+            self.table[(curr_hash & TABLE_MASK) as usize] = Entry {
+                offset: self.cur + s,
+                val: x as u32,
+            };
+            let offset = s - (candidate.offset - self.cur);
+            if offset > MAX_MATCH_OFFSET || x as u32 != candidate.val {
+                return After::Search {
+                    end: s,
+                    value: (x >> 8) as u32,
+                };
+            }
+        }
     }
 
     /// Length of the match at `s` with `t` (negative: in the previous block).
