@@ -295,12 +295,14 @@ fn codecs_are_negotiated_and_fetched_by_digest() {
     let c = Client::new(&s, "codecs");
     let have = s.p("v1.cdimg");
     // A client without bsdiff that may not fetch never receives a bsdiff delta.
+    // (gzip made the layers' recipes, which every image and delta of this
+    // series carries for export: the client needs it too.)
     let rep = c.pull(&[
         &format!("{a}:v3"),
         "--have",
         &have,
         "--codecs",
-        "zstd-dict",
+        "zstd-dict,gzip",
         "--no-fetch-codecs",
         "-o",
         &s.p("z.cdimg"),
@@ -326,13 +328,14 @@ fn codecs_are_negotiated_and_fetched_by_digest() {
         "{header}"
     );
     assert_eq!(image_id(&s, "z.cdimg"), image_id(&s, "v3.cdimg"));
-    // Holding no codec and fetching none: only the full image will do.
+    // Holding only the recipes' codec and fetching none: only the full image
+    // will do.
     let rep = c.pull(&[
         &format!("{a}:v3"),
         "--have",
         &have,
         "--codecs",
-        "",
+        "gzip",
         "--no-fetch-codecs",
         "--dry-run",
     ]);
