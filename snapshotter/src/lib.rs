@@ -3,6 +3,7 @@
 //!
 //! - [`api`]: containerd's snapshots API (generated).
 //! - [`meta`]: snapshot metadata, persisted atomically.
+//! - [`filter`]: containerd's filter syntax, for `List`.
 //! - [`images`]: the store of cdimg files snapshots are served from.
 //! - [`snapshotter`]: the operations.
 //! - [`service`]: the gRPC service over them.
@@ -10,6 +11,7 @@
 //!   snapshots services.
 
 pub mod api;
+pub mod filter;
 pub mod images;
 pub mod load;
 pub mod meta;

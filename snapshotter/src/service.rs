@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 use crate::api::snapshots as pb;
 use crate::api::snapshots::snapshots_server::Snapshots;
 use crate::api::types::Mount as PbMount;
+use crate::filter::Filter;
 use crate::meta::Kind;
 use crate::snapshotter::{Info, MountSpec, Snapshotter};
 
@@ -162,9 +163,12 @@ impl Snapshots for Service {
 
     async fn list(
         &self,
-        _request: Request<pb::ListSnapshotsRequest>,
+        request: Request<pb::ListSnapshotsRequest>,
     ) -> Result<Response<Self::ListStream>, Status> {
-        let infos = self.run(|s| Ok(s.list())).await?;
+        let filter =
+            Filter::parse(&request.into_inner().filters).map_err(Status::invalid_argument)?;
+        let mut infos = self.run(|s| Ok(s.list())).await?;
+        infos.retain(|i| filter.matches(i));
         // Batches keep each message small, as containerd's own service does.
         let batches: Vec<Result<pb::ListSnapshotsResponse, Status>> = infos
             .chunks(100)

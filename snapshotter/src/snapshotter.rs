@@ -355,12 +355,16 @@ impl Snapshotter {
         let mut snap = st.meta.snapshots.remove(key).expect("present");
         snap.kind = Kind::Committed;
         snap.labels.extend(labels);
-        snap.updated = now();
+        // A committed snapshot is a new one, as in containerd's own store.
+        let (created, updated) = (snap.created, snap.updated);
+        snap.created = now();
+        snap.updated = snap.created;
         let id = snap.id;
         st.meta.snapshots.insert(name.to_string(), snap);
         if let Err(e) = st.meta.save() {
             let mut snap = st.meta.snapshots.remove(name).expect("present");
             snap.kind = Kind::Active;
+            (snap.created, snap.updated) = (created, updated);
             st.meta.snapshots.insert(key.to_string(), snap);
             return Err(internal(e));
         }
@@ -385,7 +389,7 @@ impl Snapshotter {
             .clone();
         if st.meta.has_children(key) {
             return Err(Status::failed_precondition(format!(
-                "snapshot {key} has children"
+                "cannot remove snapshot {key}: it has children"
             )));
         }
         if let Some(m) = st.mounts.remove(key) {
@@ -463,7 +467,7 @@ impl Snapshotter {
         Ok(out)
     }
 
-    /// `List`: every snapshot (containerd filters what it asks for).
+    /// `List`: every snapshot (the service applies the request's filters).
     pub fn list(&self) -> Vec<Info> {
         let st = self.state.lock().expect("state lock");
         st.meta.snapshots.iter().map(|(k, s)| info(k, s)).collect()
