@@ -11,7 +11,7 @@
 //! stream ends them, recorded in the delta and forced in the vendored zlib
 //! (`zlib/README.d4c`); or a level of Go's `compress/flate` (what docker,
 //! buildkit and containerd write), or klauspost/pgzip's block size (umoci,
-//! skopeo), both ported in [`goflate`]. A stream no setting reproduces
+//! skopeo), both ported in `src/goflate/`. A stream no setting reproduces
 //! answers `unsupported` and the host uses another codec. docs/CODECS.md has
 //! the measurements.
 //!
