@@ -501,6 +501,30 @@ struct OriginLayerInfo {
     recipe: bool,
 }
 
+/// The original image's lines of `inspect`.
+fn print_origin(o: &OriginInfo) {
+    println!("  manifest  {} (original)", o.manifest);
+    println!("  config    {}", o.config);
+    for (i, l) in o.layers.iter().enumerate() {
+        println!(
+            "  layer {:<3} {} diff_id {}{}",
+            i + 1,
+            l.digest,
+            l.diff_id,
+            if l.recipe {
+                ""
+            } else {
+                " (blob not reproduced)"
+            }
+        );
+    }
+    println!(
+        "  origin    {} content items, {} in this file",
+        o.content,
+        human_bytes(o.bytes)
+    );
+}
+
 fn origin_info(r: &Reader) -> Result<Option<OriginInfo>> {
     let h = r.header();
     let Some(o) = &h.origin else {
@@ -578,6 +602,16 @@ fn file_info(
 
 pub fn inspect(a: &InspectArgs) -> Result<()> {
     let r = Reader::open(&a.image)?;
+    let report = inspect_report(&r, a.files)?;
+    if a.json {
+        return print_json(&report);
+    }
+    print_report(&a.image, &report);
+    Ok(())
+}
+
+/// What `inspect` reports of an open image (`files`: with every file).
+fn inspect_report(r: &Reader, files_listed: bool) -> Result<Inspect> {
     let h = r.header();
     let mut files = Files::default();
     let mut uses: BTreeMap<usize, (usize, u64)> = BTreeMap::new();
@@ -635,15 +669,15 @@ pub fn inspect(a: &InspectArgs) -> Result<()> {
                 files,
             })
             .collect(),
-        file_list: a
-            .files
-            .then(|| h.entries.iter().filter_map(|e| file_info(h, e)).collect()),
-        origin: origin_info(&r)?,
+        file_list: files_listed.then(|| h.entries.iter().filter_map(|e| file_info(h, e)).collect()),
+        origin: origin_info(r)?,
     };
-    if a.json {
-        return print_json(&report);
-    }
-    println!("{}", a.image.display());
+    Ok(report)
+}
+
+/// `inspect`'s human-readable form.
+fn print_report(image: &Path, report: &Inspect) {
+    println!("{}", image.display());
     println!("  kind      {:?}", report.kind);
     println!("  image id  {}", report.image_id);
     if let Some(b) = report.base_id {
@@ -664,26 +698,7 @@ pub fn inspect(a: &InspectArgs) -> Result<()> {
         report.files.full, report.files.same, report.files.delta
     );
     if let Some(o) = &report.origin {
-        println!("  manifest  {} (original)", o.manifest);
-        println!("  config    {}", o.config);
-        for (i, l) in o.layers.iter().enumerate() {
-            println!(
-                "  layer {:<3} {} diff_id {}{}",
-                i + 1,
-                l.digest,
-                l.diff_id,
-                if l.recipe {
-                    ""
-                } else {
-                    " (blob not reproduced)"
-                }
-            );
-        }
-        println!(
-            "  origin    {} content items, {} in this file",
-            o.content,
-            human_bytes(o.bytes)
-        );
+        print_origin(o);
     }
     for c in &report.codecs {
         println!(
@@ -714,5 +729,4 @@ pub fn inspect(a: &InspectArgs) -> Result<()> {
             f.codecs.join(",")
         );
     }
-    Ok(())
 }

@@ -396,20 +396,29 @@ pub fn write_layout_as(dir: &Path, tag: &str, layers: &[(Vec<u8>, LayerFormat)])
     finish_layout(dir, tag, &descs)
 }
 
-/// The `gogzip` helper (Go's compress/gzip as a filter), built once per test
-/// process with the system's Go.
+/// The `gogzip` helper (Go's compress/gzip as a filter), built with the
+/// system's Go once per version of its source (named by its digest; built
+/// beside and renamed, so test processes may race).
 fn go_gzip() -> Result<PathBuf> {
     static BIN: std::sync::OnceLock<std::result::Result<PathBuf, String>> =
         std::sync::OnceLock::new();
     BIN.get_or_init(|| {
         let dir = data_dir().join("go");
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let bin = dir.join(format!("gogzip-{}", std::process::id()));
         let src = workspace_root().join("codecs/gzip/go/gogzip.go");
+        let code = std::fs::read(&src).map_err(|e| format!("{}: {e}", src.display()))?;
+        let bin = dir.join(format!(
+            "gogzip-{}",
+            d4c_host::digest::Digest::of(&code).short()
+        ));
+        if bin.exists() {
+            return Ok(bin);
+        }
+        let building = bin.with_extension(std::process::id().to_string());
         let out = Command::new("go")
             .arg("build")
             .arg("-o")
-            .arg(&bin)
+            .arg(&building)
             .arg(&src)
             .env("GOCACHE", dir.join("cache"))
             .env("GO111MODULE", "off")
@@ -422,6 +431,7 @@ fn go_gzip() -> Result<PathBuf> {
                 String::from_utf8_lossy(&out.stderr)
             ));
         }
+        std::fs::rename(&building, &bin).map_err(|e| format!("{}: {e}", bin.display()))?;
         Ok(bin)
     })
     .clone()
