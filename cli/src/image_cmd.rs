@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use clap::Args;
 use d4c_host::digest::Digest;
-use d4c_host::image::builder::{self, BuildOptions, Source};
+use d4c_host::image::builder::{self, BuildOptions, OpenOptions, Platform, Source};
 use d4c_host::image::chain::Chain;
 use d4c_host::image::delta::diff::{self, CodecChoice, DiffOptions};
 use d4c_host::image::delta::{merge, patch};
@@ -34,7 +34,8 @@ pub struct Jobs {
 /// `d4c convert`.
 #[derive(Args)]
 pub struct ConvertArgs {
-    /// OCI layout `DIR` or `DIR:TAG`, or `docker-archive:FILE.tar[:TAG]`.
+    /// OCI layout `DIR` or `DIR:TAG`, `docker-archive:FILE.tar[:TAG]`, or
+    /// `docker://HOST/REPO:TAG` / `docker://HOST/REPO@sha256:DIGEST` (a registry).
     source: String,
     /// The cdimg to write.
     #[arg(short, long)]
@@ -47,8 +48,14 @@ pub struct ConvertArgs {
     /// files (their old content is otherwise kept to rebuild those layers).
     #[arg(long)]
     no_origin: bool,
+    /// The platform to take from a multi-platform image, OS/ARCH[/VARIANT]
+    /// [default: this machine's].
+    #[arg(long, value_parser = Platform::parse)]
+    platform: Option<Platform>,
     #[command(flatten)]
     jobs: Jobs,
+    #[command(flatten)]
+    conn: crate::update_cmd::Connection,
 }
 
 /// `d4c diff`.
@@ -183,8 +190,12 @@ pub fn convert(cli: &Cli, a: &ConvertArgs) -> Result<()> {
         threads: a.jobs.threads,
         origin: !a.no_origin,
     };
+    let open = OpenOptions {
+        platform: a.platform.clone().unwrap_or_else(Platform::host),
+        connect: a.conn.options(None),
+    };
     let gzip = cli.codecs()?.builtin("gzip")?;
-    let c = builder::convert(&source, &a.output, opts, Some(&gzip), &Bar::new())?;
+    let c = builder::convert(&source, &open, &a.output, opts, Some(&gzip), &Bar::new())?;
     for n in &c.notes {
         eprintln!("d4c: note: {n}");
     }

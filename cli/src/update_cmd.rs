@@ -7,11 +7,12 @@ use anyhow::{Context, Result};
 use clap::Args;
 use d4c_host::digest::Digest;
 use d4c_host::home;
+use d4c_host::image::builder::Platform;
 use d4c_host::image::format::ImageKind;
-use d4c_host::registry::artifact::Item;
+use d4c_host::registry::artifact::{CodecItem, Item};
 use d4c_host::registry::{ConnectOptions, Reference, Registry};
 use d4c_host::update::pull::{self, PullOptions, Source};
-use d4c_host::update::push;
+use d4c_host::update::{attach, push};
 
 use crate::bar::Bar;
 use crate::output::{human_bytes, parse_size, print_json};
@@ -26,15 +27,17 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// The options these flags ask for.
+    pub fn options(&self, limit_rate: Option<u64>) -> ConnectOptions {
+        ConnectOptions {
+            ca_cert: self.ca_cert.clone(),
+            limit_rate,
+            credentials: None,
+        }
+    }
+
     fn connect(&self, r: &Reference, limit_rate: Option<u64>) -> Result<Registry> {
-        Registry::connect(
-            r,
-            &ConnectOptions {
-                ca_cert: self.ca_cert.clone(),
-                limit_rate,
-                credentials: None,
-            },
-        )
+        Registry::connect(r, &self.options(limit_rate))
     }
 }
 
@@ -45,6 +48,11 @@ pub struct PushArgs {
     file: PathBuf,
     /// Where: `HOST[:PORT]/REPO[:TAG]` (a registry or a d4c update server).
     reference: String,
+    /// Attach the cdimg to the ordinary image REPO:TAG names (the image it was
+    /// converted from, or the new image of a delta) instead of tagging it: the
+    /// tag stays that image for docker, skopeo and containerd.
+    #[arg(long)]
+    attach: bool,
     /// Print what was pushed as JSON.
     #[arg(long)]
     json: bool,
@@ -84,6 +92,10 @@ pub struct PullArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Where the tag is a multi-platform image: the platform to pull,
+    /// OS/ARCH[/VARIANT] [default: this machine's].
+    #[arg(long, value_parser = Platform::parse)]
+    platform: Option<Platform>,
     /// zstd level for content rebuilt while assembling.
     #[arg(long, default_value_t = 19)]
     level: i32,
@@ -107,31 +119,57 @@ fn describe(it: &Item) -> String {
 
 pub fn push(cli: &Cli, a: &PushArgs) -> Result<()> {
     let r = Reference::parse(&a.reference)?;
+    if a.attach {
+        return attach(cli, a, &r);
+    }
+    let tag = match r.tag {
+        Some(_) => Some(r.require_tag()?),
+        None if r.digest.is_some() => anyhow::bail!("{r}: push names a tag, not a digest"),
+        None => None,
+    };
     let reg = a.conn.connect(&r, None)?;
     let codecs = cli.codecs()?;
-    let report = push::push(&reg, &a.file, r.tag.as_deref(), &codecs, &Bar::new())?;
+    let report = push::push(&reg, &a.file, tag, &codecs, &Bar::new())?;
     if a.json {
         return print_json(&report);
     }
-    let it = &report.item;
-    let what = describe(it);
-    println!(
-        "pushed {what} to {r}: {} ({})",
-        human_bytes(it.size),
-        if report.uploaded {
-            "uploaded"
-        } else {
-            "already there"
-        }
-    );
-    for (c, sent) in &report.codecs {
+    let what = format!("pushed {} to {r}", describe(&report.item));
+    print_sent(&what, &report.item, report.uploaded, &report.codecs);
+    Ok(())
+}
+
+/// What a push sent: the cdimg and its codecs, each uploaded or already there.
+fn print_sent(what: &str, it: &Item, uploaded: bool, codecs: &[(CodecItem, bool)]) {
+    let sent = |b: bool| if b { "uploaded" } else { "already there" };
+    println!("{what}: {} ({})", human_bytes(it.size), sent(uploaded));
+    for (c, s) in codecs {
         println!(
             "  codec {} {} ({}, {})",
             c.name,
             c.digest.short(),
             human_bytes(c.size),
-            if *sent { "uploaded" } else { "already there" }
+            sent(*s)
         );
+    }
+}
+
+/// `d4c push --attach`.
+fn attach(cli: &Cli, a: &PushArgs, r: &Reference) -> Result<()> {
+    let tag = r.require_tag()?;
+    let reg = a.conn.connect(r, None)?;
+    let codecs = cli.codecs()?;
+    let report = attach::attach(&reg, &a.file, tag, &codecs, &Bar::new())?;
+    if a.json {
+        return print_json(&report);
+    }
+    let what = format!(
+        "attached {} to {r} ({})",
+        describe(&report.item),
+        report.subject.oci()
+    );
+    print_sent(&what, &report.item, report.uploaded, &report.codecs);
+    if let Some(t) = &report.fallback_tag {
+        println!("  listed under the referrers tag {t} (the registry has no referrers API)");
     }
     Ok(())
 }
@@ -165,7 +203,11 @@ pub fn pull(cli: &Cli, a: &PullArgs) -> Result<()> {
         }
         None => (Reference::parse(&a.reference)?, false),
     };
-    let tag = r.require_tag()?.to_string();
+    // A registry tag may be an ordinary image, named by digest as well.
+    let tag = match server {
+        true => r.require_tag()?.to_string(),
+        false => r.manifest_ref()?,
+    };
     let reg = a.conn.connect(&r, a.limit_rate)?;
     let source = if server {
         Source::Server(&reg)
@@ -182,6 +224,7 @@ pub fn pull(cli: &Cli, a: &PullArgs) -> Result<()> {
         downloads: home::downloads_dir(),
         level: a.level,
         threads: a.jobs.threads,
+        platform: a.platform.clone().unwrap_or_else(Platform::host),
     };
     let report = pull::pull(source, &tag, &opts, &codecs, &Bar::new())
         .with_context(|| format!("pulling {r}"))?;

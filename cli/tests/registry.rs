@@ -537,7 +537,7 @@ fn clear_errors() {
         &o,
     ]);
     assert!(err.contains("not found"), "{err}");
-    // A plain OCI image is not a d4c artifact.
+    // A plain OCI image with nothing attached (cli/tests/attach.rs attaches).
     let plain = format!("{}/d4c-test/plain-{}:v1", registry(), std::process::id());
     sh(Command::new("skopeo")
         .args(["copy", "--dest-tls-verify=false"])
@@ -545,7 +545,10 @@ fn clear_errors() {
         .arg(format!("docker://{plain}")))
     .unwrap();
     let err = c.pull_fails(&[&plain, "-o", &o]);
-    assert!(err.contains("not a d4c artifact"), "{err}");
+    assert!(
+        err.contains("is an ordinary image with no d4c artifacts attached"),
+        "{err}"
+    );
     let err = c.pull_fails(&[&format!("{r}:v1"), "--have", &s.p("d12.cdimg"), "-o", &o]);
     assert!(err.contains("--have takes full images"), "{err}");
     let (ok, _, err) = c.run(&["push", &s.p("v1.cdimg"), "127.0.0.1:1/x:v1"]);

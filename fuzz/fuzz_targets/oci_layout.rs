@@ -34,7 +34,7 @@ fuzz_target!(|data: &[u8]| {
         std::fs::write(blobs.join(Digest::of(blob).hex()), blob).unwrap();
     }
     for tag in [None, Some("v1")] {
-        if let Ok(img) = oci::open(dir.path(), tag) {
+        if let Ok(img) = oci::open(dir.path(), tag, &d4c_host::image::builder::Platform::host()) {
             assert_eq!(img.config, config, "the config is the one the manifest names");
             for (path, _) in &img.layers {
                 assert!(path.starts_with(dir.path()), "a layer path escapes the layout");

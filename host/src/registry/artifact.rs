@@ -59,6 +59,9 @@ pub struct Descriptor {
     pub digest: String,
     /// Size in bytes.
     pub size: u64,
+    /// The artifact type of the manifest it describes (in referrer lists).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
     /// Annotations.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
@@ -71,6 +74,7 @@ impl Descriptor {
             media_type: media_type.to_string(),
             digest: format!("{digest:?}"),
             size,
+            artifact_type: None,
             annotations: BTreeMap::new(),
         }
     }
@@ -99,6 +103,9 @@ pub struct Manifest {
     pub config: Descriptor,
     /// The content.
     pub layers: Vec<Descriptor>,
+    /// The manifest this artifact is attached to (OCI referrers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<Descriptor>,
     /// Annotations.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
@@ -121,6 +128,7 @@ impl Manifest {
                 EMPTY_CONFIG.len() as u64,
             ),
             layers: vec![layer],
+            subject: None,
             annotations,
         }
     }
@@ -164,6 +172,53 @@ impl Manifest {
             .get(A_IMAGE_ID)
             .context("the artifact names no image id")?
             .parse()
+    }
+}
+
+impl Item {
+    /// The entry of the cdimg artifact `m`, whose manifest digest is `digest`.
+    pub fn from_manifest(m: &Manifest, digest: Digest) -> Result<Item> {
+        let layer = m.d4c_layer(CDIMG_TYPE)?;
+        let ann = |k: &str| m.annotations.get(k).map(String::as_str);
+        let kind = match ann(A_KIND) {
+            Some("image") => ImageKind::Image,
+            Some("delta") => ImageKind::Delta,
+            other => bail!("cdimg artifact {digest:?}: kind {other:?} is neither image nor delta"),
+        };
+        let base_id = ann(A_BASE_ID).map(str::parse).transpose()?;
+        ensure!(
+            base_id.is_some() == (kind == ImageKind::Delta),
+            "cdimg artifact {digest:?}: a delta names its base, a full image none"
+        );
+        let codecs = match ann(A_CODECS) {
+            None | Some("") => Vec::new(),
+            Some(list) => list.split(',').map(str::parse).collect::<Result<_>>()?,
+        };
+        Ok(Item {
+            kind,
+            image_id: m.image_id()?,
+            base_id,
+            blob: layer.sha256()?,
+            size: layer.size,
+            manifest: digest,
+            codecs,
+            compact: None,
+        })
+    }
+}
+
+impl CodecItem {
+    /// The entry of the codec artifact `m`, whose manifest digest is `digest`.
+    pub fn from_manifest(m: &Manifest, digest: Digest) -> Result<CodecItem> {
+        let layer = m.d4c_layer(CODEC_TYPE)?;
+        let ann = |k: &str| m.annotations.get(k).cloned().unwrap_or_default();
+        Ok(CodecItem {
+            digest: layer.sha256()?,
+            name: ann(A_CODEC_NAME),
+            version: ann(A_CODEC_VERSION),
+            size: layer.size,
+            manifest: digest,
+        })
     }
 }
 

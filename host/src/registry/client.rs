@@ -722,6 +722,33 @@ impl Registry {
         Ok(Some((data, digest)))
     }
 
+    /// The referrers API's image index for `subject`; `None` where the
+    /// registry has no referrers API.
+    pub fn referrers(&self, subject: &Digest) -> Result<Option<Vec<u8>>> {
+        let url = self.repo_url(&format!("referrers/{}", subject.oci()));
+        let what = format!("listing the referrers of {}", subject.oci());
+        let mut resp = self.send(|| get(&url))?;
+        let is_index = resp
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| t.starts_with("application/vnd.oci.image.index.v1+json"));
+        match resp.status() {
+            // A registry without the API answers 404, or (some proxies) 200
+            // with something that is not an index.
+            s if s.is_success() && is_index => {}
+            s if s.is_success() || s == StatusCode::NOT_FOUND => return Ok(None),
+            _ => return Err(self.failure(resp, &what)),
+        }
+        let data = resp
+            .body_mut()
+            .with_config()
+            .limit(MAX_MANIFEST)
+            .read_to_vec()
+            .map_err(|e| anyhow!("{what}: {e}"))?;
+        Ok(Some(data))
+    }
+
     /// The repository's tags (`/tags/list`, following `Link` pages), or none
     /// if the repository does not exist yet.
     pub fn list_tags(&self) -> Result<Vec<String>> {
@@ -762,6 +789,22 @@ impl Registry {
 
     /// Stores a manifest under a tag or its digest.
     pub fn put_manifest(&self, reference: &str, data: &[u8], media_type: &str) -> Result<Digest> {
+        self.store_manifest(reference, data, media_type)
+            .map(|(d, _)| d)
+    }
+
+    /// Stores a manifest that has a `subject`; also says whether the registry
+    /// indexed it for its referrers API (it answers with `OCI-Subject`).
+    pub fn put_referrer(&self, data: &[u8], media_type: &str) -> Result<(Digest, bool)> {
+        self.store_manifest(&Digest::of(data).oci(), data, media_type)
+    }
+
+    fn store_manifest(
+        &self,
+        reference: &str,
+        data: &[u8],
+        media_type: &str,
+    ) -> Result<(Digest, bool)> {
         let url = self.repo_url(&format!("manifests/{reference}"));
         let what = format!("storing manifest {reference}");
         let digest = Digest::of(data);
@@ -774,7 +817,8 @@ impl Registry {
                     .unwrap()
             })?;
             if resp.status().is_success() {
-                return Ok(digest);
+                let indexed = resp.headers().contains_key("OCI-Subject");
+                return Ok((digest, indexed));
             }
             // Storing the same manifest is idempotent, so a passing failure is
             // tried again: docker-registry answers DIGEST_INVALID (or 500) when

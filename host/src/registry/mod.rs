@@ -5,11 +5,13 @@
 //! - [`auth`]: credentials and the basic / bearer-token challenges.
 //! - [`client`]: blobs and manifests over HTTP(S); resumable, checked downloads.
 //! - [`artifact`]: cdimgs, codecs and the repository index as OCI artifacts.
+//! - [`referrers`]: artifacts attached to a manifest (its `subject`).
 
 pub mod artifact;
 pub mod auth;
 pub mod client;
 pub mod reference;
+pub mod referrers;
 
 pub use client::{ConnectOptions, Registry};
 pub use reference::Reference;

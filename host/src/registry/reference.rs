@@ -1,8 +1,11 @@
-//! Image references as users write them: `[SCHEME://]HOST[:PORT]/REPO[:TAG]`.
+//! Image references as users write them:
+//! `[SCHEME://]HOST[:PORT]/REPO[:TAG][@sha256:HEX]`.
 
 use std::fmt;
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
+
+use crate::digest::Digest;
 
 /// Docker Hub's name in references, and the host its API is served from.
 const DOCKER_HUB: &str = "docker.io";
@@ -17,13 +20,16 @@ pub struct Reference {
     pub repository: String,
     /// The tag, if one was given.
     pub tag: Option<String>,
+    /// The manifest digest, if one was given (`@sha256:...`): it wins over the tag.
+    pub digest: Option<Digest>,
     /// Whether to speak plain HTTP: an `http://` prefix or a loopback host.
     pub plain_http: bool,
 }
 
 impl Reference {
-    /// Parses `[http://|https://]HOST[:PORT]/REPO[:TAG]`. A first component with
-    /// no `.` or `:` that is not `localhost` is a Docker Hub repository.
+    /// Parses `[http://|https://]HOST[:PORT]/REPO[:TAG][@sha256:HEX]`. A first
+    /// component with no `.` or `:` that is not `localhost` is a Docker Hub
+    /// repository.
     pub fn parse(s: &str) -> Result<Reference> {
         let (scheme, rest) = match s.split_once("://") {
             Some(("http", r)) => (Some(false), r),
@@ -32,10 +38,19 @@ impl Reference {
             None => (None, s),
         };
         ensure!(!rest.is_empty(), "empty image reference");
-        ensure!(
-            !rest.contains('@'),
-            "{s:?}: references by digest are not supported; name a tag"
-        );
+        let (rest, digest) = match rest.split_once('@') {
+            Some((r, d)) => {
+                ensure!(
+                    d.starts_with("sha256:"),
+                    "{s:?}: want @sha256:<64 hex digits>"
+                );
+                let d: Digest = d
+                    .parse()
+                    .with_context(|| format!("{s:?}: invalid digest {d:?}"))?;
+                (r, Some(d))
+            }
+            None => (rest, None),
+        };
         let (first, remainder) = rest.split_once('/').unwrap_or(("", rest));
         let is_host = first.contains('.') || first.contains(':') || first == "localhost";
         let (registry, path) = if is_host {
@@ -69,15 +84,27 @@ impl Reference {
             registry,
             repository,
             tag,
+            digest,
             plain_http,
         })
     }
 
-    /// The tag, or an error saying one is needed.
+    /// The tag, or an error saying one is needed (d4c's own tags are not
+    /// addressed by digest).
     pub fn require_tag(&self) -> Result<&str> {
-        match &self.tag {
-            Some(t) => Ok(t),
-            None => bail!("{self}: name a tag (REPO:TAG)"),
+        match (&self.tag, &self.digest) {
+            (Some(t), None) => Ok(t),
+            (_, Some(_)) => bail!("{self}: name a tag, not a digest (REPO:TAG)"),
+            (None, None) => bail!("{self}: name a tag (REPO:TAG)"),
+        }
+    }
+
+    /// What names the manifest: the digest if one was given, else the tag.
+    pub fn manifest_ref(&self) -> Result<String> {
+        match (&self.digest, &self.tag) {
+            (Some(d), _) => Ok(d.oci()),
+            (None, Some(t)) => Ok(t.clone()),
+            (None, None) => bail!("{self}: name a tag or a digest (REPO:TAG or REPO@sha256:...)"),
         }
     }
 
@@ -98,6 +125,9 @@ impl fmt::Display for Reference {
         write!(f, "{}/{}", self.registry, self.repository)?;
         if let Some(t) = &self.tag {
             write!(f, ":{t}")?;
+        }
+        if let Some(d) = &self.digest {
+            write!(f, "@{}", d.oci())?;
         }
         Ok(())
     }
@@ -168,6 +198,15 @@ mod tests {
         assert!(!r.plain_http);
         assert!(Reference::parse("localhost/x").unwrap().plain_http);
         assert!(Reference::parse("[::1]:5000/x").unwrap().plain_http);
+
+        let hex = "ab".repeat(32);
+        let r = Reference::parse(&format!("localhost:5000/x:v1@sha256:{hex}")).unwrap();
+        assert_eq!(r.tag.as_deref(), Some("v1"));
+        assert_eq!(r.manifest_ref().unwrap(), format!("sha256:{hex}"));
+        assert_eq!(r.to_string(), format!("localhost:5000/x:v1@sha256:{hex}"));
+        assert!(r.require_tag().is_err());
+        let r = Reference::parse(&format!("localhost:5000/x@sha256:{hex}")).unwrap();
+        assert_eq!((r.tag, r.repository.as_str()), (None, "x"));
     }
 
     #[test]
@@ -177,6 +216,7 @@ mod tests {
             "127.0.0.1:5000/Upper:v1",
             "127.0.0.1:5000/x:-bad",
             "127.0.0.1:5000/x@sha256:00",
+            "127.0.0.1:5000/x@md5:00",
             "ftp://host/x",
             "127.0.0.1:5000/a//b",
             "127.0.0.1:5000/",

@@ -6,8 +6,10 @@
 //! - [`compact`]: a delta's header sent against the client's base tree.
 //! - [`push`]: a cdimg and its codecs become artifacts, and the index lists them.
 //! - [`pull`]: plan, download (resumable, checked), assemble, verify.
+//! - [`attach`]: cdimgs attached to an ordinary image (OCI referrers).
 //! - [`protocol`]: the update server's one request beyond the registry API.
 
+pub mod attach;
 pub mod compact;
 pub mod plan;
 pub mod protocol;

@@ -13,16 +13,18 @@ use std::path::{Path, PathBuf};
 use anyhow::{ensure, Context, Result};
 use serde::Serialize;
 
+use super::attach;
 use super::plan::{self, Holdings, Plan};
 use super::protocol::{PullRequest, PullResponse, PULL_PATH};
 use crate::codec::Codecs;
 use crate::digest::Digest;
 use crate::fsutil;
+use crate::image::builder::Platform;
 use crate::image::chain::Chain;
 use crate::image::delta::{merge::merge, patch::materialize};
 use crate::image::format::{ImageKind, Reader};
 use crate::progress::Progress;
-use crate::registry::artifact::{CodecItem, Item, Manifest};
+use crate::registry::artifact::{CodecItem, Item, Manifest, RepoIndex, CDIMG_TYPE};
 use crate::registry::{self, Registry};
 
 /// Largest codec component fetched.
@@ -57,6 +59,8 @@ pub struct PullOptions {
     pub level: i32,
     /// Threads for merging and patching.
     pub threads: usize,
+    /// The platform to take where the tag is a multi-platform image.
+    pub platform: Platform,
 }
 
 /// What a pull did (or, with `dry_run`, would do).
@@ -64,6 +68,10 @@ pub struct PullOptions {
 pub struct PullReport {
     /// The image pulled.
     pub target: Digest,
+    /// The ordinary image manifest the pulled cdimgs were attached to, if the
+    /// tag names one (the output rebuilds it, digests and all).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<Digest>,
     /// The held image the update applies to (`None`: it starts from a full image).
     pub start: Option<Digest>,
     /// The file holding that image.
@@ -110,15 +118,10 @@ pub fn pull(
         codecs: opts.codecs.clone(),
         fetch_codecs: opts.fetch_codecs,
     };
+    let mut subject = None;
     let (reg, plan, merged_by_server) = match source {
         Source::Registry(reg) => {
-            let target = resolve_tag(reg, tag)?;
-            let index = registry::read_index(reg)?.with_context(|| {
-                format!(
-                    "{} has no d4c index (push images with `d4c push`)",
-                    reg.reference()
-                )
-            })?;
+            let (target, index) = resolve(reg, tag, &opts.platform, &mut subject)?;
             (reg, plan::plan(&index, target, &holdings)?, 0)
         }
         Source::Server(reg) => {
@@ -138,6 +141,7 @@ pub fn pull(
     };
     let mut report = PullReport {
         target: plan.target,
+        subject,
         start: plan.start,
         start_file: plan.start.and_then(|s| held.get(&s).cloned()),
         path: plan.steps.clone(),
@@ -203,7 +207,15 @@ pub fn pull(
     report.bytes_transferred = reg.received() - before;
 
     let start_file = plan.start.map(|s| held[&s].clone());
-    let kind = assemble(&plan, start_file.as_deref(), &blobs, opts, codecs, progress)?;
+    let kind = assemble(
+        &plan,
+        subject,
+        start_file.as_deref(),
+        &blobs,
+        opts,
+        codecs,
+        progress,
+    )?;
     report.output = Some(kind);
     for (b, _, _) in &blobs {
         let _ = std::fs::remove_file(b);
@@ -211,15 +223,39 @@ pub fn pull(
     Ok(report)
 }
 
-/// The image id a tag names.
-fn resolve_tag(reg: &Registry, tag: &str) -> Result<Digest> {
-    let (data, _) = reg.get_manifest(tag)?.with_context(|| {
-        let r = reg.reference();
-        format!("tag {tag:?} not found in {}/{}", r.registry, r.repository)
+/// The image a tag names and the index to plan over: a d4c tag's image and
+/// the repository's d4c index, or an ordinary image's (`subject` set to its
+/// manifest) and the cdimgs attached to it.
+fn resolve(
+    reg: &Registry,
+    tag: &str,
+    platform: &Platform,
+    subject: &mut Option<Digest>,
+) -> Result<(Digest, RepoIndex)> {
+    let r = reg.reference();
+    let (data, _) = reg
+        .get_manifest(tag)?
+        .with_context(|| format!("tag {tag:?} not found in {}/{}", r.registry, r.repository))?;
+    let m = Manifest::parse(&data).ok();
+    if m.as_ref().and_then(|m| m.artifact_type.as_deref()) == Some(CDIMG_TYPE) {
+        let target = m
+            .expect("parsed")
+            .image_id()
+            .with_context(|| format!("{r}:{tag}"))?;
+        let index = registry::read_index(reg)?
+            .with_context(|| format!("{r} has no d4c index (push images with `d4c push`)"))?;
+        return Ok((target, index));
+    }
+    let image = attach::image_manifest(reg, tag, platform)?;
+    let attached = attach::discover(reg, &image)?.with_context(|| {
+        format!(
+            "{}/{}:{tag} is an ordinary image with no d4c artifacts attached \
+             (attach them with `d4c push IMG.cdimg {}/{}:{tag} --attach`)",
+            r.registry, r.repository, r.registry, r.repository
+        )
     })?;
-    let m = Manifest::parse(&data).with_context(|| format!("{}:{tag}", reg.reference()))?;
-    m.image_id()
-        .with_context(|| format!("{}:{tag}", reg.reference()))
+    *subject = Some(image);
+    Ok((attached.target, attached.index))
 }
 
 /// A server's plan must respect what the client said.
@@ -276,6 +312,7 @@ fn fetch_codec(reg: &Registry, codecs: &Codecs, c: &CodecItem) -> Result<()> {
 /// into place.
 fn assemble(
     plan: &Plan,
+    subject: Option<Digest>,
     start_file: Option<&Path>,
     blobs: &[(PathBuf, Digest, u64)],
     opts: &PullOptions,
@@ -351,6 +388,13 @@ fn assemble(
             h.image_id.short(),
             plan.target.short()
         );
+        if let Some(s) = subject {
+            ensure!(
+                h.origin.as_ref().map(|o| o.manifest_digest()) == Some(s),
+                "the pulled update does not rebuild image manifest {}",
+                s.oci()
+            );
+        }
         let full = h.kind == ImageKind::Image;
         if !full {
             ensure!(

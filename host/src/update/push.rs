@@ -10,13 +10,13 @@ use serde::Serialize;
 
 use crate::codec::Codecs;
 use crate::digest::Digest;
-use crate::image::format::{ImageKind, Reader};
+use crate::image::format::{Header, ImageKind, Reader};
 use crate::progress::Progress;
 use crate::registry::artifact::{
     self, CodecItem, CompactRef, Descriptor, Item, Manifest, RepoIndex, A_BASE_ID, A_CODECS,
     A_CODEC_NAME, A_CODEC_VERSION, A_IMAGE_ID, A_KIND, CDIMG_TYPE, CODEC_TYPE, WASM_TYPE,
 };
-use crate::registry::{self, client::OCI_MANIFEST, Registry};
+use crate::registry::{self, client::OCI_MANIFEST, referrers, Registry};
 
 /// Times the main index is re-read and rewritten when another push raced this one.
 const INDEX_TRIES: usize = 4;
@@ -44,10 +44,62 @@ pub fn push(
 ) -> Result<PushReport> {
     let reader = Reader::open(path)?;
     let header = reader.header();
-    let (digest, size) = crate::digest::of_file(path)?;
-    reg.push_blob_bytes(artifact::EMPTY_CONFIG)?;
+    let codec_items = push_codecs(reg, path, header, codecs, None)?;
+    let pushed = push_cdimg(reg, path, header, None, progress)?;
+    let bytes = pushed.manifest.to_bytes();
+    let compact = match header.base_id {
+        Some(base) => push_compact(reg, &reader, base, pushed.item.size, progress)?,
+        None => None,
+    };
+    let item = Item {
+        compact,
+        ..pushed.item
+    };
+    let uploaded = pushed.uploaded;
+    let mut mine = RepoIndex::new();
+    mine.add_item(item.clone());
+    for c in &codec_items {
+        mine.add_codec(c.item.clone());
+    }
+    // Its own fragment first: no concurrent push can lose it. Then the main
+    // index, which readers complete with fragments it lacks.
+    registry::write_fragment(reg, &item.blob, &mine)?;
+    update_index(reg, &mine)?;
+    // The tag last: whoever resolves it finds the index already listing it.
+    if let Some(t) = tag {
+        reg.put_manifest(t, &bytes, OCI_MANIFEST)?;
+    }
+    Ok(PushReport {
+        item,
+        tag: tag.map(str::to_string),
+        uploaded,
+        codecs: codec_items.into_iter().map(|c| (c.item, c.sent)).collect(),
+    })
+}
 
-    let mut codec_items = Vec::new();
+/// A codec component pushed as an artifact.
+pub(crate) struct PushedCodec {
+    /// Its repository entry.
+    pub item: CodecItem,
+    /// Whether its blob was sent.
+    pub sent: bool,
+    /// Its artifact manifest, as a referrer.
+    pub referrer: Descriptor,
+    /// Whether the registry indexed the manifest's subject (referrers API).
+    pub indexed: bool,
+}
+
+/// Pushes the components of the codecs `header` names, each as an artifact
+/// (attached to `subject` if given).
+pub(crate) fn push_codecs(
+    reg: &Registry,
+    path: &Path,
+    header: &Header,
+    codecs: &Codecs,
+    subject: Option<&Descriptor>,
+) -> Result<Vec<PushedCodec>> {
+    reg.push_blob_bytes(artifact::EMPTY_CONFIG)?;
+    let mut out = Vec::new();
     for c in &header.codecs {
         let bytes = codecs.component_bytes(&c.sha256).with_context(|| {
             format!(
@@ -62,25 +114,54 @@ pub fn push(
         let mut ann = BTreeMap::new();
         ann.insert(A_CODEC_NAME.to_string(), c.name.clone());
         ann.insert(A_CODEC_VERSION.to_string(), c.version.clone());
-        let m = Manifest::artifact(
+        let mut m = Manifest::artifact(
             CODEC_TYPE,
             Descriptor::new(WASM_TYPE, &c.sha256, bytes.len() as u64),
             ann,
         );
-        let md = Digest::of(&m.to_bytes());
-        reg.put_manifest(&format!("{md:?}"), &m.to_bytes(), OCI_MANIFEST)?;
-        codec_items.push((
-            CodecItem {
+        m.subject = subject.cloned();
+        let (referrer, indexed) = put_artifact(reg, &m)?;
+        out.push(PushedCodec {
+            item: CodecItem {
                 digest: c.sha256,
                 name: c.name.clone(),
                 version: c.version.clone(),
                 size: bytes.len() as u64,
-                manifest: md,
+                manifest: referrer.sha256()?,
             },
             sent,
-        ));
+            referrer,
+            indexed,
+        });
     }
+    Ok(out)
+}
 
+/// A cdimg pushed as an artifact.
+pub(crate) struct PushedCdimg {
+    /// Its repository entry (no compact form).
+    pub item: Item,
+    /// Its artifact manifest.
+    pub manifest: Manifest,
+    /// Whether its blob was sent.
+    pub uploaded: bool,
+    /// Its artifact manifest, as a referrer.
+    pub referrer: Descriptor,
+    /// Whether the registry indexed the manifest's subject (referrers API).
+    pub indexed: bool,
+}
+
+/// Pushes the cdimg at `path` (whose header is `header`) and its artifact
+/// manifest, attached to `subject` if given.
+pub(crate) fn push_cdimg(
+    reg: &Registry,
+    path: &Path,
+    header: &Header,
+    subject: Option<&Descriptor>,
+    progress: &dyn Progress,
+) -> Result<PushedCdimg> {
+    let (digest, size) = crate::digest::of_file(path)?;
+    reg.push_blob_bytes(artifact::EMPTY_CONFIG)?;
     let uploaded = reg.push_blob_file(path, &digest, progress)?;
     let codec_list: Vec<Digest> = header.codecs.iter().map(|c| c.sha256).collect();
     let mut ann = BTreeMap::new();
@@ -97,43 +178,40 @@ pub fn push(
         let list: Vec<String> = codec_list.iter().map(|c| format!("{c:?}")).collect();
         ann.insert(A_CODECS.to_string(), list.join(","));
     }
-    let m = Manifest::artifact(CDIMG_TYPE, Descriptor::new(CDIMG_TYPE, &digest, size), ann);
-    let bytes = m.to_bytes();
-    let md = reg.put_manifest(&format!("{:?}", Digest::of(&bytes)), &bytes, OCI_MANIFEST)?;
-    let compact = match header.base_id {
-        Some(base) => push_compact(reg, &reader, base, size, progress)?,
-        None => None,
-    };
-    let item = Item {
-        kind: header.kind,
-        image_id: header.image_id,
-        base_id: header.base_id,
-        blob: digest,
-        size,
-        manifest: md,
-        codecs: codec_list,
-        compact,
-    };
-
-    let mut mine = RepoIndex::new();
-    mine.add_item(item.clone());
-    for (c, _) in &codec_items {
-        mine.add_codec(c.clone());
-    }
-    // Its own fragment first: no concurrent push can lose it. Then the main
-    // index, which readers complete with fragments it lacks.
-    registry::write_fragment(reg, &item.blob, &mine)?;
-    update_index(reg, &mine)?;
-    // The tag last: whoever resolves it finds the index already listing it.
-    if let Some(t) = tag {
-        reg.put_manifest(t, &bytes, OCI_MANIFEST)?;
-    }
-    Ok(PushReport {
-        item,
-        tag: tag.map(str::to_string),
+    let mut m = Manifest::artifact(CDIMG_TYPE, Descriptor::new(CDIMG_TYPE, &digest, size), ann);
+    m.subject = subject.cloned();
+    let (referrer, indexed) = put_artifact(reg, &m)?;
+    let md = referrer.sha256()?;
+    Ok(PushedCdimg {
+        item: Item {
+            kind: header.kind,
+            image_id: header.image_id,
+            base_id: header.base_id,
+            blob: digest,
+            size,
+            manifest: md,
+            codecs: codec_list,
+            compact: None,
+        },
+        manifest: m,
         uploaded,
-        codecs: codec_items,
+        referrer,
+        indexed,
     })
+}
+
+/// Stores an artifact manifest under its digest; returns it as a referrer,
+/// and whether the registry indexed its subject.
+fn put_artifact(reg: &Registry, m: &Manifest) -> Result<(Descriptor, bool)> {
+    let bytes = m.to_bytes();
+    let indexed = match m.subject {
+        Some(_) => reg.put_referrer(&bytes, OCI_MANIFEST)?.1,
+        None => {
+            reg.put_manifest(&Digest::of(&bytes).oci(), &bytes, OCI_MANIFEST)?;
+            false
+        }
+    };
+    Ok((referrers::descriptor(m, &bytes), indexed))
 }
 
 /// Pushes the compact form of a delta (`update::compact`) if the repository holds

@@ -1,11 +1,13 @@
 //! `convert`: an OCI image becomes a full cdimg. One file per input kind
-//! ([`oci`], [`docker_archive`]) over a shared core: [`layer`] applies the layers
+//! ([`oci`], [`docker_archive`], [`registry`]) over a shared core: [`layer`] applies the layers
 //! to a tree, this module stores the content (compressed in parallel, each
 //! distinct content once) and writes the file.
 
 pub mod docker_archive;
 pub mod layer;
 pub mod oci;
+pub mod platform;
+pub mod registry;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -25,6 +27,8 @@ use crate::image::format::{self, Header, ImageKind, Writer};
 use crate::image::origin::records::{self, Recorded, Recorder};
 use crate::image::origin::{self, Origin, OriginLayer, Recipe};
 use crate::progress::Progress;
+use crate::registry::{ConnectOptions, Reference};
+pub use platform::Platform;
 
 /// An image to convert: its config and its layer blobs, in order.
 pub struct SourceImage {
@@ -46,11 +50,37 @@ pub enum Source {
     Layout(PathBuf, Option<String>),
     /// A `docker save` tar and optional tag.
     DockerArchive(PathBuf, Option<String>),
+    /// An image in a registry, by tag or digest.
+    Registry(Reference),
+}
+
+/// How to open a [`Source`].
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// The platform to take from a multi-platform index.
+    pub platform: Platform,
+    /// How to reach a registry.
+    pub connect: ConnectOptions,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            platform: Platform::host(),
+            connect: ConnectOptions::default(),
+        }
+    }
 }
 
 impl Source {
-    /// Parses `DIR`, `DIR:TAG`, `oci:DIR[:TAG]` or `docker-archive:FILE[:TAG]`.
+    /// Parses `DIR`, `DIR:TAG`, `oci:DIR[:TAG]`, `docker-archive:FILE[:TAG]` or
+    /// `docker://HOST/REPO[:TAG][@sha256:DIGEST]`.
     pub fn parse(s: &str) -> Result<Source> {
+        if let Some(rest) = s.strip_prefix("docker://") {
+            let r = Reference::parse(rest)?;
+            r.manifest_ref()?;
+            return Ok(Source::Registry(r));
+        }
         let split = |rest: &str| -> (PathBuf, Option<String>) {
             if Path::new(rest).exists() {
                 return (rest.into(), None);
@@ -71,14 +101,20 @@ impl Source {
                 return Ok(Source::Layout(p, t));
             }
         }
-        bail!("image source {s:?} not found (want DIR, DIR:TAG or docker-archive:FILE[:TAG])")
+        bail!("image source {s:?} not found (want DIR, DIR:TAG, docker-archive:FILE[:TAG] or docker://HOST/REPO:TAG)")
     }
 
     /// Opens the source; temporary files go in `tmp`.
-    pub fn open(&self, tmp: &Path) -> Result<SourceImage> {
+    pub fn open(
+        &self,
+        opts: &OpenOptions,
+        tmp: &Path,
+        progress: &dyn Progress,
+    ) -> Result<SourceImage> {
         match self {
-            Source::Layout(d, t) => oci::open(d, t.as_deref()),
+            Source::Layout(d, t) => oci::open(d, t.as_deref(), &opts.platform),
             Source::DockerArchive(f, t) => docker_archive::open(f, t.as_deref(), tmp),
+            Source::Registry(r) => registry::open(r, &opts.platform, &opts.connect, tmp, progress),
         }
     }
 }
@@ -440,6 +476,7 @@ fn make_recipe(
 /// gzip codec), compressed layers get recipes where it reproduces them.
 pub fn convert(
     source: &Source,
+    open: &OpenOptions,
     out: &Path,
     opts: BuildOptions,
     gzip: Option<&Codec>,
@@ -449,7 +486,7 @@ pub fn convert(
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let image = source.open(&dir)?;
+    let image = source.open(open, &dir, progress)?;
     let config =
         String::from_utf8(image.config.clone()).context("the image config is not UTF-8")?;
     let mut notes = Vec::new();

@@ -1,18 +1,14 @@
 //! Input: an OCI image layout directory (`DIR` or `DIR:TAG`), as `skopeo copy ...
-//! oci:DIR:TAG` writes it. Multi-platform indexes select linux/amd64.
+//! oci:DIR:TAG` writes it. Multi-platform indexes select the platform asked.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
+use super::platform::{self, Platform};
 use super::SourceImage;
 use crate::digest::Digest;
-
-const INDEX_TYPES: [&str; 2] = [
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-];
 
 fn read_json(path: &Path) -> Result<Value> {
     let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
@@ -38,23 +34,9 @@ fn read_blob(dir: &Path, digest: &str) -> Result<Vec<u8>> {
     Ok(data)
 }
 
-fn pick_platform(index: &Value) -> Result<Value> {
-    let manifests = index["manifests"]
-        .as_array()
-        .context("index without manifests")?;
-    let amd64 = manifests.iter().find(|m| {
-        m["platform"]["os"].as_str() == Some("linux")
-            && m["platform"]["architecture"].as_str() == Some("amd64")
-    });
-    match (amd64, manifests.as_slice()) {
-        (Some(m), _) => Ok(m.clone()),
-        (None, [only]) => Ok(only.clone()),
-        _ => bail!("the image index has no linux/amd64 manifest"),
-    }
-}
-
-/// Opens the image `tag` (or the only image) of the layout in `dir`.
-pub fn open(dir: &Path, tag: Option<&str>) -> Result<SourceImage> {
+/// Opens the image `tag` (or the only image) of the layout in `dir`, for
+/// `platform` where it is a multi-platform index.
+pub fn open(dir: &Path, tag: Option<&str>, platform: &Platform) -> Result<SourceImage> {
     ensure!(
         dir.join("oci-layout").is_file(),
         "{} is not an OCI image layout (no oci-layout file)",
@@ -105,36 +87,60 @@ pub fn open(dir: &Path, tag: Option<&str>) -> Result<SourceImage> {
     let mut raw = read_blob(dir, desc["digest"].as_str().unwrap_or_default())?;
     let mut manifest: Value = serde_json::from_slice(&raw)?;
     for _ in 0..2 {
-        let mt = manifest["mediaType"]
-            .as_str()
-            .or(desc["mediaType"].as_str())
-            .unwrap_or_default()
-            .to_string();
-        if !INDEX_TYPES.contains(&mt.as_str()) {
+        if !platform::is_index(desc["mediaType"].as_str(), &manifest) {
             break;
         }
-        desc = pick_platform(&manifest)?;
+        desc = platform.pick(&manifest)?;
         raw = read_blob(dir, desc["digest"].as_str().unwrap_or_default())?;
         manifest = serde_json::from_slice(&raw)?;
     }
-    let config = read_blob(
-        dir,
-        manifest["config"]["digest"]
-            .as_str()
-            .context("manifest without config")?,
-    )?;
-    let mut layers = Vec::new();
-    for l in manifest["layers"]
-        .as_array()
-        .context("manifest without layers")?
-    {
-        let digest: Digest = l["digest"].as_str().unwrap_or_default().parse()?;
-        layers.push((blob_path(dir, &digest.oci())?, Some(digest)));
-    }
+    let m = ImageManifest::parse(&manifest)?;
+    let config = read_blob(dir, &m.config.oci())?;
+    let layers = m
+        .layers
+        .iter()
+        .map(|(d, _)| Ok((blob_path(dir, &d.oci())?, Some(*d))))
+        .collect::<Result<_>>()?;
     Ok(SourceImage {
         config,
         manifest: Some(raw),
         layers,
         _tmp: None,
     })
+}
+
+/// What an image manifest (OCI or Docker schema 2) names.
+pub struct ImageManifest {
+    /// The config blob.
+    pub config: Digest,
+    /// The layer blobs with their sizes, bottom first.
+    pub layers: Vec<(Digest, u64)>,
+}
+
+impl ImageManifest {
+    /// Reads the config and layer descriptors of `manifest`.
+    pub fn parse(manifest: &Value) -> Result<ImageManifest> {
+        ensure!(
+            manifest["schemaVersion"].as_u64() == Some(2),
+            "not an image manifest of schema version 2 (Docker schema 1 is not supported)"
+        );
+        let digest = |d: &Value| -> Result<Digest> {
+            let s = d["digest"].as_str().context("descriptor without digest")?;
+            s.parse()
+                .with_context(|| format!("descriptor digest {s:?}"))
+        };
+        let config = digest(&manifest["config"]).context("the manifest's config")?;
+        let layers = manifest["layers"]
+            .as_array()
+            .context("manifest without layers")?
+            .iter()
+            .map(|l| {
+                let size = l["size"]
+                    .as_u64()
+                    .context("layer descriptor without size")?;
+                Ok((digest(l)?, size))
+            })
+            .collect::<Result<_>>()?;
+        Ok(ImageManifest { config, layers })
+    }
 }
