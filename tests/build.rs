@@ -1,6 +1,6 @@
 //! Builds the hostile codec components (one per feature of `codecs/hostile`) and
 //! the template codec for the tests, the same way host/build.rs builds the
-//! built-ins.
+//! built-ins; generates the CRI client from the vendored proto (proto/README.md).
 
 use std::path::PathBuf;
 
@@ -42,4 +42,16 @@ fn main() {
         d4c_wasm_build::build(&root, &target_dir, "d4c-codec-template", &[]),
     );
     std::fs::write(out_dir.join("test_components.rs"), src).unwrap();
+
+    println!("cargo:rerun-if-changed=proto");
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(false)
+        .compile_protos(
+            &["proto/k8s.io/cri-api/pkg/apis/runtime/v1/api.proto"],
+            &["proto"],
+        )
+        .expect(
+            "generating the CRI client (is protoc installed? apt-get install protobuf-compiler)",
+        );
 }

@@ -33,46 +33,17 @@ fn env_or(var: &str, default: &str) -> PathBuf {
 
 impl Harness {
     fn start_snapshotter(&mut self) {
-        let bin = Path::new(env!("CARGO_BIN_EXE_d4c"))
-            .parent()
-            .unwrap()
-            .join("d4c-snapshotter");
-        assert!(
-            bin.exists(),
-            "{} is not built: cargo build --release -p d4c-snapshotter (scripts/test does)",
-            bin.display()
+        let log = self.root.with_extension("log");
+        let _ = std::fs::remove_file(&log);
+        let child = d4c_tests::start_snapshotter(
+            Path::new(env!("CARGO_BIN_EXE_d4c")),
+            &self.root,
+            &self.socket,
+            &log,
+            &self.containerd,
         );
-        let log = std::fs::File::create(self.root.with_extension("log")).unwrap();
-        let child = Command::new(bin)
-            .arg("--root")
-            .arg(&self.root)
-            .arg("--address")
-            .arg(&self.socket)
-            .stderr(log)
-            .spawn()
-            .unwrap();
         SNAPSHOTTER_PID.store(child.id(), std::sync::atomic::Ordering::SeqCst);
         self.snapshotter = Some(child);
-        // Ready once containerd reaches it: after a restart, containerd's
-        // connection to the plugin recovers from its backoff within seconds.
-        // (Listing does not reach the plugin; preparing does.)
-        let t = Instant::now();
-        for i in 0.. {
-            let probe = format!("ready-probe-{}-{i}", std::process::id());
-            if self
-                .ctr(&["snapshots", "--snapshotter", "d4c", "prepare", &probe])
-                .is_ok()
-            {
-                self.ctr(&["snapshots", "--snapshotter", "d4c", "rm", &probe])
-                    .unwrap();
-                break;
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(60),
-                "the snapshotter did not come up"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
     }
 
     fn stop_snapshotter(&mut self) {

@@ -55,6 +55,22 @@ impl ImageStore {
         Ok(name)
     }
 
+    /// Where a download of the blob `digest` waits (resumable) until
+    /// [`ImageStore::adopt`] takes it.
+    pub fn download_path(&self, digest: &d4c_host::digest::Digest) -> PathBuf {
+        self.dir.join(format!("incoming-{}", digest.hex()))
+    }
+
+    /// Moves a checked download of the blob `digest` into the store; returns
+    /// its name there. A cdimg's name is its sha256, so the blob's digest names it.
+    pub fn adopt(&self, download: &Path, digest: &d4c_host::digest::Digest) -> Result<String> {
+        let name = format!("{}.cdimg", digest.hex());
+        std::fs::rename(download, self.dir.join(&name))
+            .with_context(|| format!("storing {}", download.display()))?;
+        d4c_host::fsutil::sync_dir(&self.dir)?;
+        Ok(name)
+    }
+
     /// Removes stored files not in `used`.
     pub fn retain(&self, used: &HashSet<String>) -> Result<()> {
         for e in std::fs::read_dir(&self.dir)? {

@@ -5,6 +5,7 @@
 //! - [`meta`]: snapshot metadata, persisted atomically.
 //! - [`filter`]: containerd's filter syntax, for `List`.
 //! - [`images`]: the store of cdimg files snapshots are served from.
+//! - [`remote`]: images containerd's CRI plugin pulls, fetched as d4c updates.
 //! - [`snapshotter`]: the operations.
 //! - [`service`]: the gRPC service over them.
 //! - [`load`]: `d4c load`, through containerd's content, images, leases and
@@ -15,5 +16,6 @@ pub mod filter;
 pub mod images;
 pub mod load;
 pub mod meta;
+pub mod remote;
 pub mod service;
 pub mod snapshotter;

@@ -10,8 +10,10 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 use d4c_host::codec::{CodecStore, Codecs, Limits, Runtime};
+use d4c_host::registry::ConnectOptions;
 use d4c_host::units::parse_size;
 use d4c_snapshotter::api::snapshots::snapshots_server::SnapshotsServer;
+use d4c_snapshotter::remote::RemoteOptions;
 use d4c_snapshotter::service::Service;
 use d4c_snapshotter::snapshotter::Snapshotter;
 
@@ -37,6 +39,14 @@ struct Args {
     /// Time cap for each codec call, in seconds.
     #[arg(long, default_value_t = 600)]
     codec_timeout: u64,
+    /// Images kept per repository after containerd removed them, as bases for
+    /// the next update pulled through containerd's CRI plugin.
+    #[arg(long, default_value_t = 2)]
+    keep_per_repository: usize,
+    /// PEM file of CA certificates to trust for registries instead of the
+    /// built-in roots.
+    #[arg(long, value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
 }
 
 async fn run(args: Args) -> Result<()> {
@@ -47,9 +57,18 @@ async fn run(args: Args) -> Result<()> {
     let runtime = Runtime::new(limits, Some(args.root.join("cache").join("compiled")))?;
     let codecs = Codecs::new(runtime, CodecStore::new(args.root.join("codecs")));
     let root = args.root.clone();
-    let snapshotter =
-        tokio::task::spawn_blocking(move || Snapshotter::open(&root, codecs, args.cache_size))
-            .await??;
+    let remote = RemoteOptions {
+        connect: ConnectOptions {
+            ca_cert: args.ca_cert.clone(),
+            ..ConnectOptions::default()
+        },
+        keep_per_repository: args.keep_per_repository,
+        ..RemoteOptions::default()
+    };
+    let snapshotter = tokio::task::spawn_blocking(move || {
+        Snapshotter::open(&root, codecs, args.cache_size).map(|s| s.with_remote(remote))
+    })
+    .await??;
     let snapshotter = Arc::new(snapshotter);
 
     // A directory of its own is made private; an existing one (say /run) is

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
+use d4c_host::digest::Digest;
 use serde::{Deserialize, Serialize};
 
 /// A snapshot's kind, as containerd names them.
@@ -45,13 +46,33 @@ pub struct Snapshot {
     pub chain: Vec<String>,
 }
 
-/// All snapshots, and the next directory id.
+/// An image fetched from a registry for containerd's CRI plugin
+/// ([`crate::remote`]): kept while snapshots use it, and afterwards as a base
+/// for the next update of its repository, within the retention policy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredImage {
+    /// The d4c image id.
+    pub image_id: Digest,
+    /// `registry/repository` it came from.
+    pub repository: String,
+    /// Its original layers' digests, bottom first.
+    pub layers: Vec<Digest>,
+    /// The cdimg files (names in the image store): a full image, then deltas.
+    pub chain: Vec<String>,
+    /// Last pulled, nanoseconds since the epoch.
+    pub used: i128,
+}
+
+/// All snapshots, the images fetched for them, and the next directory id.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Meta {
     /// The next snapshot id.
     pub next_id: u64,
     /// Snapshots by key or name.
     pub snapshots: BTreeMap<String, Snapshot>,
+    /// Images fetched from registries, by original manifest digest.
+    #[serde(default)]
+    pub images: BTreeMap<Digest, StoredImage>,
     #[serde(skip)]
     path: PathBuf,
 }

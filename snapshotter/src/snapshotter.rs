@@ -17,6 +17,12 @@
 //! copied into the image store (each file once) and mounted read-only with the
 //! host library's lazy mount. Committed, it is a parent like any other: a
 //! container's active snapshot is an overlay with the mount as its lower dir.
+//!
+//! A layer containerd's CRI plugin prepares for an image with d4c artifacts
+//! attached ([`crate::remote`]) is answered `AlreadyExists` once the image is
+//! fetched and verified: its top layer's snapshot is the image's mount (a
+//! whole tree: its parents add nothing), the layers below are empty
+//! placeholders labelled [`remote::LAYER_OF_LABEL`].
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -29,7 +35,11 @@ use d4c_host::mount::{self, Mount, MountOptions};
 use tonic::Status;
 
 use crate::images::ImageStore;
-use crate::meta::{now, Kind, Meta, Snapshot};
+use crate::meta::{now, Kind, Meta, Snapshot, StoredImage};
+use crate::remote::{self, RemoteOptions, Target};
+
+/// How long an image found to have no d4c artifacts is not asked again.
+const PLAIN_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The label that makes a snapshot a d4c image chain. containerd passes labels
 /// with the `containerd.io/snapshot/` prefix on to proxy snapshotters.
@@ -89,6 +99,12 @@ pub struct Snapshotter {
     codecs: Codecs,
     cache: Arc<ContentCache>,
     state: Mutex<State>,
+    /// Registries and retention, when the snapshotter fetches images itself.
+    remote: Option<RemoteOptions>,
+    /// One fetch per image manifest at a time.
+    fetching: Mutex<HashMap<d4c_host::digest::Digest, Arc<Mutex<()>>>>,
+    /// Manifests recently found without d4c artifacts, and when.
+    plain: Mutex<HashMap<d4c_host::digest::Digest, std::time::Instant>>,
 }
 
 fn internal(e: anyhow::Error) -> Status {
@@ -122,6 +138,9 @@ impl Snapshotter {
                 mounts: HashMap::new(),
                 broken: HashMap::new(),
             }),
+            remote: None,
+            fetching: Mutex::new(HashMap::new()),
+            plain: Mutex::new(HashMap::new()),
         };
         let mut st = s.state.lock().expect("state lock");
         let d4c: Vec<(String, Snapshot)> = st
@@ -145,6 +164,13 @@ impl Snapshotter {
         }
         drop(st);
         Ok(s)
+    }
+
+    /// Lets the snapshotter fetch images with d4c artifacts attached when
+    /// containerd's CRI plugin pulls them.
+    pub fn with_remote(mut self, opts: RemoteOptions) -> Snapshotter {
+        self.remote = Some(opts);
+        self
     }
 
     /// The root directory.
@@ -190,6 +216,14 @@ impl Snapshotter {
         if key.is_empty() {
             return Err(Status::invalid_argument("empty snapshot key"));
         }
+        if let (Kind::Active, Some(t)) = (kind, Target::from_labels(&labels)) {
+            if self.prepare_remote(&t, parent, &labels)? {
+                return Err(Status::already_exists(format!(
+                    "target snapshot {} exists",
+                    t.chain_id
+                )));
+            }
+        }
         let mut st = self.state.lock().expect("state lock");
         if st.meta.snapshots.contains_key(key) {
             return Err(Status::already_exists(format!(
@@ -207,6 +241,12 @@ impl Snapshotter {
                 Some(s) if s.kind != Kind::Committed => {
                     return Err(Status::failed_precondition(format!(
                         "parent snapshot {p} is not committed"
+                    )))
+                }
+                Some(s) if s.labels.contains_key(remote::LAYER_OF_LABEL) => {
+                    return Err(Status::failed_precondition(format!(
+                        "parent snapshot {p} is a lower layer of an image d4c serves whole; \
+                         it holds no files of its own to build on"
                     )))
                 }
                 _ => {}
@@ -277,6 +317,193 @@ impl Snapshotter {
         self.mounts_of(&st, key)
     }
 
+    /// Serves the layer `t` names from d4c artifacts if its image has any:
+    /// fetched (unlocked: other calls go on) unless held, then committed as
+    /// `t.chain_id`. `Ok(false)`: no artifacts; containerd unpacks the layer.
+    fn prepare_remote(
+        &self,
+        t: &Target,
+        parent: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<bool, Status> {
+        let Some(opts) = &self.remote else {
+            return Ok(false);
+        };
+        let image = match self.fetched(t, opts) {
+            Ok(Some(i)) => i,
+            Ok(None) => return Ok(false),
+            // containerd can still pull the image itself.
+            Err(e) => {
+                let why = format!("{e:#}").replace('\n', " ");
+                eprintln!(
+                    "d4c-snapshotter: {}: unpacking as an ordinary image: {why}",
+                    t.manifest.oci()
+                );
+                return Ok(false);
+            }
+        };
+        let Some(index) = image.layers.iter().position(|l| *l == t.layer) else {
+            return Err(Status::invalid_argument(format!(
+                "layer {} is not in image {}",
+                t.layer.oci(),
+                t.manifest.oci()
+            )));
+        };
+        self.commit_remote(t, parent, labels, &image, index)?;
+        Ok(true)
+    }
+
+    /// The stored image of `t.manifest`, fetched first if need be; `None` if
+    /// it has no d4c artifacts.
+    fn fetched(&self, t: &Target, opts: &RemoteOptions) -> anyhow::Result<Option<StoredImage>> {
+        let stored = |s: &Self| {
+            let st = s.state.lock().expect("state lock");
+            st.meta.images.get(&t.manifest).cloned()
+        };
+        if let Some(i) = stored(self) {
+            return Ok(Some(i));
+        }
+        let plain = self
+            .plain
+            .lock()
+            .expect("plain lock")
+            .get(&t.manifest)
+            .copied();
+        if plain.is_some_and(|at| at.elapsed() < PLAIN_FOR) {
+            return Ok(None);
+        }
+        let lock = self
+            .fetching
+            .lock()
+            .expect("fetching lock")
+            .entry(t.manifest)
+            .or_default()
+            .clone();
+        let _one = lock.lock().expect("fetch lock");
+        if let Some(i) = stored(self) {
+            return Ok(Some(i));
+        }
+        let held = self.state.lock().expect("state lock").meta.images.clone();
+        let Some(f) = remote::fetch(t, &held, &self.images, &self.codecs, opts)? else {
+            let mut plain = self.plain.lock().expect("plain lock");
+            plain.retain(|_, at| at.elapsed() < PLAIN_FOR);
+            plain.insert(t.manifest, std::time::Instant::now());
+            return Ok(None);
+        };
+        self.store_fetched(t, f, opts).map(Some)
+    }
+
+    /// Moves a fetched image's downloads into the store and records it;
+    /// forgets images beyond the retention policy.
+    fn store_fetched(
+        &self,
+        t: &Target,
+        f: remote::Fetched,
+        opts: &RemoteOptions,
+    ) -> anyhow::Result<StoredImage> {
+        let mut image = f.image;
+        for (path, digest) in &f.downloads {
+            image.chain.push(self.images.adopt(path, digest)?);
+        }
+        eprintln!(
+            "d4c-snapshotter: fetched {} ({}, image {}) from {}: {} bytes received, {} cdimg(s), verified",
+            t.manifest.oci(),
+            image.repository,
+            image.image_id.short(),
+            f.start
+                .map_or("nothing held".to_string(), |s| format!("held image {}", s.short())),
+            f.received,
+            f.downloads.len()
+        );
+        let mut st = self.state.lock().expect("state lock");
+        st.meta.images.insert(t.manifest, image.clone());
+        let in_use: HashSet<&Vec<String>> = st.meta.snapshots.values().map(|s| &s.chain).collect();
+        let in_use = st
+            .meta
+            .images
+            .iter()
+            .filter(|(_, i)| in_use.contains(&i.chain))
+            .map(|(m, _)| *m)
+            .collect();
+        for m in remote::expired(&st.meta.images, &in_use, opts.keep_per_repository) {
+            st.meta.images.remove(&m);
+        }
+        st.meta.save()?;
+        self.gc_images(&st.meta);
+        Ok(image)
+    }
+
+    /// Commits layer `index` of the fetched `image` as `t.chain_id` on
+    /// `parent`: the image's mount for its top layer, a placeholder below.
+    fn commit_remote(
+        &self,
+        t: &Target,
+        parent: &str,
+        labels: &BTreeMap<String, String>,
+        image: &StoredImage,
+        index: usize,
+    ) -> Result<(), Status> {
+        let mut st = self.state.lock().expect("state lock");
+        if st.meta.snapshots.contains_key(&t.chain_id) {
+            return Ok(());
+        }
+        let parent = (!parent.is_empty()).then(|| parent.to_string());
+        if let Some(p) = &parent {
+            if st.meta.snapshots.get(p).map(|s| s.kind) != Some(Kind::Committed) {
+                return Err(Status::failed_precondition(format!(
+                    "parent snapshot {p} is not a committed snapshot"
+                )));
+            }
+        }
+        let top = index + 1 == image.layers.len();
+        let mut labels = labels.clone();
+        if !top {
+            labels.insert(
+                remote::LAYER_OF_LABEL.to_string(),
+                format!("{}@{index}", t.manifest.oci()),
+            );
+        }
+        let id = st.meta.next_id.max(1);
+        let dir = self.dir(id);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("fs")).map_err(|e| internal(e.into()))?;
+        let t0 = now();
+        let snap = Snapshot {
+            id,
+            kind: Kind::Committed,
+            parent,
+            labels,
+            created: t0,
+            updated: t0,
+            chain: if top { image.chain.clone() } else { Vec::new() },
+        };
+        if top {
+            match self.mount_chain(&snap) {
+                Ok(m) => {
+                    st.mounts.insert(t.chain_id.clone(), m);
+                }
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return Err(internal(e));
+                }
+            }
+        }
+        st.meta.next_id = id + 1;
+        st.meta.snapshots.insert(t.chain_id.clone(), snap);
+        if let Some(i) = st.meta.images.get_mut(&t.manifest) {
+            i.used = t0;
+        }
+        if let Err(e) = st.meta.save() {
+            st.meta.snapshots.remove(&t.chain_id);
+            if let Some(m) = st.mounts.remove(&t.chain_id) {
+                let _ = m.unmount();
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(internal(e));
+        }
+        Ok(())
+    }
+
     /// `Mounts`: how to mount the snapshot `key`.
     pub fn mounts(&self, key: &str) -> Result<Vec<MountSpec>, Status> {
         let st = self.state.lock().expect("state lock");
@@ -296,13 +523,21 @@ impl Snapshotter {
             )));
         }
         let fs = |s: &Snapshot| self.dir(s.id).join("fs").to_string_lossy().into_owned();
-        let lowers: Vec<String> = meta
-            .lineage(key)
-            .iter()
-            .skip(1)
-            .filter_map(|k| meta.snapshots.get(k))
-            .map(fs)
-            .collect();
+        // A d4c image's mount is a whole tree: what is below it adds nothing.
+        let mut lowers: Vec<String> = Vec::new();
+        if snap.chain.is_empty() {
+            for s in meta
+                .lineage(key)
+                .iter()
+                .skip(1)
+                .filter_map(|k| meta.snapshots.get(k))
+            {
+                lowers.push(fs(s));
+                if !s.chain.is_empty() {
+                    break;
+                }
+            }
+        }
         let bind = |source: String, rw: bool| MountSpec {
             kind: "bind".into(),
             source,
@@ -413,6 +648,7 @@ impl Snapshotter {
             .snapshots
             .values()
             .flat_map(|s| s.chain.iter().cloned())
+            .chain(meta.images.values().flat_map(|i| i.chain.iter().cloned()))
             .collect();
         if let Err(e) = self.images.retain(&used) {
             eprintln!("d4c-snapshotter: cleaning the image store: {e:#}");

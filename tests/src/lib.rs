@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use d4c_host::codec::{CodecStore, Codecs, Limits, Runtime};
 
+pub mod cri;
 pub mod raw;
 pub mod series;
 
@@ -557,4 +558,111 @@ pub fn tagged_manifest(dir: &Path, tag: &str) -> String {
         .as_str()
         .expect("digest")
         .to_string()
+}
+
+/// Pushes a pod sandbox ("pause") image to `reference` (a registry tag): one
+/// busybox-static layer built with umoci, running `sleep infinity`. Built once
+/// per data directory; pushing it again is cheap.
+pub fn push_pause_image(reference: &str) -> Result<()> {
+    let dir = data_dir().join("pause");
+    let layout = dir.join("oci");
+    if !layout.join("index.json").is_file() {
+        let bb = debian_versions("busybox-static")?;
+        let busybox = debian_root("busybox-static", bb.first().context("no busybox-static")?)?;
+        let tmp = dir.join("oci.tmp");
+        let _ = std::fs::remove_dir_all(&tmp);
+        let bundle = dir.join("bundle");
+        let _ = std::fs::remove_dir_all(&bundle);
+        let l = format!("{}:pause", tmp.display());
+        let umoci = |args: &[&str]| sh(Command::new("umoci").args(args));
+        umoci(&["init", "--layout", &tmp.to_string_lossy()])?;
+        umoci(&["new", "--image", &l])?;
+        umoci(&["unpack", "--image", &l, &bundle.to_string_lossy()])?;
+        sh(Command::new("cp")
+            .arg("-a")
+            .arg(busybox.join("bin/busybox"))
+            .arg(bundle.join("rootfs")))?;
+        umoci(&["repack", "--image", &l, &bundle.to_string_lossy()])?;
+        umoci(&[
+            "config",
+            "--image",
+            &l,
+            "--config.entrypoint",
+            "/busybox",
+            "--config.cmd",
+            "sleep",
+            "--config.cmd",
+            "infinity",
+        ])?;
+        std::fs::remove_dir_all(&bundle)?;
+        std::fs::rename(&tmp, &layout)?;
+    }
+    sh(Command::new("skopeo").args([
+        "copy",
+        "-q",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:pause", layout.display()),
+        &format!("docker://{reference}"),
+    ]))?;
+    Ok(())
+}
+
+/// Starts `d4c-snapshotter` (beside the `d4c` binary `d4c`) on `socket` with
+/// state in `root`, its stderr appended to `log`, and waits until `containerd`
+/// (whose proxy plugin "d4c" is that socket) reaches it: after a restart,
+/// containerd's connection recovers from its backoff within seconds, and
+/// only preparing a snapshot (not listing) goes through to the plugin.
+pub fn start_snapshotter(
+    d4c: &Path,
+    root: &Path,
+    socket: &Path,
+    log: &Path,
+    containerd: &Path,
+) -> std::process::Child {
+    let bin = d4c.parent().unwrap().join("d4c-snapshotter");
+    assert!(
+        bin.exists(),
+        "{} is not built: cargo build --release -p d4c-snapshotter (scripts/test does)",
+        bin.display()
+    );
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let child = Command::new(bin)
+        .arg("--root")
+        .arg(root)
+        .arg("--address")
+        .arg(socket)
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let ctr = |args: &[&str]| {
+        sh(Command::new("ctr")
+            .arg("--address")
+            .arg(containerd)
+            .args([
+                "--namespace",
+                "d4c-probe",
+                "snapshots",
+                "--snapshotter",
+                "d4c",
+            ])
+            .args(args))
+    };
+    let t = std::time::Instant::now();
+    for i in 0.. {
+        let probe = format!("ready-probe-{}-{i}", std::process::id());
+        if ctr(&["prepare", &probe]).is_ok() {
+            ctr(&["rm", &probe]).unwrap();
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the snapshotter did not come up"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    child
 }

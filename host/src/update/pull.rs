@@ -290,7 +290,7 @@ fn check_server_plan(plan: &Plan, have: &Holdings) -> Result<()> {
 }
 
 /// Downloads a codec component, checks its digest, stores and loads it.
-fn fetch_codec(reg: &Registry, codecs: &Codecs, c: &CodecItem) -> Result<()> {
+pub fn fetch_codec(reg: &Registry, codecs: &Codecs, c: &CodecItem) -> Result<()> {
     let bytes = reg
         .fetch_blob_bytes(&c.digest, MAX_COMPONENT.min(c.size))
         .with_context(|| format!("fetching codec {}", c.name))?;

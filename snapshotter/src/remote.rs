@@ -1,0 +1,223 @@
+//! Images containerd's CRI plugin pulls (kubelet's pulls): containerd prepares
+//! each layer with labels naming the image (`cri.image-ref`,
+//! `cri.manifest-digest`, `cri.layer-digest`, and the layer's chain id as
+//! `containerd.io/snapshot.ref`). When d4c artifacts are attached to that
+//! manifest (`d4c push --attach`), the snapshotter fetches the cheapest update
+//! from the images it already holds, checks that it rebuilds the manifest's
+//! layers exactly, and serves the image itself: containerd fetches no layer.
+//! Without artifacts the layer is unpacked by containerd as usual.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+
+use anyhow::{ensure, Context, Result};
+use d4c_host::codec::Codecs;
+use d4c_host::digest::Digest;
+use d4c_host::image::chain::Chain;
+use d4c_host::image::format::{ImageKind, Reader};
+use d4c_host::image::origin::rebuild;
+use d4c_host::progress::Silent;
+use d4c_host::registry::{ConnectOptions, Reference, Registry};
+use d4c_host::update::attach;
+use d4c_host::update::plan::{self, Holdings};
+use d4c_host::update::pull::fetch_codec;
+
+use crate::images::ImageStore;
+use crate::meta::StoredImage;
+
+/// The chain id a prepared layer is to be committed as.
+pub const REF_LABEL: &str = "containerd.io/snapshot.ref";
+/// The image reference being pulled.
+pub const IMAGE_REF_LABEL: &str = "containerd.io/snapshot/cri.image-ref";
+/// The image's manifest digest.
+pub const MANIFEST_LABEL: &str = "containerd.io/snapshot/cri.manifest-digest";
+/// The layer's digest.
+pub const LAYER_LABEL: &str = "containerd.io/snapshot/cri.layer-digest";
+/// On a lower layer of an image the snapshotter serves: `<manifest>@<index>`,
+/// what it takes to fill the layer in should another image build on it.
+pub const LAYER_OF_LABEL: &str = "containerd.io/snapshot/d4c.layer-of";
+
+/// How the snapshotter reaches registries and what it keeps.
+#[derive(Debug, Clone)]
+pub struct RemoteOptions {
+    /// TLS options and credentials (looked up per registry when none).
+    pub connect: ConnectOptions,
+    /// Images kept per repository once no snapshot uses them, as bases for
+    /// the next update (the most recently pulled first).
+    pub keep_per_repository: usize,
+    /// Threads verifying a fetched image.
+    pub threads: usize,
+}
+
+impl Default for RemoteOptions {
+    fn default() -> Self {
+        RemoteOptions {
+            connect: ConnectOptions::default(),
+            keep_per_repository: 2,
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        }
+    }
+}
+
+/// What containerd's labels say a layer prepare is for.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The chain id to commit as.
+    pub chain_id: String,
+    /// The repository the image comes from.
+    pub repository: Reference,
+    /// The image's manifest digest.
+    pub manifest: Digest,
+    /// The layer's digest.
+    pub layer: Digest,
+}
+
+impl Target {
+    /// The target the labels name, if they name one (`None`: an ordinary
+    /// prepare, or labels d4c cannot use; containerd unpacks then).
+    pub fn from_labels(labels: &BTreeMap<String, String>) -> Option<Target> {
+        let chain_id = labels.get(REF_LABEL)?.clone();
+        let image = labels.get(IMAGE_REF_LABEL)?;
+        let mut repository = Reference::parse(image).ok()?;
+        repository.tag = None;
+        repository.digest = None;
+        Some(Target {
+            chain_id,
+            repository,
+            manifest: labels.get(MANIFEST_LABEL)?.parse().ok()?,
+            layer: labels.get(LAYER_LABEL)?.parse().ok()?,
+        })
+    }
+}
+
+/// An image just fetched: downloads checked and verified, not yet stored.
+pub struct Fetched {
+    /// What to record once the downloads are adopted.
+    pub image: StoredImage,
+    /// The downloads (blob path and digest) that complete the chain: after
+    /// `image.chain`'s held prefix.
+    pub downloads: Vec<(PathBuf, Digest)>,
+    /// The held image the update started from.
+    pub start: Option<Digest>,
+    /// Blob bytes received from the registry.
+    pub received: u64,
+}
+
+/// Fetches the image `target` names if d4c artifacts are attached to it:
+/// plans from `held` (manifest digest -> stored image), downloads into the
+/// store's incoming files, fetches codecs, and verifies the rebuilt image
+/// against the manifest. `Ok(None)`: nothing attached.
+pub fn fetch(
+    target: &Target,
+    held: &BTreeMap<Digest, StoredImage>,
+    store: &ImageStore,
+    codecs: &Codecs,
+    opts: &RemoteOptions,
+) -> Result<Option<Fetched>> {
+    let reg = Registry::connect(&target.repository, &opts.connect)?;
+    let Some(attached) = attach::discover(&reg, &target.manifest)? else {
+        return Ok(None);
+    };
+    let holdings = Holdings {
+        images: held.values().map(|i| i.image_id).collect(),
+        codecs: codecs.held()?.into_iter().collect::<HashSet<_>>(),
+        fetch_codecs: true,
+    };
+    let plan = plan::plan(&attached.index, attached.target, &holdings)?;
+    for c in &plan.fetch {
+        fetch_codec(&reg, codecs, c)?;
+    }
+    let mut chain: Vec<String> = match plan.start {
+        Some(s) => held
+            .values()
+            .find(|i| i.image_id == s)
+            .map(|i| i.chain.clone())
+            .context("the plan starts from an image not held")?,
+        None => Vec::new(),
+    };
+    let mut paths: Vec<PathBuf> = chain.iter().map(|n| store.path(n)).collect();
+    let mut downloads = Vec::new();
+    for step in &plan.steps {
+        let dest = store.download_path(&step.blob);
+        reg.fetch_blob(&step.blob, step.size, &dest, &Silent)?;
+        let h = Reader::open(&dest)?.header().clone();
+        ensure!(
+            h.kind == step.kind && h.image_id == step.image_id && h.base_id == step.base_id,
+            "blob {:?} is not the cdimg its artifact says it is",
+            step.blob
+        );
+        if step.kind == ImageKind::Image {
+            chain.clear();
+            paths.clear();
+        }
+        paths.push(dest.clone());
+        downloads.push((dest, step.blob));
+    }
+    let layers = verify(&paths, codecs, &target.manifest, opts.threads)?;
+    Ok(Some(Fetched {
+        image: StoredImage {
+            image_id: plan.target,
+            repository: format!(
+                "{}/{}",
+                target.repository.registry, target.repository.repository
+            ),
+            layers,
+            chain,
+            used: crate::meta::now(),
+        },
+        downloads,
+        start: plan.start,
+        received: reg.received(),
+    }))
+}
+
+/// Rebuilds every original layer of the image `paths` yield and checks it
+/// against `manifest`'s digests, before any container sees a file of it;
+/// returns the layer digests.
+fn verify(
+    paths: &[PathBuf],
+    codecs: &Codecs,
+    manifest: &Digest,
+    threads: usize,
+) -> Result<Vec<Digest>> {
+    let chain = Chain::open(paths)?;
+    let top = chain.top();
+    let origin = top
+        .origin
+        .as_ref()
+        .context("the attached image keeps no original image to verify")?;
+    ensure!(
+        origin.manifest_digest() == *manifest,
+        "the attached image rebuilds manifest {}, not {}",
+        origin.manifest_digest().oci(),
+        manifest.oci()
+    );
+    rebuild::verify(&chain, codecs, Some(manifest), threads, &Silent)
+        .with_context(|| format!("verifying the image of {}", manifest.oci()))?;
+    let described = origin.describe(&top.config)?;
+    Ok(described.layers.iter().map(|l| l.digest).collect())
+}
+
+/// The stored images to forget: beyond the `keep` most recently pulled of each
+/// repository, those no snapshot uses (`in_use`).
+pub fn expired(
+    images: &BTreeMap<Digest, StoredImage>,
+    in_use: &HashSet<Digest>,
+    keep: usize,
+) -> Vec<Digest> {
+    let mut by_repo: BTreeMap<&str, Vec<(&Digest, &StoredImage)>> = BTreeMap::new();
+    for (m, i) in images {
+        by_repo.entry(&i.repository).or_default().push((m, i));
+    }
+    let mut out = Vec::new();
+    for (_, mut list) in by_repo {
+        list.sort_by_key(|(_, i)| std::cmp::Reverse(i.used));
+        out.extend(
+            list.into_iter()
+                .skip(keep)
+                .filter(|(m, _)| !in_use.contains(m))
+                .map(|(m, _)| *m),
+        );
+    }
+    out
+}
