@@ -7,6 +7,8 @@
 //! - [`images`]: the store of cdimg files snapshots are served from.
 //! - [`remote`]: images containerd's CRI plugin pulls, fetched as d4c updates.
 //! - [`snapshotter`]: the operations.
+//! - [`mounts`]: the mount manager, the process serving d4c snapshots' FUSE
+//!   mounts across restarts of the snapshotter.
 //! - [`service`]: the gRPC service over them.
 //! - [`load`]: `d4c load`, through containerd's content, images, leases and
 //!   snapshots services.
@@ -16,6 +18,7 @@ pub mod filter;
 pub mod images;
 pub mod load;
 pub mod meta;
+pub mod mounts;
 pub mod remote;
 pub mod service;
 pub mod snapshotter;

@@ -1,7 +1,9 @@
 //! `d4c-snapshotter`: containerd's snapshots API on a unix socket, for use as a
 //! proxy plugin (`[proxy_plugins.d4c]`, see docs/SNAPSHOTTER.md). Serves until
-//! SIGTERM or SIGINT, then unmounts every image it mounted.
+//! SIGTERM or SIGINT. Its image mounts are served by the mount manager
+//! (`--mount-manager`, started on demand), which outlives it.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -10,9 +12,11 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 use d4c_host::codec::{CodecStore, Codecs, Limits, Runtime};
+use d4c_host::mount::cache::ContentCache;
 use d4c_host::registry::ConnectOptions;
 use d4c_host::units::parse_size;
 use d4c_snapshotter::api::snapshots::snapshots_server::SnapshotsServer;
+use d4c_snapshotter::mounts::{Launch, Manager, Mounts};
 use d4c_snapshotter::remote::RemoteOptions;
 use d4c_snapshotter::service::Service;
 use d4c_snapshotter::snapshotter::Snapshotter;
@@ -47,15 +51,69 @@ struct Args {
     /// built-in roots.
     #[arg(long, value_name = "FILE")]
     ca_cert: Option<PathBuf>,
+    /// Run as the mount manager of `--root` (the snapshotter starts it).
+    #[arg(long, hide = true)]
+    mount_manager: bool,
+}
+
+impl Args {
+    fn codecs(&self) -> Result<Codecs> {
+        let limits = Limits {
+            memory: self.codec_memory,
+            time: Duration::from_secs(self.codec_timeout),
+        };
+        let runtime = Runtime::new(limits, Some(self.root.join("cache").join("compiled")))?;
+        Ok(Codecs::new(
+            runtime,
+            CodecStore::new(self.root.join("codecs")),
+        ))
+    }
+
+    /// The mount manager of this root, started as this program with the same
+    /// caps when none answers.
+    fn mounts(&self) -> Result<Mounts> {
+        let exe = std::env::current_exe().context("finding this program")?;
+        let mut command: Vec<OsString> = vec![exe.into(), "--mount-manager".into()];
+        command.extend(["--root".into(), self.root.clone().into_os_string()]);
+        for (flag, value) in [
+            ("--cache-size", self.cache_size),
+            ("--codec-memory", self.codec_memory),
+            ("--codec-timeout", self.codec_timeout),
+        ] {
+            command.extend([flag.into(), value.to_string().into()]);
+        }
+        let launch = Launch {
+            command,
+            log: self.root.join("mount-manager.log"),
+        };
+        Ok(Mounts::new(&self.root.join(MANAGER_SOCKET), Some(launch)))
+    }
+}
+
+/// The mount manager's socket, in the root.
+const MANAGER_SOCKET: &str = "mounts.sock";
+
+/// `--mount-manager`: serves mounts until idle.
+fn manage_mounts(args: &Args) -> Result<()> {
+    let cache = Arc::new(ContentCache::open(
+        &args.root.join("cache").join("content"),
+        args.cache_size,
+    )?);
+    let manager = Manager::new(args.codecs()?, cache);
+    manager.serve(&args.root.join(MANAGER_SOCKET), true)
 }
 
 async fn run(args: Args) -> Result<()> {
-    let limits = Limits {
-        memory: args.codec_memory,
-        time: Duration::from_secs(args.codec_timeout),
+    d4c_host::fsutil::create_private_dir(&args.root)?;
+    let args = Args {
+        root: args.root.canonicalize()?,
+        ..args
     };
-    let runtime = Runtime::new(limits, Some(args.root.join("cache").join("compiled")))?;
-    let codecs = Codecs::new(runtime, CodecStore::new(args.root.join("codecs")));
+    if args.mount_manager {
+        return tokio::task::spawn_blocking(move || manage_mounts(&args)).await?;
+    }
+    let codecs = args.codecs()?;
+    let mounts = args.mounts()?;
     let root = args.root.clone();
     let remote = RemoteOptions {
         connect: ConnectOptions {
@@ -66,7 +124,7 @@ async fn run(args: Args) -> Result<()> {
         ..RemoteOptions::default()
     };
     let snapshotter = tokio::task::spawn_blocking(move || {
-        Snapshotter::open(&root, codecs, args.cache_size).map(|s| s.with_remote(remote))
+        Snapshotter::open(&root, codecs, mounts).map(|s| s.with_remote(remote))
     })
     .await??;
     let snapshotter = Arc::new(snapshotter);
@@ -115,8 +173,6 @@ async fn run(args: Args) -> Result<()> {
         )
         .await;
     let _ = std::fs::remove_file(&args.address);
-    let s = snapshotter.clone();
-    tokio::task::spawn_blocking(move || s.shutdown()).await?;
     served.context("serving gRPC")
 }
 

@@ -29,13 +29,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use d4c_host::codec::Codecs;
-use d4c_host::image::chain::Chain;
-use d4c_host::mount::cache::ContentCache;
-use d4c_host::mount::{self, Mount, MountOptions};
+use d4c_host::mount;
 use tonic::Status;
 
 use crate::images::ImageStore;
 use crate::meta::{now, Kind, Meta, Snapshot, StoredImage};
+use crate::mounts::Mounts;
 use crate::remote::{self, RemoteOptions, Target};
 
 /// How long an image found to have no d4c artifacts is not asked again.
@@ -84,8 +83,6 @@ pub struct Info {
 
 struct State {
     meta: Meta,
-    /// Live FUSE mounts of d4c snapshots, by key.
-    mounts: HashMap<String, Mount>,
     /// d4c snapshots that could not be mounted again at start (a damaged or
     /// missing image, a missing codec), with why: they and their children fail
     /// alone while the rest is served.
@@ -97,7 +94,8 @@ pub struct Snapshotter {
     root: PathBuf,
     images: ImageStore,
     codecs: Codecs,
-    cache: Arc<ContentCache>,
+    /// The mount manager serving d4c snapshots' mounts.
+    mounts: Mounts,
     state: Mutex<State>,
     /// Registries and retention, when the snapshotter fetches images itself.
     remote: Option<RemoteOptions>,
@@ -116,26 +114,23 @@ fn not_found(key: &str) -> Status {
 }
 
 impl Snapshotter {
-    /// Opens the snapshotter in `root`, mounting every d4c snapshot again.
-    pub fn open(root: &Path, codecs: Codecs, cache_size: u64) -> anyhow::Result<Snapshotter> {
+    /// Opens the snapshotter in `root`, its d4c snapshots served by the mount
+    /// manager `mounts` (which keeps those it already serves: a restart
+    /// leaves running containers' files readable).
+    pub fn open(root: &Path, codecs: Codecs, mounts: Mounts) -> anyhow::Result<Snapshotter> {
         // Images, metadata and mounts are root's alone: no local user may read
         // an image's files or plant a codec or a compiled module here.
         d4c_host::fsutil::create_private_dir(root)?;
         d4c_host::fsutil::create_dir_all(&root.join("snapshots"))?;
         let root = root.canonicalize()?;
         let meta = Meta::load(&root.join("metadata.json"))?;
-        let cache = Arc::new(ContentCache::open(
-            &root.join("cache").join("content"),
-            cache_size,
-        )?);
         let s = Snapshotter {
             images: ImageStore::open(&root.join("images"))?,
             root,
             codecs,
-            cache,
+            mounts,
             state: Mutex::new(State {
                 meta,
-                mounts: HashMap::new(),
                 broken: HashMap::new(),
             }),
             remote: None,
@@ -151,15 +146,10 @@ impl Snapshotter {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         for (key, snap) in d4c {
-            match s.mount_chain(&snap) {
-                Ok(m) => {
-                    st.mounts.insert(key, m);
-                }
-                Err(e) => {
-                    let why = format!("{e:#}").replace('\n', " ");
-                    eprintln!("d4c-snapshotter: snapshot {key} cannot be served: {why}");
-                    st.broken.insert(key, why);
-                }
+            if let Err(e) = s.mount_chain(&snap) {
+                let why = format!("{e:#}").replace('\n', " ");
+                eprintln!("d4c-snapshotter: snapshot {key} cannot be served: {why}");
+                st.broken.insert(key, why);
             }
         }
         drop(st);
@@ -182,27 +172,14 @@ impl Snapshotter {
         self.root.join("snapshots").join(id.to_string())
     }
 
-    fn mount_chain(&self, snap: &Snapshot) -> anyhow::Result<Mount> {
+    fn fs_of(&self, snap: &Snapshot) -> PathBuf {
+        self.dir(snap.id).join("fs")
+    }
+
+    /// Has the mount manager serve the d4c snapshot `snap`.
+    fn mount_chain(&self, snap: &Snapshot) -> anyhow::Result<()> {
         let paths: Vec<PathBuf> = snap.chain.iter().map(|n| self.images.path(n)).collect();
-        let chain = Chain::open(&paths)?;
-        // Fail now, not at first read, if a codec the chain names is missing.
-        for layer in chain.layers() {
-            for c in &layer.header().codecs {
-                self.codecs.get(&c.sha256, &c.name)?;
-            }
-        }
-        mount::mount(
-            chain,
-            self.codecs.clone(),
-            self.cache.clone(),
-            &self.dir(snap.id).join("fs"),
-            // Containers keep their setuid programs and devices; the mount
-            // points live under the snapshotter's root-only directory.
-            &MountOptions {
-                suid_dev: true,
-                ..MountOptions::default()
-            },
-        )
+        self.mounts.mount(&paths, &self.fs_of(snap))
     }
 
     /// `Prepare` (kind Active) and `View` (kind View).
@@ -295,22 +272,20 @@ impl Snapshotter {
             chain,
         };
         if !snap.chain.is_empty() {
-            match self.mount_chain(&snap) {
-                Ok(m) => {
-                    st.mounts.insert(key.to_string(), m);
-                }
-                Err(e) => {
-                    let _ = std::fs::remove_dir_all(&dir);
-                    self.gc_images(&st.meta);
-                    return Err(Status::invalid_argument(format!("{e:#}")));
-                }
+            if let Err(e) = self.mount_chain(&snap) {
+                let _ = std::fs::remove_dir_all(&dir);
+                self.gc_images(&st.meta);
+                return Err(Status::invalid_argument(format!("{e:#}")));
             }
         }
         st.meta.next_id = id + 1;
         st.meta.snapshots.insert(key.to_string(), snap);
         if let Err(e) = st.meta.save() {
-            st.meta.snapshots.remove(key);
-            st.mounts.remove(key);
+            if let Some(s) = st.meta.snapshots.remove(key) {
+                if !s.chain.is_empty() {
+                    let _ = self.mounts.unmount(&self.fs_of(&s));
+                }
+            }
             let _ = std::fs::remove_dir_all(&dir);
             return Err(internal(e));
         }
@@ -478,14 +453,9 @@ impl Snapshotter {
             chain: if top { image.chain.clone() } else { Vec::new() },
         };
         if top {
-            match self.mount_chain(&snap) {
-                Ok(m) => {
-                    st.mounts.insert(t.chain_id.clone(), m);
-                }
-                Err(e) => {
-                    let _ = std::fs::remove_dir_all(&dir);
-                    return Err(internal(e));
-                }
+            if let Err(e) = self.mount_chain(&snap) {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(internal(e));
             }
         }
         st.meta.next_id = id + 1;
@@ -495,8 +465,8 @@ impl Snapshotter {
         }
         if let Err(e) = st.meta.save() {
             st.meta.snapshots.remove(&t.chain_id);
-            if let Some(m) = st.mounts.remove(&t.chain_id) {
-                let _ = m.unmount();
+            if top {
+                let _ = self.mounts.unmount(&dir.join("fs"));
             }
             let _ = std::fs::remove_dir_all(&dir);
             return Err(internal(e));
@@ -603,9 +573,6 @@ impl Snapshotter {
             st.meta.snapshots.insert(key.to_string(), snap);
             return Err(internal(e));
         }
-        if let Some(m) = st.mounts.remove(key) {
-            st.mounts.insert(name.to_string(), m);
-        }
         if let Some(why) = st.broken.remove(key) {
             st.broken.insert(name.to_string(), why);
         }
@@ -627,8 +594,8 @@ impl Snapshotter {
                 "cannot remove snapshot {key}: it has children"
             )));
         }
-        if let Some(m) = st.mounts.remove(key) {
-            m.unmount().map_err(internal)?;
+        if !snap.chain.is_empty() {
+            self.mounts.unmount(&self.fs_of(&snap)).map_err(internal)?;
         }
         st.broken.remove(key);
         st.meta.snapshots.remove(key);
@@ -746,23 +713,15 @@ impl Snapshotter {
             let name = e.file_name().to_string_lossy().into_owned();
             if !ids.contains(&name) {
                 let fs = e.path().join("fs");
-                // A FUSE mount a crash left there must go before the directory.
+                // A mount a crash left there must go before the directory:
+                // one the manager still serves, or a dead one.
+                let _ = self.mounts.unmount(&fs);
                 let _ = mount::clean_stale(&fs);
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
         self.gc_images(&st.meta);
         Ok(())
-    }
-
-    /// Unmounts every d4c snapshot (on shutdown).
-    pub fn shutdown(&self) {
-        let mut st = self.state.lock().expect("state lock");
-        for (key, m) in st.mounts.drain() {
-            if let Err(e) = m.unmount() {
-                eprintln!("d4c-snapshotter: unmounting {key}: {e:#}");
-            }
-        }
     }
 }
 
@@ -805,10 +764,49 @@ mod tests {
     use d4c_tests::raw::Raw;
     use tonic::Code;
 
-    fn open(root: &Path) -> Snapshotter {
+    /// The test's mount managers (threads of this process), by root.
+    type Managers = HashMap<PathBuf, (Arc<crate::mounts::Manager>, PathBuf)>;
+
+    fn managers() -> &'static Mutex<Managers> {
+        static M: std::sync::OnceLock<Mutex<Managers>> = std::sync::OnceLock::new();
+        M.get_or_init(Default::default)
+    }
+
+    fn codecs(root: &Path) -> Codecs {
         let runtime = Runtime::new(Limits::default(), None).unwrap();
-        let codecs = Codecs::new(runtime, CodecStore::new(root.join("codecs")));
-        Snapshotter::open(root, codecs, 1 << 30).unwrap()
+        Codecs::new(runtime, CodecStore::new(root.join("codecs")))
+    }
+
+    /// Opens the snapshotter in `root`, with a mount manager for it started
+    /// in a thread the first time.
+    fn open(root: &Path) -> Snapshotter {
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        std::fs::create_dir_all(root).unwrap();
+        let mut managers = managers().lock().unwrap();
+        if !managers.contains_key(root) {
+            let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let socket = root.with_extension(format!("mounts{n}.sock"));
+            let cache =
+                d4c_host::mount::cache::ContentCache::open(&root.with_extension("cache"), 1 << 30)
+                    .unwrap();
+            let m = crate::mounts::Manager::new(codecs(root), Arc::new(cache));
+            let (m2, sock) = (m.clone(), socket.clone());
+            std::thread::spawn(move || m2.serve(&sock, false));
+            while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            managers.insert(root.to_path_buf(), (m, socket));
+        }
+        let mounts = crate::mounts::Mounts::new(&managers[root].1, None);
+        Snapshotter::open(root, codecs(root), mounts).unwrap()
+    }
+
+    /// Everything unmounted and the mount manager gone, as after a reboot of
+    /// the node: the next [`open`] starts another.
+    fn reboot(root: &Path) {
+        if let Some((m, _)) = managers().lock().unwrap().remove(root) {
+            m.unmount_all();
+        }
     }
 
     fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -943,8 +941,8 @@ mod tests {
             .unwrap();
         s.commit("b-img", "b", BTreeMap::new()).unwrap();
         let damaged = s.state.lock().unwrap().meta.snapshots["a-img"].chain[0].clone();
-        s.shutdown();
         drop(s);
+        reboot(&root);
         std::fs::write(root.join("images").join(&damaged), b"not a cdimg").unwrap();
 
         let s = open(&root);
@@ -959,7 +957,39 @@ mod tests {
         // The broken ones can still be removed.
         s.remove("a-ctr").unwrap();
         s.remove("a-img").unwrap();
-        s.shutdown();
+        reboot(&root);
+    }
+
+    /// The mount manager outlives the snapshotter: a file opened before a
+    /// restart reads on during and after it, and the restarted snapshotter
+    /// serves the same mount.
+    #[test]
+    fn a_restart_leaves_mounts_serving() {
+        use std::io::Read;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let s = open(&root);
+        let p = dir.path().join("a.cdimg");
+        image(&p, b"served across restarts\n");
+        let chain = labels(&[(CHAIN_LABEL, &serde_json::to_string(&[&p]).unwrap())]);
+        let m = s.prepare(Kind::Active, "a", "", chain).unwrap();
+        let file = Path::new(&m[0].source).join("version");
+        let mut open_before = std::fs::File::open(&file).unwrap();
+        drop(s);
+        let mut text = String::new();
+        open_before.read_to_string(&mut text).unwrap();
+        assert_eq!(text, "served across restarts\n");
+        let s = open(&root);
+        assert_eq!(s.mounts("a").unwrap(), m);
+        assert_eq!(std::fs::read(&file).unwrap(), b"served across restarts\n");
+        drop(open_before);
+        s.remove("a").unwrap();
+        assert!(d4c_host::mount::is_mounted(
+            &Path::new(&m[0].source).canonicalize().unwrap_or_default()
+        )
+        .unwrap()
+        .is_none());
+        reboot(&root);
     }
 
     #[test]
@@ -1024,8 +1054,8 @@ mod tests {
         s.prepare(Kind::Active, "d", "", chain(&[&base, &delta]))
             .unwrap();
         s.prepare(Kind::Active, "v", "", chain(&[&base])).unwrap();
-        s.shutdown();
         drop(s);
+        reboot(&root);
         for e in std::fs::read_dir(root.join("codecs")).unwrap() {
             std::fs::remove_file(e.unwrap().path()).unwrap();
         }
@@ -1038,6 +1068,6 @@ mod tests {
             std::fs::read(Path::new(&m[0].source).join("version")).unwrap(),
             b"v1\n"
         );
-        s.shutdown();
+        reboot(&root);
     }
 }
