@@ -257,6 +257,30 @@ fn kubelet_pulls_an_ordinary_tag_as_a_delta() {
     node.start_snapshotter();
     assert_eq!(node.cat(&c2, "/etc/app-version").trim(), versions[1]);
 
+    // An ordinary image whose layers are v2's first ones (v1, from a
+    // repository without artifacts) finds them as v2's placeholders: the
+    // one it runs from is filled in with v1's tree.
+    let plain = format!("{repo}-plain:v1");
+    sh(Command::new("skopeo").args([
+        "copy",
+        "-q",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:v1", s.dir.join("oci").display()),
+        &format!("docker://{plain}"),
+    ]))
+    .unwrap();
+    node.cri.pull(&plain).unwrap();
+    let (pod1, c1) = node.run("v1-plain", &plain);
+    assert_eq!(node.cat(&c1, "/etc/app-version").trim(), versions[0]);
+    let lib1 = format!("/opt/app-{}/libcrypto.so.3", versions[0]);
+    let (code, _, err) = node
+        .cri
+        .exec(&c1, &["/bin/busybox", "test", "-f", &lib1])
+        .unwrap();
+    assert_eq!(code, 0, "{lib1} missing: {err}");
+    let meta = std::fs::read_to_string(node.root.join("metadata.json")).unwrap();
+    assert!(meta.contains("\"whole\": true"), "no placeholder was filled in");
+
     // No artifacts: unpacked as overlayfs would, layers fetched by containerd.
     let v3 = format!("{repo}:v3");
     node.cri.pull(&v3).unwrap();
@@ -267,10 +291,10 @@ fn kubelet_pulls_an_ordinary_tag_as_a_delta() {
     let (pod3, c3) = node.run("v3", &v3);
     assert_eq!(node.cat(&c3, "/etc/app-version").trim(), versions[2]);
 
-    for p in [pod2, pod3] {
+    for p in [pod1, pod2, pod3] {
         node.cri.remove_pod(&p).unwrap();
     }
-    for image in [v2, v3] {
+    for image in [plain, v2, v3] {
         node.cri.remove_image(&image).unwrap();
     }
     node.stop_snapshotter();

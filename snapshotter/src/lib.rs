@@ -6,6 +6,7 @@
 //! - [`filter`]: containerd's filter syntax, for `List`.
 //! - [`images`]: the store of cdimg files snapshots are served from.
 //! - [`remote`]: images containerd's CRI plugin pulls, fetched as d4c updates.
+//! - [`lower`]: their lower layers, filled in when another image needs them.
 //! - [`snapshotter`]: the operations.
 //! - [`mounts`]: the mount manager, the process serving d4c snapshots' FUSE
 //!   mounts across restarts of the snapshotter.
@@ -17,6 +18,7 @@ pub mod api;
 pub mod filter;
 pub mod images;
 pub mod load;
+pub mod lower;
 pub mod meta;
 pub mod mounts;
 pub mod remote;

@@ -44,6 +44,15 @@ pub struct Snapshot {
     /// image store), a full image first, then deltas.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub chain: Vec<String>,
+    /// A lower layer of an image served whole, not filled in yet: the image's
+    /// manifest digest and how many of its layers end here
+    /// ([`crate::lower`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lower_of: Option<(Digest, usize)>,
+    /// Its tree is the whole image up to it (a filled-in lower layer): what
+    /// is below adds nothing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub whole: bool,
 }
 
 /// An image fetched from a registry for containerd's CRI plugin

@@ -33,9 +33,6 @@ pub const IMAGE_REF_LABEL: &str = "containerd.io/snapshot/cri.image-ref";
 pub const MANIFEST_LABEL: &str = "containerd.io/snapshot/cri.manifest-digest";
 /// The layer's digest.
 pub const LAYER_LABEL: &str = "containerd.io/snapshot/cri.layer-digest";
-/// On a lower layer of an image the snapshotter serves: `<manifest>@<index>`,
-/// what it takes to fill the layer in should another image build on it.
-pub const LAYER_OF_LABEL: &str = "containerd.io/snapshot/d4c.layer-of";
 
 /// How the snapshotter reaches registries and what it keeps.
 #[derive(Debug, Clone)]

@@ -22,7 +22,8 @@
 //! attached ([`crate::remote`]) is answered `AlreadyExists` once the image is
 //! fetched and verified: its top layer's snapshot is the image's mount (a
 //! whole tree: its parents add nothing), the layers below are empty
-//! placeholders labelled [`remote::LAYER_OF_LABEL`].
+//! placeholders, filled in ([`crate::lower`]) when another image builds on
+//! one or a container runs from one.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -201,6 +202,9 @@ impl Snapshotter {
                 )));
             }
         }
+        if !parent.is_empty() {
+            self.fill_lower(parent)?;
+        }
         let mut st = self.state.lock().expect("state lock");
         if st.meta.snapshots.contains_key(key) {
             return Err(Status::already_exists(format!(
@@ -218,12 +222,6 @@ impl Snapshotter {
                 Some(s) if s.kind != Kind::Committed => {
                     return Err(Status::failed_precondition(format!(
                         "parent snapshot {p} is not committed"
-                    )))
-                }
-                Some(s) if s.labels.contains_key(remote::LAYER_OF_LABEL) => {
-                    return Err(Status::failed_precondition(format!(
-                        "parent snapshot {p} is a lower layer of an image d4c serves whole; \
-                         it holds no files of its own to build on"
                     )))
                 }
                 _ => {}
@@ -270,6 +268,8 @@ impl Snapshotter {
             created: t,
             updated: t,
             chain,
+            lower_of: None,
+            whole: false,
         };
         if !snap.chain.is_empty() {
             if let Err(e) = self.mount_chain(&snap) {
@@ -290,6 +290,59 @@ impl Snapshotter {
             return Err(internal(e));
         }
         self.mounts_of(&st, key)
+    }
+
+    /// Fills in the placeholder `name` if it is one (slow work unlocked, one
+    /// at a time per image), so that a snapshot can build on it.
+    fn fill_lower(&self, name: &str) -> Result<(), Status> {
+        let placeholder = |s: &Self| {
+            let st = s.state.lock().expect("state lock");
+            let snap = st.meta.snapshots.get(name)?;
+            let (manifest, layers) = snap.lower_of?;
+            let chain = st.meta.images.get(&manifest).map(|i| i.chain.clone());
+            Some((snap.id, manifest, layers, chain))
+        };
+        let Some((_, manifest, _, _)) = placeholder(self) else {
+            return Ok(());
+        };
+        let lock = self
+            .fetching
+            .lock()
+            .expect("fetching lock")
+            .entry(manifest)
+            .or_default()
+            .clone();
+        let _one = lock.lock().expect("fetch lock");
+        let Some((id, _, layers, chain)) = placeholder(self) else {
+            return Ok(());
+        };
+        let chain = chain.ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "snapshot {name} is a layer of image {}, which is no longer stored",
+                manifest.oci()
+            ))
+        })?;
+        let paths: Vec<PathBuf> = chain.iter().map(|n| self.images.path(n)).collect();
+        let fresh = self.dir(id).join("fs.new");
+        let _ = std::fs::remove_dir_all(&fresh);
+        let threads = self.remote.as_ref().map_or(2, |r| r.threads);
+        let what = || format!("filling in snapshot {name}");
+        crate::lower::fill(&paths, layers, &self.codecs, &fresh, &self.root, threads)
+            .map_err(|e| internal(e.context(what())))?;
+        let mut st = self.state.lock().expect("state lock");
+        let fs = self.dir(id).join("fs");
+        // (A placeholder's own tree holds nothing: a fill a crash cut short
+        // may have left one.)
+        let swapped = std::fs::remove_dir_all(&fs).and_then(|()| std::fs::rename(&fresh, &fs));
+        if let Err(e) = swapped {
+            let _ = std::fs::remove_dir_all(&fresh);
+            return Err(internal(anyhow::Error::from(e).context(what())));
+        }
+        if let Some(s) = st.meta.snapshots.get_mut(name) {
+            s.lower_of = None;
+            s.whole = true;
+        }
+        st.meta.save().map_err(internal)
     }
 
     /// Serves the layer `t` names from d4c artifacts if its image has any:
@@ -392,13 +445,20 @@ impl Snapshotter {
         );
         let mut st = self.state.lock().expect("state lock");
         st.meta.images.insert(t.manifest, image.clone());
-        let in_use: HashSet<&Vec<String>> = st.meta.snapshots.values().map(|s| &s.chain).collect();
+        // In use: served by a snapshot, or needed to fill one in.
+        let chains: HashSet<&Vec<String>> = st.meta.snapshots.values().map(|s| &s.chain).collect();
+        let lowers = st
+            .meta
+            .snapshots
+            .values()
+            .filter_map(|s| s.lower_of.map(|(m, _)| m));
         let in_use = st
             .meta
             .images
             .iter()
-            .filter(|(_, i)| in_use.contains(&i.chain))
+            .filter(|(_, i)| chains.contains(&i.chain))
             .map(|(m, _)| *m)
+            .chain(lowers)
             .collect();
         for m in remote::expired(&st.meta.images, &in_use, opts.keep_per_repository) {
             st.meta.images.remove(&m);
@@ -431,13 +491,6 @@ impl Snapshotter {
             }
         }
         let top = index + 1 == image.layers.len();
-        let mut labels = labels.clone();
-        if !top {
-            labels.insert(
-                remote::LAYER_OF_LABEL.to_string(),
-                format!("{}@{index}", t.manifest.oci()),
-            );
-        }
         let id = st.meta.next_id.max(1);
         let dir = self.dir(id);
         let _ = std::fs::remove_dir_all(&dir);
@@ -447,10 +500,12 @@ impl Snapshotter {
             id,
             kind: Kind::Committed,
             parent,
-            labels,
+            labels: labels.clone(),
             created: t0,
             updated: t0,
             chain: if top { image.chain.clone() } else { Vec::new() },
+            lower_of: (!top).then_some((t.manifest, index + 1)),
+            whole: false,
         };
         if top {
             if let Err(e) = self.mount_chain(&snap) {
@@ -494,8 +549,9 @@ impl Snapshotter {
         }
         let fs = |s: &Snapshot| self.dir(s.id).join("fs").to_string_lossy().into_owned();
         // A d4c image's mount is a whole tree: what is below it adds nothing.
+        let whole = |s: &Snapshot| !s.chain.is_empty() || s.whole;
         let mut lowers: Vec<String> = Vec::new();
-        if snap.chain.is_empty() {
+        if !whole(snap) {
             for s in meta
                 .lineage(key)
                 .iter()
@@ -503,7 +559,7 @@ impl Snapshotter {
                 .filter_map(|k| meta.snapshots.get(k))
             {
                 lowers.push(fs(s));
-                if !s.chain.is_empty() {
+                if whole(s) {
                     break;
                 }
             }

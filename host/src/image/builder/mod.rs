@@ -40,7 +40,7 @@ pub struct SourceImage {
     /// Layer blob paths, with the digest each must have (if known).
     pub layers: Vec<(PathBuf, Option<Digest>)>,
     /// Keeps a temporary unpack directory alive.
-    pub(crate) _tmp: Option<tempfile::TempDir>,
+    pub _tmp: Option<tempfile::TempDir>,
 }
 
 /// Where an image comes from, as users write it.
@@ -482,16 +482,32 @@ pub fn convert(
     gzip: Option<&Codec>,
     progress: &dyn Progress,
 ) -> Result<Converted> {
-    let dir = match out.parent() {
+    let image = source.open(open, &dir_of(out), progress)?;
+    convert_image(&image, out, opts, gzip, progress)
+}
+
+/// The directory `out` is in: temporary files go there.
+fn dir_of(out: &Path) -> PathBuf {
+    match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
-    };
-    let image = source.open(open, &dir, progress)?;
+    }
+}
+
+/// Converts an opened image into a full cdimg at `out` (see [`convert`]).
+pub fn convert_image(
+    image: &SourceImage,
+    out: &Path,
+    opts: BuildOptions,
+    gzip: Option<&Codec>,
+    progress: &dyn Progress,
+) -> Result<Converted> {
+    let dir = dir_of(out);
     let config =
         String::from_utf8(image.config.clone()).context("the image config is not UTF-8")?;
     let mut notes = Vec::new();
     let manifest = match opts.origin {
-        true => provenance_manifest(&image, &mut notes)?,
+        true => provenance_manifest(image, &mut notes)?,
         false => None,
     };
     let spool = Mutex::new(Spool {
@@ -500,7 +516,7 @@ pub fn convert(
         index: HashMap::new(),
     });
     let keep = manifest.is_some().then_some(Keep { gzip });
-    let read = read_layers(&image, keep, opts, &spool, &mut notes, progress)?;
+    let read = read_layers(image, keep, opts, &spool, &mut notes, progress)?;
     let spool = spool.into_inner().unwrap_or_else(|p| p.into_inner());
     let (header, bytes) = write_image(out, config, manifest, read, spool, gzip)?;
     Ok(Converted {
