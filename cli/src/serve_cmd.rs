@@ -138,6 +138,7 @@ pub fn run(cli: &Cli, a: &ServeArgs) -> Result<()> {
             a.store.display()
         );
         std::io::stdout().flush()?;
+        d4c_host::notify::ready()?;
         let app = router(server);
         match tls {
             Some(config) => {

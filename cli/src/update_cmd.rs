@@ -33,6 +33,7 @@ impl Connection {
             ca_cert: self.ca_cert.clone(),
             limit_rate,
             credentials: None,
+            auth_file: None,
         }
     }
 

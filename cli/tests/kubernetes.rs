@@ -279,7 +279,10 @@ fn kubelet_pulls_an_ordinary_tag_as_a_delta() {
         .unwrap();
     assert_eq!(code, 0, "{lib1} missing: {err}");
     let meta = std::fs::read_to_string(node.root.join("metadata.json")).unwrap();
-    assert!(meta.contains("\"whole\": true"), "no placeholder was filled in");
+    assert!(
+        meta.contains("\"whole\": true"),
+        "no placeholder was filled in"
+    );
 
     // No artifacts: unpacked as overlayfs would, layers fetched by containerd.
     let v3 = format!("{repo}:v3");
@@ -298,4 +301,60 @@ fn kubelet_pulls_an_ordinary_tag_as_a_delta() {
         node.cri.remove_image(&image).unwrap();
     }
     node.stop_snapshotter();
+}
+
+/// As systemd starts it (`Type=notify`, `--config`): READY=1 comes once the
+/// socket answers; a bad configuration is a one-line error and status 2.
+#[test]
+fn the_snapshotter_starts_as_systemd_expects() {
+    use std::os::unix::net::{UnixDatagram, UnixStream};
+    let dir = tempfile::tempdir().unwrap();
+    let bin = Path::new(D4C).parent().unwrap().join("d4c-snapshotter");
+    let config = dir.path().join("snapshotter.toml");
+    let socket = dir.path().join("run/snapshotter.sock");
+    std::fs::write(
+        &config,
+        format!(
+            "root = \"{}\"\naddress = \"{}\"\nlog_level = \"warn\"\n",
+            dir.path().join("root").display(),
+            socket.display()
+        ),
+    )
+    .unwrap();
+    let notify = dir.path().join("notify");
+    let listener = UnixDatagram::bind(&notify).unwrap();
+    listener
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut child = Command::new(&bin)
+        .arg("--config")
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &notify)
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = listener
+        .recv(&mut buf)
+        .expect("no READY=1 from the snapshotter");
+    assert_eq!(&buf[..n], b"READY=1\n");
+    assert!(
+        UnixStream::connect(&socket).is_ok(),
+        "READY=1 before serving"
+    );
+    sh(Command::new("kill").args(["-TERM", &child.id().to_string()])).unwrap();
+    assert!(child.wait().unwrap().success());
+
+    std::fs::write(&config, "root = \"/x\"\ncache_szie = \"1G\"\n").unwrap();
+    let out = Command::new(&bin)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("line 2") && err.contains("cache_szie"),
+        "{err}"
+    );
 }

@@ -9,6 +9,7 @@
 //! - [`home`]: where d4c keeps its data on this machine.
 //! - [`image`]: the cdimg format; convert, diff, patch, merge, extract, export.
 //! - [`mount`]: the lazy FUSE file system over an image chain.
+//! - [`notify`]: readiness for systemd's `Type=notify`.
 //! - [`progress`]: progress reporting.
 //! - [`registry`]: OCI registries: the client, and d4c artifacts in them.
 //! - [`units`]: sizes as users write them.
@@ -21,6 +22,7 @@ pub mod fsutil;
 pub mod home;
 pub mod image;
 pub mod mount;
+pub mod notify;
 pub mod progress;
 pub mod registry;
 pub mod units;

@@ -2,6 +2,8 @@
 //! the host library's lazy mount, and the containerd client behind `d4c load`.
 //!
 //! - [`api`]: containerd's snapshots API (generated).
+//! - [`config`]: the configuration file.
+//! - [`log`]: the log, by level.
 //! - [`meta`]: snapshot metadata, persisted atomically.
 //! - [`filter`]: containerd's filter syntax, for `List`.
 //! - [`images`]: the store of cdimg files snapshots are served from.
@@ -15,9 +17,11 @@
 //!   snapshots services.
 
 pub mod api;
+pub mod config;
 pub mod filter;
 pub mod images;
 pub mod load;
+pub mod log;
 pub mod lower;
 pub mod meta;
 pub mod mounts;

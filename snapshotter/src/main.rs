@@ -4,7 +4,7 @@
 //! (`--mount-manager`, started on demand), which outlives it.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +16,8 @@ use d4c_host::mount::cache::ContentCache;
 use d4c_host::registry::ConnectOptions;
 use d4c_host::units::parse_size;
 use d4c_snapshotter::api::snapshots::snapshots_server::SnapshotsServer;
+use d4c_snapshotter::config::Config;
+use d4c_snapshotter::log::Level;
 use d4c_snapshotter::mounts::{Launch, Manager, Mounts};
 use d4c_snapshotter::remote::RemoteOptions;
 use d4c_snapshotter::service::Service;
@@ -27,36 +29,104 @@ use d4c_snapshotter::snapshotter::Snapshotter;
     version,
     about = "containerd proxy snapshotter for d4c images"
 )]
-struct Args {
-    /// State directory: metadata, snapshots, stored images, caches.
-    #[arg(long, default_value = "/var/lib/d4c-snapshotter")]
-    root: PathBuf,
-    /// The unix socket to serve on.
-    #[arg(long, default_value = "/run/d4c-snapshotter/snapshotter.sock")]
-    address: PathBuf,
-    /// Bound on the cache of rebuilt file contents, e.g. 10G.
-    #[arg(long, default_value = "10G", value_parser = parse_size)]
-    cache_size: u64,
-    /// Memory cap for each codec call.
-    #[arg(long, default_value = "3G", value_parser = parse_size)]
-    codec_memory: u64,
-    /// Time cap for each codec call, in seconds.
-    #[arg(long, default_value_t = 600)]
-    codec_timeout: u64,
+struct Flags {
+    /// Configuration file (TOML); flags override it.
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// State directory: metadata, snapshots, stored images, caches
+    /// [default: /var/lib/d4c-snapshotter].
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// The unix socket to serve on [default: /run/d4c-snapshotter/snapshotter.sock].
+    #[arg(long)]
+    address: Option<PathBuf>,
+    /// Bound on the cache of rebuilt file contents [default: 10G].
+    #[arg(long, value_parser = parse_size)]
+    cache_size: Option<u64>,
+    /// Memory cap for each codec call [default: 3G].
+    #[arg(long, value_parser = parse_size)]
+    codec_memory: Option<u64>,
+    /// Time cap for each codec call, in seconds [default: 600].
+    #[arg(long)]
+    codec_timeout: Option<u64>,
     /// Images kept per repository after containerd removed them, as bases for
-    /// the next update pulled through containerd's CRI plugin.
-    #[arg(long, default_value_t = 2)]
-    keep_per_repository: usize,
+    /// the next update pulled through containerd's CRI plugin [default: 2].
+    #[arg(long)]
+    keep_per_repository: Option<usize>,
     /// PEM file of CA certificates to trust for registries instead of the
     /// built-in roots.
     #[arg(long, value_name = "FILE")]
     ca_cert: Option<PathBuf>,
+    /// error, warn or info [default: info].
+    #[arg(long, value_enum)]
+    log_level: Option<Level>,
     /// Run as the mount manager of `--root` (the snapshotter starts it).
     #[arg(long, hide = true)]
     mount_manager: bool,
 }
 
+/// Read when it exists, if no other `--config` is named.
+const DEFAULT_CONFIG: &str = "/etc/d4c/snapshotter.toml";
+
+/// The settings in force: flags, else the configuration file, else defaults.
+struct Args {
+    root: PathBuf,
+    address: PathBuf,
+    cache_size: u64,
+    codec_memory: u64,
+    codec_timeout: u64,
+    remote: RemoteOptions,
+    mount_manager: bool,
+}
+
 impl Args {
+    fn resolve(f: Flags) -> Result<Args> {
+        let c = match f.config.exists() || f.config != Path::new(DEFAULT_CONFIG) {
+            true => Config::load(&f.config)?,
+            false => Config::default(),
+        };
+        let size = |flag: Option<u64>, file: Option<&String>, default: &str| -> Result<u64> {
+            match (flag, file) {
+                (Some(v), _) => Ok(v),
+                (None, Some(s)) => {
+                    parse_size(s).map_err(|e| anyhow::anyhow!("{}: {e}", f.config.display()))
+                }
+                (None, None) => parse_size(default).map_err(anyhow::Error::msg),
+            }
+        };
+        d4c_snapshotter::log::set_level(f.log_level.or(c.log_level).unwrap_or(Level::Info));
+        let mut remote = RemoteOptions {
+            connect: ConnectOptions {
+                ca_cert: f.ca_cert.or(c.registry.ca_cert),
+                auth_file: c.registry.auth_file,
+                ..ConnectOptions::default()
+            },
+            keep_per_repository: f.keep_per_repository.or(c.keep_per_repository).unwrap_or(2),
+            ..RemoteOptions::default()
+        };
+        remote.mirrors = c
+            .registry
+            .mirrors
+            .into_iter()
+            .map(|(host, m)| (host, m.endpoints))
+            .collect();
+        Ok(Args {
+            root: f
+                .root
+                .or(c.root)
+                .unwrap_or_else(|| "/var/lib/d4c-snapshotter".into()),
+            address: f
+                .address
+                .or(c.address)
+                .unwrap_or_else(|| "/run/d4c-snapshotter/snapshotter.sock".into()),
+            cache_size: size(f.cache_size, c.cache_size.as_ref(), "10G")?,
+            codec_memory: size(f.codec_memory, c.codec.memory.as_ref(), "3G")?,
+            codec_timeout: f.codec_timeout.or(c.codec.timeout).unwrap_or(600),
+            remote,
+            mount_manager: f.mount_manager,
+        })
+    }
+
     fn codecs(&self) -> Result<Codecs> {
         let limits = Limits {
             memory: self.codec_memory,
@@ -115,14 +185,7 @@ async fn run(args: Args) -> Result<()> {
     let codecs = args.codecs()?;
     let mounts = args.mounts()?;
     let root = args.root.clone();
-    let remote = RemoteOptions {
-        connect: ConnectOptions {
-            ca_cert: args.ca_cert.clone(),
-            ..ConnectOptions::default()
-        },
-        keep_per_repository: args.keep_per_repository,
-        ..RemoteOptions::default()
-    };
+    let remote = args.remote.clone();
     let snapshotter = tokio::task::spawn_blocking(move || {
         Snapshotter::open(&root, codecs, mounts).map(|s| s.with_remote(remote))
     })
@@ -156,6 +219,7 @@ async fn run(args: Args) -> Result<()> {
         snapshotter.root().display(),
         args.address.display()
     );
+    d4c_host::notify::ready()?;
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("SIGTERM handler");
@@ -177,7 +241,7 @@ async fn run(args: Args) -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    let args = match Args::try_parse() {
+    let flags = match Flags::try_parse() {
         Ok(a) => a,
         Err(e) if !e.use_stderr() => {
             let _ = e.print();
@@ -190,6 +254,16 @@ fn main() -> ExitCode {
                 .find(|l| !l.trim().is_empty())
                 .unwrap_or("invalid arguments");
             eprintln!("d4c-snapshotter: {}", line.trim());
+            return ExitCode::from(2);
+        }
+    };
+    let args = match Args::resolve(flags) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!(
+                "d4c-snapshotter: error: {}",
+                format!("{e:#}").replace('\n', " ")
+            );
             return ExitCode::from(2);
         }
     };

@@ -26,6 +26,8 @@ use d4c_host::mount::cache::ContentCache;
 use d4c_host::mount::{self, Mount, MountOptions};
 use serde::{Deserialize, Serialize};
 
+use crate::log::{log, Level};
+
 /// Largest request or answer line.
 const MAX_LINE: usize = 1 << 20;
 /// How long an idle manager (no mount, no client) waits before it exits.
@@ -111,7 +113,7 @@ impl Manager {
             if busy {
                 idle_since = Instant::now();
             } else if idle_since.elapsed() > IDLE_EXIT {
-                eprintln!("d4c-snapshotter: mount manager: idle, exiting");
+                log(Level::Info, "mount manager: idle, exiting");
                 std::process::exit(0);
             }
         }
@@ -219,7 +221,7 @@ impl Manager {
             .collect();
         for (p, (_, m)) in all {
             if let Err(e) = m.unmount() {
-                eprintln!("d4c-snapshotter: unmounting {}: {e:#}", p.display());
+                log(Level::Error, &format!("unmounting {}: {e:#}", p.display()));
             }
         }
     }

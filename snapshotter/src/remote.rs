@@ -44,6 +44,9 @@ pub struct RemoteOptions {
     pub keep_per_repository: usize,
     /// Threads verifying a fetched image.
     pub threads: usize,
+    /// Per registry host, endpoints (`http://` or `https://` URLs) tried
+    /// before it.
+    pub mirrors: BTreeMap<String, Vec<String>>,
 }
 
 impl Default for RemoteOptions {
@@ -52,6 +55,7 @@ impl Default for RemoteOptions {
             connect: ConnectOptions::default(),
             keep_per_repository: 2,
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            mirrors: BTreeMap::new(),
         }
     }
 }
@@ -111,7 +115,7 @@ pub fn fetch(
     codecs: &Codecs,
     opts: &RemoteOptions,
 ) -> Result<Option<Fetched>> {
-    let reg = Registry::connect(&target.repository, &opts.connect)?;
+    let reg = connect(&target.repository, opts)?;
     let Some(attached) = attach::discover(&reg, &target.manifest)? else {
         return Ok(None);
     };
@@ -166,6 +170,42 @@ pub fn fetch(
         start: plan.start,
         received: reg.received(),
     }))
+}
+
+/// The repository through its first mirror that answers, else itself.
+fn connect(repository: &Reference, opts: &RemoteOptions) -> Result<Registry> {
+    for endpoint in opts.mirrors.get(&repository.registry).into_iter().flatten() {
+        let mirror = through(repository, endpoint)?;
+        match Registry::connect(&mirror, &opts.connect) {
+            Ok(reg) => return Ok(reg),
+            Err(e) => crate::log::log(
+                crate::log::Level::Warn,
+                &format!("mirror {endpoint} of {}: {e:#}", repository.registry),
+            ),
+        }
+    }
+    Registry::connect(repository, &opts.connect)
+}
+
+/// `repository` served by the mirror at `endpoint` (`http[s]://HOST[:PORT]`).
+fn through(repository: &Reference, endpoint: &str) -> Result<Reference> {
+    let (plain_http, host) = match endpoint.split_once("://") {
+        Some(("http", h)) => (true, h),
+        Some(("https", h)) => (false, h),
+        _ => anyhow::bail!(
+            "mirror endpoint {endpoint:?}: want http://HOST[:PORT] or https://HOST[:PORT]"
+        ),
+    };
+    let host = host.trim_end_matches('/');
+    ensure!(
+        !host.is_empty() && !host.contains('/'),
+        "mirror endpoint {endpoint:?}: a host, without a path"
+    );
+    Ok(Reference {
+        registry: host.to_string(),
+        plain_http,
+        ..repository.clone()
+    })
 }
 
 /// Rebuilds every original layer of the image `paths` yield and checks it

@@ -34,6 +34,7 @@ use d4c_host::mount;
 use tonic::Status;
 
 use crate::images::ImageStore;
+use crate::log::{log, Level};
 use crate::meta::{now, Kind, Meta, Snapshot, StoredImage};
 use crate::mounts::Mounts;
 use crate::remote::{self, RemoteOptions, Target};
@@ -149,7 +150,10 @@ impl Snapshotter {
         for (key, snap) in d4c {
             if let Err(e) = s.mount_chain(&snap) {
                 let why = format!("{e:#}").replace('\n', " ");
-                eprintln!("d4c-snapshotter: snapshot {key} cannot be served: {why}");
+                log(
+                    Level::Warn,
+                    &format!("snapshot {key} cannot be served: {why}"),
+                );
                 st.broken.insert(key, why);
             }
         }
@@ -363,9 +367,10 @@ impl Snapshotter {
             // containerd can still pull the image itself.
             Err(e) => {
                 let why = format!("{e:#}").replace('\n', " ");
-                eprintln!(
-                    "d4c-snapshotter: {}: unpacking as an ordinary image: {why}",
-                    t.manifest.oci()
+                let m = t.manifest.oci();
+                log(
+                    Level::Warn,
+                    &format!("{m}: unpacking as an ordinary image: {why}"),
                 );
                 return Ok(false);
             }
@@ -433,15 +438,19 @@ impl Snapshotter {
         for (path, digest) in &f.downloads {
             image.chain.push(self.images.adopt(path, digest)?);
         }
-        eprintln!(
-            "d4c-snapshotter: fetched {} ({}, image {}) from {}: {} bytes received, {} cdimg(s), verified",
-            t.manifest.oci(),
-            image.repository,
-            image.image_id.short(),
-            f.start
-                .map_or("nothing held".to_string(), |s| format!("held image {}", s.short())),
-            f.received,
-            f.downloads.len()
+        let start = f.start.map_or("nothing held".to_string(), |s| {
+            format!("held image {}", s.short())
+        });
+        log(
+            Level::Info,
+            &format!(
+                "fetched {} ({}, image {}) from {start}: {} bytes received, {} cdimg(s), verified",
+                t.manifest.oci(),
+                image.repository,
+                image.image_id.short(),
+                f.received,
+                f.downloads.len()
+            ),
         );
         let mut st = self.state.lock().expect("state lock");
         st.meta.images.insert(t.manifest, image.clone());
@@ -674,7 +683,7 @@ impl Snapshotter {
             .chain(meta.images.values().flat_map(|i| i.chain.iter().cloned()))
             .collect();
         if let Err(e) = self.images.retain(&used) {
-            eprintln!("d4c-snapshotter: cleaning the image store: {e:#}");
+            log(Level::Error, &format!("cleaning the image store: {e:#}"));
         }
     }
 

@@ -1,7 +1,7 @@
 //! Images in the cdimg format (docs/FORMAT.md) and the engines over them.
 //!
 //! - [`entry`]: tree entries, content storage, the image id.
-//! - [`format`]: reading and writing cdimg files.
+//! - [`format`](mod@format): reading and writing cdimg files.
 //! - [`builder`]: `convert` from OCI layouts and docker archives.
 //! - [`origin`]: provenance, the original image rebuilt and verified.
 

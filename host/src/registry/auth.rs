@@ -8,7 +8,7 @@
 //! `~/.docker/config.json` (the `auths` map of base64 `user:password`).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use base64::Engine;
@@ -58,6 +58,15 @@ pub fn lookup(registry: &str) -> Result<Option<Credentials>> {
         }
     }
     Ok(None)
+}
+
+/// Finds credentials for `registry` in the docker/containers auth file `path`
+/// alone.
+pub fn lookup_in(path: &Path, registry: &str) -> Result<Option<Credentials>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    from_auth_file(&text, registry)
+        .with_context(|| format!("reading credentials from {}", path.display()))
 }
 
 fn auth_files() -> Vec<PathBuf> {

@@ -40,6 +40,8 @@ pub struct ConnectOptions {
     pub limit_rate: Option<u64>,
     /// Credentials to use instead of looking them up.
     pub credentials: Option<Credentials>,
+    /// A docker/containers auth file to look credentials up in first.
+    pub auth_file: Option<PathBuf>,
 }
 
 /// One repository in one registry.
@@ -82,9 +84,14 @@ impl Registry {
             // may go.
             .max_redirects(0)
             .build();
-        let credentials = match &opts.credentials {
-            Some(c) => Some(c.clone()),
-            None => auth::lookup(&reference.registry)?,
+        let in_file = match &opts.auth_file {
+            Some(f) => auth::lookup_in(f, &reference.registry)?,
+            None => None,
+        };
+        let credentials = match (&opts.credentials, in_file) {
+            (Some(c), _) => Some(c.clone()),
+            (None, Some(c)) => Some(c),
+            (None, None) => auth::lookup(&reference.registry)?,
         };
         let registry = Registry {
             agent: ureq::Agent::new_with_config(config),

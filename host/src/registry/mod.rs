@@ -1,7 +1,7 @@
 //! OCI distribution registries: the client d4c pushes to and pulls from, and
 //! how its content is laid out there (docs/FORMAT.md, "In a registry").
 //!
-//! - [`reference`]: `HOST[:PORT]/REPO[:TAG]` as users write it.
+//! - [`reference`](mod@reference): `HOST[:PORT]/REPO[:TAG]` as users write it.
 //! - [`auth`]: credentials and the basic / bearer-token challenges.
 //! - [`client`]: blobs and manifests over HTTP(S); resumable, checked downloads.
 //! - [`artifact`]: cdimgs, codecs and the repository index as OCI artifacts.
