@@ -34,7 +34,7 @@ pub struct MountArgs {
     /// Return once mounted, serving from a background process.
     #[arg(long)]
     daemon: bool,
-    /// The daemon's log [default: <cache dir>/../mount.log].
+    /// The daemon's log [default: CACHE_DIR/../mount.log].
     #[arg(long, value_name = "FILE")]
     log: Option<PathBuf>,
     /// Threads serving requests.

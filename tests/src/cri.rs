@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use tonic::transport::Channel;
 
 /// The generated CRI API.
-#[allow(missing_docs, clippy::all)]
+#[allow(missing_docs, clippy::all, rustdoc::all)]
 pub mod api {
     tonic::include_proto!("runtime.v1");
 }
