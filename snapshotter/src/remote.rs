@@ -102,6 +102,8 @@ pub struct Fetched {
     pub start: Option<Digest>,
     /// Blob bytes received from the registry.
     pub received: u64,
+    /// Time spent planning and downloading, then verifying.
+    pub took: (std::time::Duration, std::time::Duration),
 }
 
 /// Fetches the image `target` names if d4c artifacts are attached to it:
@@ -115,6 +117,7 @@ pub fn fetch(
     codecs: &Codecs,
     opts: &RemoteOptions,
 ) -> Result<Option<Fetched>> {
+    let started = std::time::Instant::now();
     let reg = connect(&target.repository, opts)?;
     let Some(attached) = attach::discover(&reg, &target.manifest)? else {
         return Ok(None);
@@ -154,6 +157,7 @@ pub fn fetch(
         paths.push(dest.clone());
         downloads.push((dest, step.blob));
     }
+    let downloaded = started.elapsed();
     let layers = verify(&paths, codecs, &target.manifest, opts.threads)?;
     Ok(Some(Fetched {
         image: StoredImage {
@@ -169,6 +173,7 @@ pub fn fetch(
         downloads,
         start: plan.start,
         received: reg.received(),
+        took: (downloaded, started.elapsed() - downloaded),
     }))
 }
 

@@ -444,12 +444,15 @@ impl Snapshotter {
         log(
             Level::Info,
             &format!(
-                "fetched {} ({}, image {}) from {start}: {} bytes received, {} cdimg(s), verified",
+                "fetched {} ({}, image {}) from {start}: {} bytes received, {} cdimg(s) \
+                 in {:.2} s, verified in {:.2} s",
                 t.manifest.oci(),
                 image.repository,
                 image.image_id.short(),
                 f.received,
-                f.downloads.len()
+                f.downloads.len(),
+                f.took.0.as_secs_f64(),
+                f.took.1.as_secs_f64(),
             ),
         );
         let mut st = self.state.lock().expect("state lock");
