@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use d4c_host::registry::auth::Credentials;
 use serde::Deserialize;
 
 /// The file's contents. Unknown keys are errors: a misspelt setting must not
@@ -50,6 +51,10 @@ pub struct RegistryConfig {
     /// A docker/containers auth file (`{"auths": {...}}`) looked in first;
     /// then the node's own (root's docker and podman auth files).
     pub auth_file: Option<PathBuf>,
+    /// containerd's config, whose CRI registry logins
+    /// (`registry.configs."HOST".auth`) are used for their hosts
+    /// [default: /etc/containerd/config.toml, when it exists].
+    pub containerd_config: Option<PathBuf>,
     /// Per registry host, endpoints tried before it (`"http://10.0.0.5:5000"`).
     #[serde(default)]
     pub mirrors: BTreeMap<String, Mirror>,
@@ -83,6 +88,67 @@ impl Config {
     }
 }
 
+/// The logins containerd's CRI plugin is configured with, by registry host:
+/// `[plugins."io.containerd.grpc.v1.cri".registry.configs."HOST".auth]`
+/// (config version 2) or `[plugins."io.containerd.cri.v1.images".registry…]`
+/// (version 3), each `username` and `password`, or `auth` (base64 of
+/// `user:password`), or an `identitytoken`.
+pub fn containerd_logins(path: &Path) -> Result<BTreeMap<String, Credentials>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let v: toml::Table =
+        toml::from_str(&text).with_context(|| format!("{}: not TOML", path.display()))?;
+    let mut out = BTreeMap::new();
+    for plugin in ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images"] {
+        let configs = v
+            .get("plugins")
+            .and_then(|p| p.get(plugin))
+            .and_then(|c| c.get("registry"))
+            .and_then(|r| r.get("configs"))
+            .and_then(|c| c.as_table());
+        for (host, c) in configs.into_iter().flatten() {
+            let Some(auth) = c.get("auth") else { continue };
+            let field = |k: &str| auth.get(k).and_then(|v| v.as_str()).unwrap_or("");
+            let login = match (field("username"), field("auth"), field("identitytoken")) {
+                (u, _, _) if !u.is_empty() => Credentials {
+                    user: u.to_string(),
+                    password: field("password").to_string(),
+                },
+                (_, a, _) if !a.is_empty() => {
+                    use base64::Engine;
+                    let raw = base64::engine::general_purpose::STANDARD
+                        .decode(a.trim())
+                        .with_context(|| {
+                            format!("{}: the auth of {host} is not base64", path.display())
+                        })?;
+                    let raw = String::from_utf8(raw).with_context(|| {
+                        format!("{}: the auth of {host} is not UTF-8", path.display())
+                    })?;
+                    let (u, p) = raw.split_once(':').with_context(|| {
+                        format!(
+                            "{}: the auth of {host} is not user:password",
+                            path.display()
+                        )
+                    })?;
+                    Credentials {
+                        user: u.to_string(),
+                        password: p.to_string(),
+                    }
+                }
+                // An identity token goes as the password of the user
+                // `<token>`, as docker sends it.
+                (_, _, t) if !t.is_empty() => Credentials {
+                    user: "<token>".to_string(),
+                    password: t.to_string(),
+                },
+                _ => continue,
+            };
+            out.insert(host.clone(), login);
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,5 +166,54 @@ mod tests {
         std::fs::write(&bad, "root = \"/x\"\ncache_szie = \"1G\"\n").unwrap();
         let e = Config::load(&bad).unwrap_err().to_string();
         assert!(e.contains("line 2") && e.contains("cache_szie"), "{e}");
+    }
+
+    #[test]
+    fn reads_cri_logins_from_containerd_configs_of_both_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let v2 = dir.path().join("v2.toml");
+        std::fs::write(
+            &v2,
+            r#"version = 2
+[plugins."io.containerd.grpc.v1.cri".registry.configs."reg.example:5000".auth]
+  username = "alice"
+  password = "s3cret"
+[plugins."io.containerd.grpc.v1.cri".registry.configs."other.example".auth]
+  auth = "Ym9iOmh1bnRlcjI="
+[plugins."io.containerd.grpc.v1.cri".registry.configs."tls-only.example".tls]
+  insecure_skip_verify = false
+"#,
+        )
+        .unwrap();
+        let l = containerd_logins(&v2).unwrap();
+        assert_eq!(l.len(), 2, "{l:?}");
+        assert_eq!(
+            (
+                l["reg.example:5000"].user.as_str(),
+                l["reg.example:5000"].password.as_str()
+            ),
+            ("alice", "s3cret")
+        );
+        assert_eq!(
+            (
+                l["other.example"].user.as_str(),
+                l["other.example"].password.as_str()
+            ),
+            ("bob", "hunter2")
+        );
+        let v3 = dir.path().join("v3.toml");
+        std::fs::write(
+            &v3,
+            "version = 3\n[plugins.'io.containerd.cri.v1.images'.registry.configs.'r3.example'.auth]\nidentitytoken = 'tok'\n",
+        )
+        .unwrap();
+        let l = containerd_logins(&v3).unwrap();
+        assert_eq!(
+            (
+                l["r3.example"].user.as_str(),
+                l["r3.example"].password.as_str()
+            ),
+            ("<token>", "tok")
+        );
     }
 }

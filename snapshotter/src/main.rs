@@ -16,8 +16,8 @@ use d4c_host::mount::cache::ContentCache;
 use d4c_host::registry::ConnectOptions;
 use d4c_host::units::parse_size;
 use d4c_snapshotter::api::snapshots::snapshots_server::SnapshotsServer;
-use d4c_snapshotter::config::Config;
-use d4c_snapshotter::log::Level;
+use d4c_snapshotter::config::{containerd_logins, Config};
+use d4c_snapshotter::log::{log, Level};
 use d4c_snapshotter::mounts::{Launch, Manager, Mounts};
 use d4c_snapshotter::remote::RemoteOptions;
 use d4c_snapshotter::service::Service;
@@ -67,6 +67,8 @@ struct Flags {
 
 /// Read when it exists, if no other `--config` is named.
 const DEFAULT_CONFIG: &str = "/etc/d4c/snapshotter.toml";
+/// containerd's config, whose CRI registry logins are used when it exists.
+const CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
 
 /// The settings in force: flags, else the configuration file, else defaults.
 struct Args {
@@ -110,6 +112,16 @@ impl Args {
             .into_iter()
             .map(|(host, m)| (host, m.endpoints))
             .collect();
+        remote.logins = match c.registry.containerd_config {
+            Some(path) => containerd_logins(&path)?,
+            None if Path::new(CONTAINERD_CONFIG).exists() => {
+                containerd_logins(Path::new(CONTAINERD_CONFIG)).unwrap_or_else(|e| {
+                    log(Level::Warn, &format!("registry logins: {e:#}"));
+                    Default::default()
+                })
+            }
+            None => Default::default(),
+        };
         Ok(Args {
             root: f
                 .root

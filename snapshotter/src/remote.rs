@@ -47,6 +47,9 @@ pub struct RemoteOptions {
     /// Per registry host, endpoints (`http://` or `https://` URLs) tried
     /// before it.
     pub mirrors: BTreeMap<String, Vec<String>>,
+    /// Per registry host, the login to use (containerd's CRI registry
+    /// config); other hosts' come from the auth files.
+    pub logins: BTreeMap<String, d4c_host::registry::auth::Credentials>,
 }
 
 impl Default for RemoteOptions {
@@ -56,6 +59,7 @@ impl Default for RemoteOptions {
             keep_per_repository: 2,
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             mirrors: BTreeMap::new(),
+            logins: BTreeMap::new(),
         }
     }
 }
@@ -179,9 +183,17 @@ pub fn fetch(
 
 /// The repository through its first mirror that answers, else itself.
 fn connect(repository: &Reference, opts: &RemoteOptions) -> Result<Registry> {
+    let options = |r: &Reference| ConnectOptions {
+        credentials: opts
+            .logins
+            .get(&r.registry)
+            .cloned()
+            .or_else(|| opts.connect.credentials.clone()),
+        ..opts.connect.clone()
+    };
     for endpoint in opts.mirrors.get(&repository.registry).into_iter().flatten() {
         let mirror = through(repository, endpoint)?;
-        match Registry::connect(&mirror, &opts.connect) {
+        match Registry::connect(&mirror, &options(&mirror)) {
             Ok(reg) => return Ok(reg),
             Err(e) => crate::log::log(
                 crate::log::Level::Warn,
@@ -189,7 +201,7 @@ fn connect(repository: &Reference, opts: &RemoteOptions) -> Result<Registry> {
             ),
         }
     }
-    Registry::connect(repository, &opts.connect)
+    Registry::connect(repository, &options(repository))
 }
 
 /// `repository` served by the mirror at `endpoint` (`http[s]://HOST[:PORT]`).

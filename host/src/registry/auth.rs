@@ -77,6 +77,9 @@ fn auth_files() -> Vec<PathBuf> {
     }
     if let Some(d) = env("XDG_RUNTIME_DIR") {
         files.push(PathBuf::from(d).join("containers/auth.json"));
+    } else if rustix::process::geteuid().is_root() {
+        // podman's for root when no session set XDG_RUNTIME_DIR (services).
+        files.push(PathBuf::from("/run/containers/0/auth.json"));
     }
     if let Some(d) = env("DOCKER_CONFIG") {
         files.push(PathBuf::from(d).join("config.json"));
