@@ -108,8 +108,13 @@ impl Manager {
         let mut idle_since = Instant::now();
         loop {
             std::thread::sleep(Duration::from_millis(500));
-            let busy = self.clients.load(Ordering::SeqCst) > 0
-                || !self.served.lock().expect("served lock").mounts.is_empty();
+            let serving = {
+                let mut served = self.served.lock().expect("served lock");
+                // Mounts unmounted from outside (`umount`, a reboot's) are over.
+                served.mounts.retain(|_, (_, m)| !m.is_finished());
+                !served.mounts.is_empty()
+            };
+            let busy = self.clients.load(Ordering::SeqCst) > 0 || serving;
             if busy {
                 idle_since = Instant::now();
             } else if idle_since.elapsed() > IDLE_EXIT {
