@@ -107,6 +107,24 @@ impl Harness {
 /// The running snapshotter, for [`stop_at_exit`]: statics are never dropped.
 static SNAPSHOTTER_PID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
+/// The harness's snapshotter root, for [`stop_at_exit`].
+static ROOT: OnceLock<PathBuf> = OnceLock::new();
+
+/// Detaches every mount below `root`, deepest first (as a reboot would end
+/// them; the mount manager then exits by itself).
+fn unmount_below(root: &Path) {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let mut below: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(1))
+        .filter(|m| Path::new(m).starts_with(root))
+        .collect();
+    below.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in below {
+        let _ = Command::new("umount").args(["-l", m]).status();
+    }
+}
+
 extern "C" fn stop_at_exit() {
     let pid = SNAPSHOTTER_PID.load(std::sync::atomic::Ordering::SeqCst);
     if pid != 0 {
@@ -115,6 +133,10 @@ extern "C" fn stop_at_exit() {
             libc::kill(pid as libc::pid_t, libc::SIGTERM);
             libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), 0);
         }
+    }
+    // The mounts outlive the snapshotter by design; the tests' ones go.
+    if let Some(root) = ROOT.get() {
+        unmount_below(root);
     }
 }
 
@@ -132,28 +154,19 @@ fn harness() -> MutexGuard<'static, Harness> {
             containerd.display()
         );
         let root = d4c_tests::data_dir().join("snapshotter-root");
-        // Leftovers of an earlier run: its snapshotter, its mounts.
+        // Leftovers of an earlier run: its snapshotter and mount manager,
+        // their mounts.
         let _ = Command::new("pkill")
             .args([
                 "-TERM",
                 "-f",
-                &format!("d4c-snapshotter --root {}", root.display()),
+                &format!("d4c-snapshotter .*--root {}", root.display()),
             ])
             .status();
         std::thread::sleep(Duration::from_millis(500));
-        for l in std::fs::read_to_string("/proc/self/mounts")
-            .unwrap()
-            .lines()
-        {
-            if let Some(m) = l
-                .split(' ')
-                .nth(1)
-                .filter(|m| m.starts_with(root.to_str().unwrap()))
-            {
-                let _ = Command::new("umount").args(["-l", m]).status();
-            }
-        }
+        unmount_below(&root);
         let _ = std::fs::remove_dir_all(&root);
+        let _ = ROOT.set(root.clone());
         // SAFETY: registers a plain extern "C" function.
         unsafe { libc::atexit(stop_at_exit) };
         let mut h = Harness {
