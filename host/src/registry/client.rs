@@ -1095,6 +1095,45 @@ mod tests {
         )
     }
 
+    /// Referrers come from the registry's API where it answers with an image
+    /// index, and from the `sha256-<hex>` fallback tag where it answers 404
+    /// (docker-registry 2.8, which the end-to-end tests use).
+    #[test]
+    fn referrers_from_the_api_or_the_fallback_tag() {
+        use crate::registry::referrers;
+        let subject = Digest::of(b"an image manifest");
+        let index = |t: &str| {
+            format!(
+                r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{}","size":1,"artifactType":"{t}"}}]}}"#,
+                Digest::of(t.as_bytes()).oci()
+            )
+        };
+        let listed = |api: bool| {
+            let (with_api, fallback) = (index("from-api"), index("from-tag"));
+            let tag = referrers::fallback_tag(&subject);
+            let peer = Peer::start("127.0.0.1", move |head| {
+                if head.starts_with("GET /v2/ ") {
+                    reply("200 OK", "", "{}")
+                } else if head.contains("/referrers/") && api {
+                    let ct = "Content-Type: application/vnd.oci.image.index.v1+json\r\n";
+                    reply("200 OK", ct, &with_api)
+                } else if head.contains(&format!("/manifests/{tag} ")) {
+                    reply("200 OK", "", &fallback)
+                } else {
+                    reply("404 Not Found", "", "")
+                }
+            });
+            let r = Reference::parse(&format!("{}/a/b", peer.addr)).unwrap();
+            let reg = Registry::connect(&r, &ConnectOptions::default()).unwrap();
+            let l = referrers::list(&reg, &subject).unwrap();
+            l.iter()
+                .map(|d| d.artifact_type.clone().unwrap())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(listed(true), ["from-api"]);
+        assert_eq!(listed(false), ["from-tag"]);
+    }
+
     /// A registry that wants a login and keeps its blobs elsewhere: the blob
     /// is fetched through the redirect, and the password stays with the
     /// registry.
