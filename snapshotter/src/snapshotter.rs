@@ -198,17 +198,7 @@ impl Snapshotter {
         if key.is_empty() {
             return Err(Status::invalid_argument("empty snapshot key"));
         }
-        if let (Kind::Active, Some(t)) = (kind, Target::from_labels(&labels)) {
-            if self.prepare_remote(&t, parent, &labels)? {
-                return Err(Status::already_exists(format!(
-                    "target snapshot {} exists",
-                    t.chain_id
-                )));
-            }
-        }
-        if !parent.is_empty() {
-            self.fill_lower(parent)?;
-        }
+        self.prepare_unlocked(kind, parent, &labels)?;
         let mut st = self.state.lock().expect("state lock");
         if st.meta.snapshots.contains_key(key) {
             return Err(Status::already_exists(format!(
@@ -294,6 +284,30 @@ impl Snapshotter {
             return Err(internal(e));
         }
         self.mounts_of(&st, key)
+    }
+
+    /// What `prepare` does before it takes the lock (slow work that must not
+    /// hold up other calls): a layer of a CRI pull served from d4c artifacts
+    /// (then the answer is `AlreadyExists`, as containerd expects of a remote
+    /// snapshotter), or a placeholder parent filled in.
+    fn prepare_unlocked(
+        &self,
+        kind: Kind,
+        parent: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<(), Status> {
+        if let (Kind::Active, Some(t)) = (kind, Target::from_labels(labels)) {
+            if self.prepare_remote(&t, parent, labels)? {
+                return Err(Status::already_exists(format!(
+                    "target snapshot {} exists",
+                    t.chain_id
+                )));
+            }
+        }
+        if !parent.is_empty() {
+            self.fill_lower(parent)?;
+        }
+        Ok(())
     }
 
     /// Fills in the placeholder `name` if it is one (slow work unlocked, one
