@@ -240,6 +240,51 @@ fn attached_deltas_leave_the_tag_an_ordinary_image() {
     assert_eq!(r["output"], "image", "{r}");
     s.same_image("full.cdimg", "v2.cdimg");
 
+    // A multi-platform tag listing v2 for this machine: attaching to it is
+    // attaching to v2 (the index lists it), and a pull through it finds v2's.
+    let reg = Registry::connect(&Reference::parse(&repo).unwrap(), &Default::default()).unwrap();
+    let (v2_manifest, _) = reg.get_manifest(&m2).unwrap().unwrap();
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": m2, "size": v2_manifest.len(),
+            "platform": {"os": "linux", "architecture": d4c_host::image::builder::Platform::host().architecture},
+        }],
+    });
+    let index = serde_json::to_vec(&index).unwrap();
+    reg.put_manifest("multi", &index, "application/vnd.oci.image.index.v1+json")
+        .unwrap();
+    s.ok(&[
+        "push",
+        &s.p("d12.cdimg"),
+        &format!("{repo}:multi"),
+        "--attach",
+    ]);
+    let r = pull(&[
+        &format!("{repo}:multi"),
+        "--have",
+        &s.p("v1.cdimg"),
+        "-o",
+        &s.p("via-index.cdimg"),
+    ]);
+    assert_eq!(r["subject"], &m2["sha256:".len()..]);
+    assert_eq!(r["bytes_planned"].as_u64(), Some(d12), "{r}");
+    let (ok, _, err) = run_d4c(
+        Path::new(D4C),
+        &client,
+        &[
+            "pull",
+            &format!("{repo}:multi"),
+            "--platform",
+            "linux/s390x",
+            "-o",
+            &s.p("x.cdimg"),
+        ],
+    );
+    assert!(!ok && err.contains("no linux/s390x manifest"), "{err}");
+
     // A tag without attachments says so.
     let (ok, _, err) = run_d4c(
         Path::new(D4C),
