@@ -77,6 +77,14 @@ enum AuthScheme {
 }
 
 pub fn run(cli: &Cli, a: &ServeArgs) -> Result<()> {
+    // A server outlives its clients' connections: a write to one a client
+    // closed (`writev` sends no MSG_NOSIGNAL) must be an error for that
+    // connection, not SIGPIPE for the process (main restores the default for
+    // the CLI's own output).
+    // SAFETY: setting a signal's disposition before the runtime starts threads.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
     let auth = match &a.htpasswd {
         None => None,
         Some(f) => {

@@ -9,9 +9,10 @@ use d4c_host::digest::Digest;
 use d4c_host::home;
 use d4c_host::image::builder::Platform;
 use d4c_host::image::format::ImageKind;
-use d4c_host::registry::artifact::{CodecItem, Item};
+use d4c_host::registry::artifact::Item;
 use d4c_host::registry::{ConnectOptions, Reference, Registry};
 use d4c_host::update::pull::{self, PullOptions, Source};
+use d4c_host::update::push::SentCodec;
 use d4c_host::update::{attach, push};
 
 use crate::bar::Bar;
@@ -140,16 +141,16 @@ pub fn push(cli: &Cli, a: &PushArgs) -> Result<()> {
 }
 
 /// What a push sent: the cdimg and its codecs, each uploaded or already there.
-fn print_sent(what: &str, it: &Item, uploaded: bool, codecs: &[(CodecItem, bool)]) {
+fn print_sent(what: &str, it: &Item, uploaded: bool, codecs: &[SentCodec]) {
     let sent = |b: bool| if b { "uploaded" } else { "already there" };
     println!("{what}: {} ({})", human_bytes(it.size), sent(uploaded));
-    for (c, s) in codecs {
+    for c in codecs {
         println!(
             "  codec {} {} ({}, {})",
-            c.name,
-            c.digest.short(),
-            human_bytes(c.size),
-            sent(*s)
+            c.codec.name,
+            c.codec.digest.short(),
+            human_bytes(c.codec.size),
+            sent(c.uploaded)
         );
     }
 }

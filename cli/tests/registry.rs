@@ -123,6 +123,13 @@ fn pull_moves_only_the_delta_bytes() {
         serde_json::from_str(&s.ok(&["push", &s.p("d12.cdimg"), &format!("{r}:v2"), "--json"]))
             .unwrap();
     assert_eq!(again["uploaded"], false);
+    // Each codec is an object saying whether its blob went: none did again.
+    let codecs = again["codecs"].as_array().unwrap();
+    assert!(!codecs.is_empty(), "{again}");
+    for c in codecs {
+        assert!(c["name"].is_string() && c["digest"].is_string(), "{c}");
+        assert_eq!(c["uploaded"], false, "{c}");
+    }
 
     let c = Client::new(&s, "bytes");
     let tag = format!("{r}:v4");

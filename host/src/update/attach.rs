@@ -10,7 +10,7 @@ use anyhow::{bail, ensure, Context, Result};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::push::{push_cdimg, push_codecs};
+use super::push::{push_cdimg, push_codecs, SentCodec};
 use crate::codec::Codecs;
 use crate::digest::Digest;
 use crate::image::builder::platform::{self, Platform};
@@ -31,8 +31,8 @@ pub struct AttachReport {
     pub item: Item,
     /// Whether the cdimg blob was sent (false: the repository had it).
     pub uploaded: bool,
-    /// The codecs attached beside it, and whether each blob was sent.
-    pub codecs: Vec<(CodecItem, bool)>,
+    /// The codecs attached beside it.
+    pub codecs: Vec<SentCodec>,
     /// Whether the registry lacks the referrers API, so the fallback tag
     /// (`sha256-<hex>`) lists them.
     pub fallback_tag: Option<String>,
@@ -74,10 +74,7 @@ pub fn attach(
         subject: digest,
         item: pushed.item,
         uploaded: pushed.uploaded,
-        codecs: pushed_codecs
-            .into_iter()
-            .map(|c| (c.item, c.sent))
-            .collect(),
+        codecs: pushed_codecs.into_iter().map(|c| c.sent()).collect(),
         fallback_tag,
     })
 }

@@ -30,8 +30,18 @@ pub struct PushReport {
     pub tag: Option<String>,
     /// Whether the cdimg blob was sent (false: the repository had it).
     pub uploaded: bool,
-    /// The codecs pushed beside it, and whether each was sent.
-    pub codecs: Vec<(CodecItem, bool)>,
+    /// The codecs pushed beside it.
+    pub codecs: Vec<SentCodec>,
+}
+
+/// A codec pushed beside a cdimg.
+#[derive(Debug, Clone, Serialize)]
+pub struct SentCodec {
+    /// Its repository entry.
+    #[serde(flatten)]
+    pub codec: CodecItem,
+    /// Whether its blob was sent (false: the repository had it).
+    pub uploaded: bool,
 }
 
 /// Pushes the cdimg at `path` to `reg`, tagging it `tag`.
@@ -73,7 +83,7 @@ pub fn push(
         item,
         tag: tag.map(str::to_string),
         uploaded,
-        codecs: codec_items.into_iter().map(|c| (c.item, c.sent)).collect(),
+        codecs: codec_items.into_iter().map(PushedCodec::sent).collect(),
     })
 }
 
@@ -87,6 +97,16 @@ pub(crate) struct PushedCodec {
     pub referrer: Descriptor,
     /// Whether the registry indexed the manifest's subject (referrers API).
     pub indexed: bool,
+}
+
+impl PushedCodec {
+    /// As a report says it.
+    pub(crate) fn sent(self) -> SentCodec {
+        SentCodec {
+            codec: self.item,
+            uploaded: self.sent,
+        }
+    }
 }
 
 /// Pushes the components of the codecs `header` names, each as an artifact

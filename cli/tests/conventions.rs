@@ -1,0 +1,47 @@
+//! The CLI behaves as Unix tools do where users expect it.
+
+use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use d4c_tests::raw::Raw;
+
+const D4C: &str = env!("CARGO_BIN_EXE_d4c");
+
+/// `d4c … | head -1`: when the reader goes, the writer ends quietly by
+/// SIGPIPE (status 141 in a shell), as `yes | head` does: no panic, no error.
+#[test]
+fn a_closed_stdout_ends_the_command_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("many.cdimg");
+    let mut r = Raw::new();
+    // Far more listing than a pipe buffers.
+    let files = (0..4000)
+        .map(|i| r.file(&format!("file-with-a-long-name-{i:05}"), b"x"))
+        .collect();
+    r.write(&image, None, vec![], files);
+    let mut child = Command::new(D4C)
+        .args(["inspect", "--files"])
+        .arg(&image)
+        .env("D4C_HOME", dir.path().join("home"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 16];
+    let read = child.stdout.take().unwrap().read_exact(&mut first);
+    // The read end is closed here, as head closes it.
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(read.is_ok(), "no output: {err}");
+    let status = child.wait().unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGPIPE), "{status}: {err}");
+    assert!(err.is_empty(), "{err}");
+    assert!(Path::new(&image).exists());
+}
