@@ -10,6 +10,7 @@ use d4c_host::home;
 use d4c_host::image::builder::Platform;
 use d4c_host::image::format::ImageKind;
 use d4c_host::registry::artifact::Item;
+use d4c_host::registry::auth::Credentials;
 use d4c_host::registry::{ConnectOptions, Reference, Registry};
 use d4c_host::update::pull::{self, PullOptions, Source};
 use d4c_host::update::push::SentCodec;
@@ -19,12 +20,33 @@ use crate::bar::Bar;
 use crate::output::{human_bytes, parse_size, print_json};
 use crate::Cli;
 
-/// How to reach a registry or server.
+/// How to reach a registry or server (skopeo's flags).
 #[derive(Args)]
 pub struct Connection {
     /// PEM file of CA certificates to trust instead of the built-in roots.
     #[arg(long, value_name = "FILE", env = "D4C_CA_CERT")]
     ca_cert: Option<PathBuf>,
+    /// Log in as USER:PASSWORD (else the auth files, D4C_REGISTRY_USER and
+    /// D4C_REGISTRY_PASSWORD).
+    #[arg(long, value_name = "USER:PASSWORD", value_parser = parse_creds)]
+    creds: Option<Credentials>,
+    /// A docker/containers auth file to look logins up in first.
+    #[arg(long, value_name = "FILE")]
+    authfile: Option<PathBuf>,
+    /// Verify the registry's TLS certificate [default: true]; false accepts
+    /// any (a test registry's self-signed one).
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    tls_verify: bool,
+}
+
+fn parse_creds(s: &str) -> Result<Credentials, String> {
+    match s.split_once(':') {
+        Some((user, password)) if !user.is_empty() => Ok(Credentials {
+            user: user.to_string(),
+            password: password.to_string(),
+        }),
+        _ => Err("want USER:PASSWORD".to_string()),
+    }
 }
 
 impl Connection {
@@ -33,8 +55,9 @@ impl Connection {
         ConnectOptions {
             ca_cert: self.ca_cert.clone(),
             limit_rate,
-            credentials: None,
-            auth_file: None,
+            credentials: self.creds.clone(),
+            auth_file: self.authfile.clone(),
+            insecure: !self.tls_verify,
         }
     }
 

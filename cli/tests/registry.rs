@@ -939,6 +939,31 @@ fn tls_and_basic_auth() {
     let (ok, err) = d4c(&["pull", &format!("{r}:v1"), "-o", &out], None, Some(&ca));
     assert!(ok, "{err}");
     s.same_image("tls-v1.cdimg", "v1.cdimg");
+
+    // skopeo's flags: --creds, --authfile (the docker config gone), and
+    // --tls-verify=false in place of the CA.
+    std::fs::rename(d.join(".docker/config.json"), d.join("auth.json")).unwrap();
+    let (tagged, o) = (format!("{r}:v1"), s.p("flags.cdimg"));
+    let pull = |extra: &[&str], ca: Option<&Path>| {
+        let _ = std::fs::remove_file(&o);
+        let mut args = vec!["pull", tagged.as_str(), "-o", o.as_str()];
+        args.extend_from_slice(extra);
+        d4c(&args, None, ca)
+    };
+    let (ok, err) = pull(&[], Some(&ca));
+    assert!(!ok && err.contains("requires a login"), "{err}");
+    let (ok, err) = pull(&["--creds", "alice:s3cret"], Some(&ca));
+    assert!(ok, "{err}");
+    let (ok, err) = pull(&["--creds", "alice:wrong"], Some(&ca));
+    assert!(!ok && err.contains("refused the login"), "{err}");
+    let authfile = d.join("auth.json");
+    let (ok, err) = pull(&["--authfile", authfile.to_str().unwrap()], Some(&ca));
+    assert!(ok, "{err}");
+    let (ok, err) = pull(&["--creds", "alice:s3cret"], None);
+    assert!(!ok && err.contains("cannot reach registry"), "{err}");
+    let (ok, err) = pull(&["--creds", "alice:s3cret", "--tls-verify=false"], None);
+    assert!(ok, "{err}");
+    s.same_image("flags.cdimg", "v1.cdimg");
 }
 
 fn base64_encode(b: &[u8]) -> String {

@@ -42,6 +42,9 @@ pub struct ConnectOptions {
     pub credentials: Option<Credentials>,
     /// A docker/containers auth file to look credentials up in first.
     pub auth_file: Option<PathBuf>,
+    /// Accept any certificate (skopeo's `--tls-verify=false`): for test
+    /// registries with self-signed certificates only.
+    pub insecure: bool,
 }
 
 /// One repository in one registry.
@@ -72,6 +75,9 @@ impl Registry {
                 .collect();
             ensure!(!certs.is_empty(), "{}: no PEM certificates", ca.display());
             tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
+        }
+        if opts.insecure {
+            tls = tls.disable_verification(true);
         }
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
