@@ -964,6 +964,45 @@ fn tls_and_basic_auth() {
     let (ok, err) = pull(&["--creds", "alice:s3cret", "--tls-verify=false"], None);
     assert!(ok, "{err}");
     s.same_image("flags.cdimg", "v1.cdimg");
+
+    // A credential helper named by credHelpers (docker's protocol), as cloud
+    // registries' logins are kept.
+    use std::os::unix::fs::PermissionsExt;
+    let helpers = d.join("helpers");
+    std::fs::create_dir_all(&helpers).unwrap();
+    let helper = helpers.join("docker-credential-d4ctest");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\nread server\nif [ \"$1\" = get ] && [ \"$server\" = 127.0.0.1:{port} ]; then\n  \
+             echo '{{\"ServerURL\":\"127.0.0.1:{port}\",\"Username\":\"alice\",\"Secret\":\"s3cret\"}}'\n\
+             else echo 'credentials not found in native keychain'; exit 1; fi\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::create_dir_all(d.join(".docker")).unwrap();
+    std::fs::write(
+        d.join(".docker/config.json"),
+        format!(r#"{{"credHelpers":{{"127.0.0.1:{port}":"d4ctest"}}}}"#),
+    )
+    .unwrap();
+    let path = format!("{}:{}", helpers.display(), std::env::var("PATH").unwrap());
+    let out = Command::new(D4C)
+        .args(["pull", &tagged, "-o", &o, "--ca-cert"])
+        .arg(&ca)
+        .env("D4C_HOME", &s.home)
+        .env("HOME", &d)
+        .env("PATH", path)
+        .env_remove("D4C_REGISTRY_USER")
+        .env_remove("D4C_REGISTRY_PASSWORD")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn base64_encode(b: &[u8]) -> String {

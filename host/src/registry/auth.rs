@@ -89,12 +89,19 @@ fn auth_files() -> Vec<PathBuf> {
     files
 }
 
-/// Reads the entry for `registry` from a docker/containers auth file.
+/// Reads the login for `registry` from a docker/containers auth file: its
+/// credential helper (`credHelpers`), else its `auths` entry, else the
+/// file's credential store (`credsStore`), as docker does.
 fn from_auth_file(text: &str, registry: &str) -> Result<Option<Credentials>> {
     #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
     struct File {
         #[serde(default)]
         auths: HashMap<String, Entry>,
+        #[serde(default)]
+        cred_helpers: HashMap<String, String>,
+        #[serde(default)]
+        creds_store: Option<String>,
     }
     #[derive(serde::Deserialize)]
     struct Entry {
@@ -110,12 +117,26 @@ fn from_auth_file(text: &str, registry: &str) -> Result<Option<Credentials>> {
         k == registry
             || (registry == "docker.io" && (k == "index.docker.io" || k == "registry-1.docker.io"))
     };
-    let Some(entry) = file.auths.iter().find(|(k, _)| wanted(k)).map(|(_, e)| e) else {
-        return Ok(None);
-    };
-    let Some(auth) = &entry.auth else {
-        return Ok(None);
-    };
+    if let Some(helper) = file
+        .cred_helpers
+        .iter()
+        .find(|(k, _)| wanted(k))
+        .map(|(_, h)| h)
+    {
+        return from_helper(helper, registry);
+    }
+    let entry = file.auths.iter().find(|(k, _)| wanted(k)).map(|(_, e)| e);
+    if let Some(auth) = entry.and_then(|e| e.auth.as_ref()) {
+        return decode_auth(auth, registry).map(Some);
+    }
+    match &file.creds_store {
+        Some(store) => from_helper(store, registry),
+        None => Ok(None),
+    }
+}
+
+/// `user:password`, base64-encoded, as auth files hold it.
+fn decode_auth(auth: &str, registry: &str) -> Result<Credentials> {
     let raw = base64::engine::general_purpose::STANDARD
         .decode(auth.trim())
         .context("auth entry is not base64")?;
@@ -123,9 +144,62 @@ fn from_auth_file(text: &str, registry: &str) -> Result<Option<Credentials>> {
     let Some((user, password)) = raw.split_once(':') else {
         bail!("auth entry for {registry} is not user:password");
     };
-    Ok(Some(Credentials {
+    Ok(Credentials {
         user: user.to_string(),
         password: password.to_string(),
+    })
+}
+
+/// Asks the credential helper `docker-credential-<name>` (docker's protocol:
+/// `get`, the server on stdin, JSON on stdout) for `registry`'s login; none if
+/// it has none.
+fn from_helper(name: &str, registry: &str) -> Result<Option<Credentials>> {
+    use std::io::Write;
+    anyhow::ensure!(
+        !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            && !name.starts_with('.'),
+        "credential helper name {name:?} is not a plain name"
+    );
+    let program = format!("docker-credential-{name}");
+    let mut child = std::process::Command::new(&program)
+        .arg("get")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running the credential helper {program}"))?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(registry.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        let said = String::from_utf8_lossy(&out.stdout);
+        // Its "not found" answer: no login for this registry.
+        if said.contains("credentials not found") {
+            return Ok(None);
+        }
+        bail!(
+            "the credential helper {program} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Answer {
+        username: String,
+        secret: String,
+    }
+    let a: Answer = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("the answer of the credential helper {program}"))?;
+    Ok(Some(Credentials {
+        user: a.username,
+        password: a.secret,
     }))
 }
 
