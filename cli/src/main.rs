@@ -133,13 +133,9 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            // clap's usage errors span several lines; keep the one that says what is wrong.
-            let text = e.render().to_string();
-            let line = text
-                .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("invalid arguments");
-            eprintln!("d4c: {} (see d4c --help)", line.trim());
+            // clap's whole message: what is wrong, its hint ("a similar
+            // argument exists"), the usage.
+            let _ = e.print();
             return ExitCode::from(2);
         }
     };

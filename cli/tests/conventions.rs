@@ -45,3 +45,19 @@ fn a_closed_stdout_ends_the_command_quietly() {
     assert!(err.is_empty(), "{err}");
     assert!(Path::new(&image).exists());
 }
+
+/// A mistyped flag gets clap's whole answer: what is wrong, the flag meant,
+/// the usage; status 2, as for any usage error.
+#[test]
+fn a_mistyped_flag_is_answered_with_the_one_meant() {
+    let out = Command::new(D4C)
+        .args(["convert", "some-dir", "-o", "x.cdimg", "--levle", "3"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("unexpected argument '--levle'"), "{err}");
+    assert!(err.contains("similar argument exists: '--level'"), "{err}");
+    assert!(err.contains("Usage: d4c convert"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
