@@ -133,9 +133,21 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            // clap's whole message: what is wrong, its hint ("a similar
-            // argument exists"), the usage.
-            let _ = e.print();
+            // One line, as for every error: what is wrong, with clap's hints
+            // ("a similar argument exists: '--level'") kept.
+            let text = e.render().to_string();
+            let mut parts = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| l.starts_with("error:") || l.starts_with("tip:"))
+                .map(|l| l.trim_start_matches("error:").trim());
+            let what = parts.next().unwrap_or("invalid arguments").to_string();
+            let tips: Vec<&str> = parts.collect();
+            let tips = match tips.is_empty() {
+                true => String::new(),
+                false => format!(" ({})", tips.join("; ")),
+            };
+            eprintln!("d4c: {what}{tips} (see d4c --help)");
             return ExitCode::from(2);
         }
     };

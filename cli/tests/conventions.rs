@@ -46,8 +46,8 @@ fn a_closed_stdout_ends_the_command_quietly() {
     assert!(Path::new(&image).exists());
 }
 
-/// A mistyped flag gets clap's whole answer: what is wrong, the flag meant,
-/// the usage; status 2, as for any usage error.
+/// A mistyped flag is answered in one line that names the flag meant
+/// (clap's hint); status 2, as for any usage error.
 #[test]
 fn a_mistyped_flag_is_answered_with_the_one_meant() {
     let out = Command::new(D4C)
@@ -56,8 +56,8 @@ fn a_mistyped_flag_is_answered_with_the_one_meant() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("unexpected argument '--levle'"), "{err}");
     assert!(err.contains("similar argument exists: '--level'"), "{err}");
-    assert!(err.contains("Usage: d4c convert"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
