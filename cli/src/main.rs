@@ -44,7 +44,7 @@ enum Command {
     /// Manage and try codec components.
     #[command(subcommand)]
     Codec(codec_cmd::CodecCommand),
-    /// Convert an OCI image (layout or docker archive) into a cdimg.
+    /// Convert an OCI image (layout, docker archive or registry) into a cdimg.
     Convert(image_cmd::ConvertArgs),
     /// Encode the new image as a delta from the old one.
     Diff(image_cmd::DiffArgs),
@@ -76,6 +76,11 @@ enum Command {
     /// Run the update server: takes pushes, answers pulls with one merged delta
     /// the client can decode.
     Serve(serve_cmd::ServeArgs),
+    /// Print a shell completion script: `d4c completion bash > /etc/bash_completion.d/d4c`.
+    Completion {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 impl Cli {
@@ -115,6 +120,11 @@ fn run(cli: Cli) -> Result<()> {
         Command::Push(a) => update_cmd::push(&cli, a),
         Command::Pull(a) => update_cmd::pull(&cli, a),
         Command::Serve(a) => serve_cmd::run(&cli, a),
+        Command::Completion { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(*shell, &mut Cli::command(), "d4c", &mut std::io::stdout());
+            Ok(())
+        }
     }
 }
 

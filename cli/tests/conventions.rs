@@ -61,3 +61,33 @@ fn a_mistyped_flag_is_answered_with_the_one_meant() {
     assert!(err.contains("similar argument exists: '--level'"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// Shell completions name every subcommand and their flags.
+#[test]
+fn completions_for_the_usual_shells() {
+    for (shell, marker) in [
+        ("bash", "_d4c()"),
+        ("zsh", "#compdef d4c"),
+        ("fish", "complete -c d4c"),
+    ] {
+        let out = Command::new(D4C)
+            .args(["completion", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{shell}");
+        let script = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            script.contains(marker),
+            "{shell}: {}",
+            &script[..200.min(script.len())]
+        );
+        for word in ["convert", "push", "attach", "platform"] {
+            assert!(script.contains(word), "{shell}: no {word}");
+        }
+    }
+    let out = Command::new(D4C)
+        .args(["completion", "tcsh"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
