@@ -27,10 +27,11 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use d4c_host::codec::Codecs;
 use d4c_host::mount;
+use d4c_host::mount::cache::Flights;
 use tonic::Status;
 
 use crate::images::ImageStore;
@@ -102,7 +103,7 @@ pub struct Snapshotter {
     /// Registries and retention, when the snapshotter fetches images itself.
     remote: Option<RemoteOptions>,
     /// One fetch per image manifest at a time.
-    fetching: Mutex<HashMap<d4c_host::digest::Digest, Arc<Mutex<()>>>>,
+    fetching: Flights<d4c_host::digest::Digest>,
     /// Manifests recently found without d4c artifacts, and when.
     plain: Mutex<HashMap<d4c_host::digest::Digest, std::time::Instant>>,
 }
@@ -136,7 +137,7 @@ impl Snapshotter {
                 broken: HashMap::new(),
             }),
             remote: None,
-            fetching: Mutex::new(HashMap::new()),
+            fetching: Flights::default(),
             plain: Mutex::new(HashMap::new()),
         };
         let mut st = s.state.lock().expect("state lock");
@@ -323,15 +324,20 @@ impl Snapshotter {
         let Some((_, manifest, _, _)) = placeholder(self) else {
             return Ok(());
         };
-        let lock = self
-            .fetching
-            .lock()
-            .expect("fetching lock")
-            .entry(manifest)
-            .or_default()
-            .clone();
-        let _one = lock.lock().expect("fetch lock");
-        let Some((id, _, layers, chain)) = placeholder(self) else {
+        self.fetching.run(manifest, || {
+            self.fill_placeholder(name, manifest, placeholder(self))
+        })
+    }
+
+    /// [`Snapshotter::fill_lower`]'s work, under the image's flight lock;
+    /// `found` is the placeholder as read then.
+    fn fill_placeholder(
+        &self,
+        name: &str,
+        manifest: d4c_host::digest::Digest,
+        found: Option<(u64, d4c_host::digest::Digest, usize, Option<Vec<String>>)>,
+    ) -> Result<(), Status> {
+        let Some((id, _, layers, chain)) = found else {
             return Ok(());
         };
         let chain = chain.ok_or_else(|| {
@@ -419,17 +425,14 @@ impl Snapshotter {
         if plain.is_some_and(|at| at.elapsed() < PLAIN_FOR) {
             return Ok(None);
         }
-        let lock = self
-            .fetching
-            .lock()
-            .expect("fetching lock")
-            .entry(t.manifest)
-            .or_default()
-            .clone();
-        let _one = lock.lock().expect("fetch lock");
-        if let Some(i) = stored(self) {
-            return Ok(Some(i));
-        }
+        self.fetching.run(t.manifest, || match stored(self) {
+            Some(i) => Ok(Some(i)),
+            None => self.fetch(t, opts),
+        })
+    }
+
+    /// Fetches the image of `t` (see [`remote::fetch`]) and stores it.
+    fn fetch(&self, t: &Target, opts: &RemoteOptions) -> anyhow::Result<Option<StoredImage>> {
         let held = self.state.lock().expect("state lock").meta.images.clone();
         let Some(f) = remote::fetch(t, &held, &self.images, &self.codecs, opts)? else {
             let mut plain = self.plain.lock().expect("plain lock");
@@ -844,6 +847,7 @@ mod tests {
     use super::*;
     use d4c_host::codec::{CodecStore, Limits, Runtime};
     use d4c_tests::raw::Raw;
+    use std::sync::Arc;
     use tonic::Code;
 
     /// The test's mount managers (threads of this process), by root.

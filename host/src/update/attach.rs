@@ -161,24 +161,19 @@ pub fn discover(reg: &Registry, subject: &Digest) -> Result<Option<Attached>> {
         if t != Some(CDIMG_TYPE) && t != Some(CODEC_TYPE) {
             continue;
         }
-        let md = d.sha256()?;
-        let (data, _) = reg
-            .get_manifest(&md.oci())?
-            .with_context(|| format!("{}: referrer {} is missing", reg.reference(), md.oci()))?;
-        let m = Manifest::parse(&data)?;
-        // A fallback index is written by whoever may push: each artifact must
-        // itself say it belongs to this image.
-        let own = m
-            .subject
-            .as_ref()
-            .is_some_and(|s| s.digest == subject.oci());
-        ensure!(
-            own,
-            "{}: referrer {} of {} is attached to another manifest",
-            reg.reference(),
-            md.oci(),
-            subject.oci()
-        );
+        // A fallback index is written by whoever may push, and may name a
+        // manifest since deleted: what is missing, or does not itself say it
+        // belongs to this image, is not this image's.
+        let Ok(md) = d.sha256() else { continue };
+        let Some((data, _)) = reg.get_manifest(&md.oci())? else {
+            continue;
+        };
+        let Ok(m) = Manifest::parse(&data) else {
+            continue;
+        };
+        if m.subject.as_ref().map(|s| s.digest.as_str()) != Some(subject.oci().as_str()) {
+            continue;
+        }
         match t {
             Some(CDIMG_TYPE) => index.add_item(Item::from_manifest(&m, md)?),
             _ => index.add_codec(CodecItem::from_manifest(&m, md)?),
