@@ -11,7 +11,15 @@ use d4c_host::fsutil;
 use serde::Serialize;
 
 use crate::output::{human_bytes, print_json};
-use crate::Cli;
+
+/// `d4c codec`.
+#[derive(clap::Args)]
+pub struct CodecArgsCmd {
+    #[command(subcommand)]
+    command: CodecCommand,
+    #[command(flatten)]
+    codecs: crate::CodecArgs,
+}
 
 #[derive(Subcommand)]
 pub enum CodecCommand {
@@ -104,9 +112,9 @@ impl Entry {
     }
 }
 
-pub fn run(cli: &Cli, cmd: &CodecCommand) -> Result<()> {
-    let codecs = cli.codecs()?;
-    match cmd {
+pub fn run(a: &CodecArgsCmd) -> Result<()> {
+    let codecs = a.codecs.codecs()?;
+    match &a.command {
         CodecCommand::List { json } => list(&codecs, *json),
         CodecCommand::Inspect { file, json } => inspect(&codecs, file, *json),
         CodecCommand::Add { file } => {

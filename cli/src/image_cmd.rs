@@ -17,9 +17,11 @@ use serde::Serialize;
 
 use crate::bar::Bar;
 use crate::output::{human_bytes, print_json};
-use crate::Cli;
+use crate::store_cmd;
+use crate::{CodecArgs, CodecLimits};
 
-fn default_threads() -> usize {
+/// All the cores this process may use.
+pub fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
@@ -37,9 +39,16 @@ pub struct ConvertArgs {
     /// OCI layout `DIR` or `DIR:TAG`, `docker-archive:FILE.tar[:TAG]`, or
     /// `docker://HOST/REPO:TAG` / `docker://HOST/REPO@sha256:DIGEST` (a registry).
     source: String,
-    /// The cdimg to write.
+    /// The cdimg to write [default: the local store, under the registry
+    /// reference or --tag].
     #[arg(short, long)]
-    output: PathBuf,
+    output: Option<PathBuf>,
+    /// Store the image in the local store as NAME (`REGISTRY/REPO:TAG`).
+    #[arg(short, long, value_name = "NAME", conflicts_with = "output")]
+    tag: Option<String>,
+    /// One JSON object on stdout.
+    #[arg(long)]
+    json: bool,
     /// zstd level for file content (1..22).
     #[arg(long, default_value_t = 19)]
     level: i32,
@@ -56,15 +65,17 @@ pub struct ConvertArgs {
     jobs: Jobs,
     #[command(flatten)]
     conn: crate::update_cmd::Connection,
+    #[command(flatten)]
+    codecs: CodecLimits,
 }
 
 /// `d4c diff`.
 #[derive(Args)]
 pub struct DiffArgs {
-    /// The old full image.
+    /// The old full image (a file, or a stored image's name).
     #[arg(long)]
     old: PathBuf,
-    /// The new full image.
+    /// The new full image (a file, or a stored image's name).
     #[arg(long)]
     new: PathBuf,
     /// `auto`, a built-in name, a .wasm component, or a codec sha256.
@@ -81,14 +92,19 @@ pub struct DiffArgs {
     /// dictionaries (docs/FORMAT.md, "Dictionaries").
     #[arg(long)]
     no_dicts: bool,
+    /// One JSON object on stdout.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     jobs: Jobs,
+    #[command(flatten)]
+    codecs: CodecArgs,
 }
 
 /// `d4c patch`.
 #[derive(Args)]
 pub struct PatchArgs {
-    /// The full image the delta applies to.
+    /// The full image the delta applies to (a file, or a stored image's name).
     #[arg(long)]
     base: PathBuf,
     /// One or more deltas, applied in order.
@@ -100,8 +116,13 @@ pub struct PatchArgs {
     /// zstd level for rebuilt content.
     #[arg(long, default_value_t = 19)]
     level: i32,
+    /// One JSON object on stdout.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     jobs: Jobs,
+    #[command(flatten)]
+    codecs: CodecArgs,
 }
 
 /// `d4c merge`.
@@ -119,27 +140,37 @@ pub struct MergeArgs {
     /// zstd level for content rebuilt while merging.
     #[arg(long, default_value_t = 19)]
     level: i32,
+    /// One JSON object on stdout.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     jobs: Jobs,
+    #[command(flatten)]
+    codecs: CodecArgs,
 }
 
 /// `d4c extract`.
 #[derive(Args)]
 pub struct ExtractArgs {
-    /// A full image, then deltas in order.
+    /// A full image, then deltas in order (files, or a stored image's name).
     #[arg(required = true, num_args = 1..)]
     images: Vec<PathBuf>,
     /// The directory to create.
     #[arg(short, long)]
     output: PathBuf,
+    /// One JSON object on stdout.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     jobs: Jobs,
+    #[command(flatten)]
+    codecs: CodecArgs,
 }
 
 /// `d4c export`.
 #[derive(Args)]
 pub struct ExportArgs {
-    /// A full image, then deltas in order.
+    /// A full image, then deltas in order (files, or a stored image's name).
     #[arg(required = true, num_args = 1..)]
     images: Vec<PathBuf>,
     /// The OCI image layout to write to, `DIR` or `DIR:TAG` (created if missing;
@@ -150,14 +181,19 @@ pub struct ExportArgs {
     /// original (which is otherwise written as it was, digests and all).
     #[arg(long)]
     squash: bool,
+    /// One JSON object on stdout.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     jobs: Jobs,
+    #[command(flatten)]
+    codecs: CodecArgs,
 }
 
 /// `d4c verify`.
 #[derive(Args)]
 pub struct VerifyArgs {
-    /// A full image, then deltas in order.
+    /// A full image, then deltas in order (files, or a stored image's name).
     #[arg(required = true, num_args = 1..)]
     images: Vec<PathBuf>,
     /// The manifest the image must be: a `sha256:` digest, or a manifest file.
@@ -168,12 +204,14 @@ pub struct VerifyArgs {
     json: bool,
     #[command(flatten)]
     jobs: Jobs,
+    #[command(flatten)]
+    codecs: CodecArgs,
 }
 
 /// `d4c inspect`.
 #[derive(Args)]
 pub struct InspectArgs {
-    /// A cdimg (image or delta).
+    /// A cdimg (image or delta), or a stored image's name (its top file).
     image: PathBuf,
     /// One JSON object on stdout.
     #[arg(long)]
@@ -183,7 +221,20 @@ pub struct InspectArgs {
     files: bool,
 }
 
-pub fn convert(cli: &Cli, a: &ConvertArgs) -> Result<()> {
+/// What `convert --json` prints.
+#[derive(Serialize)]
+struct ConvertReport {
+    /// The file written, or the stored image's name.
+    output: String,
+    stored: bool,
+    image_id: Digest,
+    entries: usize,
+    bytes: u64,
+    manifest: Option<Digest>,
+    notes: Vec<String>,
+}
+
+pub fn convert(a: &ConvertArgs) -> Result<()> {
     let source = Source::parse(&a.source)?;
     let opts = BuildOptions {
         level: a.level,
@@ -194,14 +245,48 @@ pub fn convert(cli: &Cli, a: &ConvertArgs) -> Result<()> {
         platform: a.platform.clone().unwrap_or_else(Platform::host),
         connect: a.conn.options(None),
     };
-    let gzip = cli.codecs()?.builtin("gzip")?;
-    let c = builder::convert(&source, &open, &a.output, opts, Some(&gzip), &Bar::new())?;
-    for n in &c.notes {
+    let name = match (&a.output, &a.tag, &source) {
+        (Some(_), _, _) => None,
+        (None, Some(t), _) => Some(t.clone()),
+        (None, None, Source::Registry(r)) => Some(r.to_string()),
+        (None, None, _) => anyhow::bail!(
+            "name the cdimg to write with -o, or the name to store it under with --tag"
+        ),
+    };
+    let gzip = a.codecs.codecs()?.builtin("gzip")?;
+    let c = match (&a.output, &name) {
+        (Some(out), _) => builder::convert(&source, &open, out, opts, Some(&gzip), &Bar::new())?,
+        (None, Some(n)) => {
+            let store = store_cmd::open()?;
+            let lock = store.lock()?;
+            let tmp = store.blobs().scratch_path("convert");
+            let c = builder::convert(&source, &open, &tmp, opts, Some(&gzip), &Bar::new())?;
+            store_cmd::store_file(&store, &lock, n, &tmp, c.image_id, c.manifest)?;
+            c
+        }
+        (None, None) => unreachable!("checked above"),
+    };
+    let report = ConvertReport {
+        output: match (&a.output, &name) {
+            (Some(o), _) => o.display().to_string(),
+            (None, n) => store_cmd::canonical(n.as_deref().unwrap_or_default())?,
+        },
+        stored: a.output.is_none(),
+        image_id: c.image_id,
+        entries: c.entries,
+        bytes: c.bytes,
+        manifest: c.manifest,
+        notes: c.notes,
+    };
+    if a.json {
+        return print_json(&report);
+    }
+    for n in &report.notes {
         eprintln!("d4c: note: {n}");
     }
     println!(
         "{}: image {} ({} entries, {}){}",
-        a.output.display(),
+        report.output,
         c.image_id,
         c.entries,
         human_bytes(c.bytes),
@@ -212,8 +297,23 @@ pub fn convert(cli: &Cli, a: &ConvertArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn diff(cli: &Cli, a: &DiffArgs) -> Result<()> {
-    let codecs = cli.codecs()?;
+/// What `diff --json` prints.
+#[derive(Serialize)]
+struct DiffReport {
+    output: PathBuf,
+    base_id: Digest,
+    image_id: Digest,
+    same: usize,
+    delta: usize,
+    full: usize,
+    dicts: usize,
+    dict_files: usize,
+    codec_failures: Vec<String>,
+    bytes: u64,
+}
+
+pub fn diff(a: &DiffArgs) -> Result<()> {
+    let codecs = a.codecs.codecs()?;
     let choice = if a.codec == "auto" {
         CodecChoice::Auto {
             bsdiff: codecs.builtin("bsdiff")?,
@@ -223,8 +323,8 @@ pub fn diff(cli: &Cli, a: &DiffArgs) -> Result<()> {
     } else {
         CodecChoice::Fixed(codecs.resolve(&a.codec)?)
     };
-    let old = Reader::open(&a.old)?;
-    let new = Reader::open(&a.new)?;
+    let old = Reader::open(&store_cmd::full_image(&a.codecs, &a.old)?)?;
+    let new = Reader::open(&store_cmd::full_image(&a.codecs, &a.new)?)?;
     let opts = DiffOptions {
         codec: choice,
         level: a.level,
@@ -232,33 +332,57 @@ pub fn diff(cli: &Cli, a: &DiffArgs) -> Result<()> {
         dicts: !a.no_dicts,
     };
     let s = diff::diff(&old, &new, &opts, &a.output, &Bar::new())?;
-    for f in &s.codec_failures {
+    let r = DiffReport {
+        output: a.output.clone(),
+        base_id: old.header().image_id,
+        image_id: new.header().image_id,
+        same: s.same,
+        delta: s.delta,
+        full: s.full,
+        dicts: s.dicts,
+        dict_files: s.dict_files,
+        codec_failures: s.codec_failures,
+        bytes: s.bytes,
+    };
+    if a.json {
+        return print_json(&r);
+    }
+    for f in &r.codec_failures {
         eprintln!("d4c: warning: codec failed on {f}; another codec or full storage took the file");
     }
-    let dicts = match s.dicts {
+    let dicts = match r.dicts {
         0 => String::new(),
         n => format!(
             ", {} against {n} shared dictionar{}",
-            s.dict_files,
+            r.dict_files,
             if n == 1 { "y" } else { "ies" }
         ),
     };
     println!(
         "{}: delta {} -> {} ({} same, {} delta{dicts}, {} full; {})",
-        a.output.display(),
-        old.header().image_id.short(),
-        new.header().image_id.short(),
-        s.same,
-        s.delta,
-        s.full,
-        human_bytes(s.bytes)
+        r.output.display(),
+        r.base_id.short(),
+        r.image_id.short(),
+        r.same,
+        r.delta,
+        r.full,
+        human_bytes(r.bytes)
     );
     Ok(())
 }
 
-pub fn patch(cli: &Cli, a: &PatchArgs) -> Result<()> {
-    let codecs = cli.codecs()?;
-    let mut paths = vec![a.base.clone()];
+/// What `patch`, `extract` and `export --squash` print with `--json`.
+#[derive(Serialize)]
+struct Written {
+    output: String,
+    image_id: Digest,
+    #[serde(flatten)]
+    more: serde_json::Value,
+}
+
+pub fn patch(a: &PatchArgs) -> Result<()> {
+    let codecs = a.codecs.codecs()?;
+    let mut paths = store_cmd::expand(std::slice::from_ref(&a.base))?;
     paths.extend(a.delta.iter().cloned());
     let chain = Chain::open(&paths)?;
     let bytes = patch::materialize(
@@ -269,6 +393,13 @@ pub fn patch(cli: &Cli, a: &PatchArgs) -> Result<()> {
         a.jobs.threads,
         &Bar::new(),
     )?;
+    if a.json {
+        return print_json(&Written {
+            output: a.output.display().to_string(),
+            image_id: chain.top().image_id,
+            more: serde_json::json!({ "bytes": bytes }),
+        });
+    }
     println!(
         "{}: image {} ({})",
         a.output.display(),
@@ -278,8 +409,19 @@ pub fn patch(cli: &Cli, a: &PatchArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn merge(cli: &Cli, a: &MergeArgs) -> Result<()> {
-    let codecs = cli.codecs()?;
+/// What `merge --json` prints.
+#[derive(Serialize)]
+struct MergeReport {
+    output: PathBuf,
+    base_id: Option<Digest>,
+    image_id: Digest,
+    merged: usize,
+    chained: usize,
+    bytes: u64,
+}
+
+pub fn merge(a: &MergeArgs) -> Result<()> {
+    let codecs = a.codecs.codecs()?;
     let mut lower = a.lower.clone();
     // Longer chains merge pairwise, left to right, through temporary files.
     let dir = a
@@ -290,6 +432,8 @@ pub fn merge(cli: &Cli, a: &MergeArgs) -> Result<()> {
     let tmp = tempfile::Builder::new()
         .prefix(".d4c-merge-")
         .tempdir_in(dir)?;
+    let base_id = Reader::open(&a.lower)?.header().base_id;
+    let mut report = None;
     for (i, upper) in a.upper.iter().enumerate() {
         let last = i + 1 == a.upper.len();
         let out = if last {
@@ -300,26 +444,47 @@ pub fn merge(cli: &Cli, a: &MergeArgs) -> Result<()> {
         let l = Reader::open(&lower)?;
         let u = Reader::open(upper)?;
         let s = merge::merge(&l, &u, &codecs, &out, a.level, a.jobs.threads, &Bar::new())?;
-        if last {
-            println!(
-                "{}: delta {} -> {} ({} merged by codec, {} kept as two steps; {})",
-                out.display(),
-                l.header().base_id.map(|d| d.short()).unwrap_or_default(),
-                u.header().image_id.short(),
-                s.merged,
-                s.chained,
-                human_bytes(s.bytes)
-            );
-        }
+        report = Some(MergeReport {
+            output: a.output.clone(),
+            base_id,
+            image_id: u.header().image_id,
+            merged: s.merged,
+            chained: s.chained,
+            bytes: s.bytes,
+        });
         lower = out;
     }
+    let r = report.expect("clap: at least one --upper");
+    if a.json {
+        return print_json(&r);
+    }
+    println!(
+        "{}: delta {} -> {} ({} merged by codec, {} kept as two steps; {})",
+        r.output.display(),
+        r.base_id.map(|d| d.short()).unwrap_or_default(),
+        r.image_id.short(),
+        r.merged,
+        r.chained,
+        human_bytes(r.bytes)
+    );
     Ok(())
 }
 
-pub fn extract(cli: &Cli, a: &ExtractArgs) -> Result<()> {
-    let codecs = cli.codecs()?;
-    let chain = Chain::open(&a.images)?;
+pub fn extract(a: &ExtractArgs) -> Result<()> {
+    let codecs = a.codecs.codecs()?;
+    let chain = Chain::open(&store_cmd::expand(&a.images)?)?;
     let done = extract::extract(&chain, &codecs, &a.output, a.jobs.threads, &Bar::new())?;
+    if a.json {
+        return print_json(&Written {
+            output: a.output.display().to_string(),
+            image_id: chain.top().image_id,
+            more: serde_json::json!({
+                "entries": chain.top().entries.len(),
+                "owners_kept": done.owners_kept,
+                "devices_skipped": done.devices_skipped,
+            }),
+        });
+    }
     if !done.owners_kept {
         eprintln!(
             "d4c: warning: not root: files are yours, setuid and setgid bits cleared, only user.* xattrs set"
@@ -340,9 +505,9 @@ pub fn extract(cli: &Cli, a: &ExtractArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn export(cli: &Cli, a: &ExportArgs) -> Result<()> {
-    let codecs = cli.codecs()?;
-    let chain = Chain::open(&a.images)?;
+pub fn export(a: &ExportArgs) -> Result<()> {
+    let codecs = a.codecs.codecs()?;
+    let chain = Chain::open(&store_cmd::expand(&a.images)?)?;
     let (dir, tag) = export::parse_target(&a.output)?;
     let target = format!(
         "{}{}",
@@ -352,6 +517,21 @@ pub fn export(cli: &Cli, a: &ExportArgs) -> Result<()> {
     if chain.top().origin.is_some() && !a.squash {
         let s =
             export::original::export_original(&chain, &codecs, &dir, tag.as_deref(), &Bar::new())?;
+        if a.json {
+            return print_json(&Written {
+                output: target,
+                image_id: chain.top().image_id,
+                more: serde_json::json!({
+                    "manifest": s.manifest.oci(),
+                    "original_manifest": s.original.oci(),
+                    "identical": s.identical(),
+                    "config": s.config.oci(),
+                    "layers": s.layers.iter().map(|(d, why)| serde_json::json!({
+                        "digest": d.oci(), "differs": why,
+                    })).collect::<Vec<_>>(),
+                }),
+            });
+        }
         for (i, (d, why)) in s.layers.iter().enumerate() {
             if let Some(why) = why {
                 eprintln!("d4c: note: layer {} is {}: {why}", i + 1, d.oci());
@@ -373,7 +553,7 @@ pub fn export(cli: &Cli, a: &ExportArgs) -> Result<()> {
         }
         return Ok(());
     }
-    if chain.top().origin.is_none() && !a.squash {
+    if chain.top().origin.is_none() && !a.squash && !a.json {
         eprintln!("d4c: note: the image keeps no original (converted by an older d4c or from a docker archive): written as one layer");
     }
     let s = export::export(
@@ -384,6 +564,16 @@ pub fn export(cli: &Cli, a: &ExportArgs) -> Result<()> {
         a.jobs.threads,
         &Bar::new(),
     )?;
+    if a.json {
+        return print_json(&Written {
+            output: target,
+            image_id: chain.top().image_id,
+            more: serde_json::json!({
+                "manifest": s.manifest.oci(),
+                "layers": [{"digest": s.layer.oci(), "diff_id": s.diff_id.oci(), "size": s.layer_size}],
+            }),
+        });
+    }
     println!(
         "{target}: manifest {}, layer {} ({})",
         s.manifest.oci(),
@@ -413,10 +603,10 @@ fn expected_manifest(s: &str) -> Result<Digest> {
     Ok(Digest::of(&bytes))
 }
 
-pub fn verify(cli: &Cli, a: &VerifyArgs) -> Result<()> {
+pub fn verify(a: &VerifyArgs) -> Result<()> {
     let expected = a.manifest.as_deref().map(expected_manifest).transpose()?;
-    let codecs = cli.codecs()?;
-    let chain = Chain::open(&a.images)?;
+    let codecs = a.codecs.codecs()?;
+    let chain = Chain::open(&store_cmd::expand(&a.images)?)?;
     let t = std::time::Instant::now();
     let v = d4c_host::image::origin::rebuild::verify(
         &chain,
@@ -612,7 +802,10 @@ fn file_info(
 }
 
 pub fn inspect(a: &InspectArgs) -> Result<()> {
-    let r = Reader::open(&a.image)?;
+    let path = store_cmd::expand(std::slice::from_ref(&a.image))?
+        .pop()
+        .expect("one argument, one or more files");
+    let r = Reader::open(&path)?;
     let report = inspect_report(&r, a.files)?;
     if a.json {
         return print_json(&report);

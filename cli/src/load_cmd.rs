@@ -12,7 +12,7 @@ use d4c_snapshotter::load::{load, LoadOptions};
 pub struct LoadArgs {
     /// The image name, e.g. `docker.io/library/app:v2`.
     name: String,
-    /// A full image, then deltas in order.
+    /// A full image, then deltas in order (files, or a stored image's name).
     #[arg(required = true, num_args = 1..)]
     images: Vec<PathBuf>,
     /// containerd's socket.
@@ -28,6 +28,9 @@ pub struct LoadArgs {
     /// The d4c snapshotter's name in containerd's config.
     #[arg(long, default_value = "d4c")]
     snapshotter: String,
+    /// One JSON object on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn run(a: &LoadArgs) -> Result<()> {
@@ -39,7 +42,16 @@ pub fn run(a: &LoadArgs) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let l = rt.block_on(load(&a.name, &a.images, &opts))?;
+    let images = crate::store_cmd::expand(&a.images)?;
+    let l = rt.block_on(load(&a.name, &images, &opts))?;
+    if a.json {
+        return crate::output::print_json(&serde_json::json!({
+            "name": l.name,
+            "image_id": l.image_id.oci(),
+            "manifest": l.manifest.oci(),
+            "snapshot_existed": l.snapshot_existed,
+        }));
+    }
     println!(
         "{}: image {}, manifest {}{}",
         l.name,

@@ -8,6 +8,7 @@ mod load_cmd;
 mod mount_cmd;
 mod output;
 mod serve_cmd;
+mod store_cmd;
 mod update_cmd;
 
 use std::path::PathBuf;
@@ -15,7 +16,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use d4c_host::codec::{CodecStore, Codecs, Limits, Runtime};
 use d4c_host::home;
 
@@ -26,24 +27,54 @@ use d4c_host::home;
     about = "Container image updates by delta encoding, with sandboxed wasm codecs"
 )]
 struct Cli {
-    /// The codec store [default: $D4C_HOME/codecs, else ~/.local/share/d4c/codecs].
-    #[arg(long, global = true, env = "D4C_CODEC_DIR", value_name = "DIR")]
-    codec_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The caps on every codec call, for the commands that run codecs.
+#[derive(Args)]
+pub struct CodecLimits {
     /// Memory cap for each codec call, e.g. 512M, 3G.
     #[arg(long, global = true, value_name = "SIZE", value_parser = output::parse_size, default_value = "3G")]
     codec_memory: u64,
     /// Time cap for each codec call, in seconds.
     #[arg(long, global = true, value_name = "SECONDS", default_value_t = 600.0)]
     codec_timeout: f64,
-    #[command(subcommand)]
-    command: Command,
+}
+
+/// The logs of a long-running command (`serve`).
+#[derive(Args)]
+pub struct LogArgs {
+    /// error, warn, info, debug or trace (RUST_LOG, when set, says more
+    /// precisely, libraries included).
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    log_level: String,
+    /// text, or json (one object per line).
+    #[arg(long, value_name = "FORMAT", default_value = "text")]
+    log_format: d4c_host::log::Format,
+}
+
+impl LogArgs {
+    /// Starts logging as the flags say.
+    pub fn init(&self) -> Result<()> {
+        d4c_host::log::init(&self.log_level, self.log_format)
+    }
+}
+
+/// The codec store and the caps on every codec call.
+#[derive(Args)]
+pub struct CodecArgs {
+    /// The codec store [default: $D4C_HOME/codecs, else ~/.local/share/d4c/codecs].
+    #[arg(long, global = true, env = "D4C_CODEC_DIR", value_name = "DIR")]
+    codec_dir: Option<PathBuf>,
+    #[command(flatten)]
+    limits: CodecLimits,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Manage and try codec components.
-    #[command(subcommand)]
-    Codec(codec_cmd::CodecCommand),
+    Codec(codec_cmd::CodecArgsCmd),
     /// Convert an OCI image (layout, docker archive or registry) into a cdimg.
     Convert(image_cmd::ConvertArgs),
     /// Encode the new image as a delta from the old one.
@@ -76,16 +107,25 @@ enum Command {
     /// Run the update server: takes pushes, answers pulls with one merged delta
     /// the client can decode.
     Serve(serve_cmd::ServeArgs),
+    /// List the images in the local store ($D4C_HOME/images).
+    Images(store_cmd::ImagesArgs),
+    /// Remove images from the local store (and the files no other image uses).
+    Rmi(store_cmd::RmiArgs),
     /// Print a shell completion script: `d4c completion bash > /etc/bash_completion.d/d4c`.
     Completion {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
+    /// Write the man pages, d4c.1 and d4c-COMMAND.1, into a directory.
+    Man {
+        /// The directory (created).
+        dir: PathBuf,
+    },
 }
 
-impl Cli {
+impl CodecLimits {
     /// The codec runtime with the caps the flags set.
-    fn runtime(&self) -> Result<Runtime> {
+    pub fn runtime(&self) -> Result<Runtime> {
         if !(self.codec_timeout.is_finite() && self.codec_timeout > 0.0) {
             anyhow::bail!("--codec-timeout must be a positive number of seconds");
         }
@@ -95,9 +135,22 @@ impl Cli {
         };
         Runtime::new(limits, Some(home::compiled_cache_dir()))
     }
+}
 
-    fn codecs(&self) -> Result<Codecs> {
-        let runtime = self.runtime()?;
+impl CodecLimits {
+    /// The built-in codecs and the default codec store, under the flags' caps.
+    pub fn codecs(&self) -> Result<Codecs> {
+        Ok(Codecs::new(
+            self.runtime()?,
+            CodecStore::new(home::codec_dir()),
+        ))
+    }
+}
+
+impl CodecArgs {
+    /// The built-in codecs and the codec store, under the flags' caps.
+    pub fn codecs(&self) -> Result<Codecs> {
+        let runtime = self.limits.runtime()?;
         let dir = self.codec_dir.clone().unwrap_or_else(home::codec_dir);
         Ok(Codecs::new(runtime, CodecStore::new(dir)))
     }
@@ -105,24 +158,32 @@ impl Cli {
 
 fn run(cli: Cli) -> Result<()> {
     match &cli.command {
-        Command::Codec(c) => codec_cmd::run(&cli, c),
-        Command::Convert(a) => image_cmd::convert(&cli, a),
-        Command::Diff(a) => image_cmd::diff(&cli, a),
-        Command::Patch(a) => image_cmd::patch(&cli, a),
-        Command::Merge(a) => image_cmd::merge(&cli, a),
-        Command::Extract(a) => image_cmd::extract(&cli, a),
-        Command::Export(a) => image_cmd::export(&cli, a),
+        Command::Codec(c) => codec_cmd::run(c),
+        Command::Convert(a) => image_cmd::convert(a),
+        Command::Diff(a) => image_cmd::diff(a),
+        Command::Patch(a) => image_cmd::patch(a),
+        Command::Merge(a) => image_cmd::merge(a),
+        Command::Extract(a) => image_cmd::extract(a),
+        Command::Export(a) => image_cmd::export(a),
         Command::Inspect(a) => image_cmd::inspect(a),
-        Command::Verify(a) => image_cmd::verify(&cli, a),
-        Command::Mount(a) => mount_cmd::run(&cli, a),
+        Command::Verify(a) => image_cmd::verify(a),
+        Command::Mount(a) => mount_cmd::run(a),
         Command::Umount(a) => mount_cmd::umount(a),
         Command::Load(a) => load_cmd::run(a),
-        Command::Push(a) => update_cmd::push(&cli, a),
-        Command::Pull(a) => update_cmd::pull(&cli, a),
-        Command::Serve(a) => serve_cmd::run(&cli, a),
+        Command::Push(a) => update_cmd::push(a),
+        Command::Pull(a) => update_cmd::pull(a),
+        Command::Serve(a) => serve_cmd::run(a),
+        Command::Images(a) => store_cmd::images(a),
+        Command::Rmi(a) => store_cmd::rmi(a),
         Command::Completion { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(*shell, &mut Cli::command(), "d4c", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man { dir } => {
+            use clap::CommandFactory;
+            d4c_host::fsutil::create_dir_all(dir)?;
+            clap_mangen::generate_to(Cli::command(), dir)?;
             Ok(())
         }
     }

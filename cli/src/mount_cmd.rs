@@ -14,7 +14,6 @@ use d4c_host::mount::cache::ContentCache;
 use d4c_host::mount::{self, MountOptions};
 
 use crate::output::parse_size;
-use crate::Cli;
 
 /// Set in the daemon's environment: print "ready" on stdout once mounted.
 const NOTIFY_ENV: &str = "D4C_MOUNT_NOTIFY";
@@ -22,7 +21,8 @@ const NOTIFY_ENV: &str = "D4C_MOUNT_NOTIFY";
 /// `d4c mount`.
 #[derive(Args)]
 pub struct MountArgs {
-    /// A full image, then deltas in order, then the mount point.
+    /// A full image, then deltas in order (files, or a stored image's name),
+    /// then the mount point.
     #[arg(required = true, num_args = 2.., value_name = "IMG.cdimg [DELTA.cdimg ...] MOUNTPOINT")]
     args: Vec<PathBuf>,
     /// Where rebuilt files are cached [default: $D4C_HOME/cache/content].
@@ -45,6 +45,11 @@ pub struct MountArgs {
     /// local user, who must not gain the image's setuid-root programs.
     #[arg(long)]
     suid_dev: bool,
+    /// With --daemon: one JSON object on stdout once mounted.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    codecs: crate::CodecArgs,
 }
 
 /// `d4c umount`.
@@ -52,15 +57,21 @@ pub struct MountArgs {
 pub struct UmountArgs {
     /// The mount point.
     mountpoint: PathBuf,
+    /// One JSON object on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn umount(a: &UmountArgs) -> Result<()> {
     mount::unmount(&a.mountpoint)?;
+    if a.json {
+        return crate::output::print_json(&serde_json::json!({ "unmounted": a.mountpoint }));
+    }
     println!("unmounted {}", a.mountpoint.display());
     Ok(())
 }
 
-pub fn run(cli: &Cli, a: &MountArgs) -> Result<()> {
+pub fn run(a: &MountArgs) -> Result<()> {
     let (mountpoint, images) = a.args.split_last().expect("clap: at least 2");
     let cache_dir = a.cache_dir.clone().unwrap_or_else(home::content_cache_dir);
     if a.daemon {
@@ -68,13 +79,13 @@ pub fn run(cli: &Cli, a: &MountArgs) -> Result<()> {
             .log
             .clone()
             .unwrap_or_else(|| cache_dir.with_file_name("mount.log"));
-        return daemonize(mountpoint, &log);
+        return daemonize(mountpoint, &log, a.json);
     }
     // Before any thread exists, so that every thread inherits the mask and the
     // signals wait for `sigtimedwait` below.
     let signals = block_signals();
-    let chain = Chain::open(images)?;
-    let codecs = cli.codecs()?;
+    let chain = Chain::open(&crate::store_cmd::expand(images)?)?;
+    let codecs = a.codecs.codecs()?;
     let cache = Arc::new(ContentCache::open(&cache_dir, a.cache_size)?);
     let id = chain.top().image_id;
     let m = mount::mount(
@@ -111,7 +122,7 @@ pub fn run(cli: &Cli, a: &MountArgs) -> Result<()> {
 
 /// Runs this command again without `--daemon` in a new session, its output in
 /// `log`, and returns once it reports the mount ready (or fails, with its error).
-fn daemonize(mountpoint: &std::path::Path, log: &std::path::Path) -> Result<()> {
+fn daemonize(mountpoint: &std::path::Path, log: &std::path::Path, json: bool) -> Result<()> {
     use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
     if let Some(dir) = log.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -145,6 +156,13 @@ fn daemonize(mountpoint: &std::path::Path, log: &std::path::Path) -> Result<()> 
     let mut line = String::new();
     std::io::BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
     if line.trim() == "ready" {
+        if json {
+            return crate::output::print_json(&serde_json::json!({
+                "mountpoint": mountpoint,
+                "pid": child.id(),
+                "log": log,
+            }));
+        }
         println!(
             "mounted at {} (pid {}, log {})",
             mountpoint.display(),

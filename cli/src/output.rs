@@ -35,9 +35,11 @@ pub fn one_line(e: &anyhow::Error) -> String {
     parts.join(": ")
 }
 
-/// Prints one JSON document on stdout.
+/// Prints one JSON document on stdout, digests as `sha256:<hex>`
+/// (docs/CLI.md).
 pub fn print_json<T: Serialize>(v: &T) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
+    let text = d4c_host::digest::in_oci_form(|| serde_json::to_string_pretty(v))?;
+    println!("{text}");
     Ok(())
 }
 

@@ -13,8 +13,6 @@ use d4c_server::negotiate::Negotiator;
 use d4c_server::store::{Limits, Store};
 use d4c_server::tls;
 
-use crate::Cli;
-
 /// `d4c serve`.
 #[derive(Args)]
 pub struct ServeArgs {
@@ -67,6 +65,14 @@ pub struct ServeArgs {
     tls_key: Option<PathBuf>,
     #[command(flatten)]
     jobs: crate::image_cmd::Jobs,
+    #[command(flatten)]
+    codecs: crate::CodecLimits,
+    /// Serve Prometheus metrics at http://ADDR/metrics (plain HTTP: keep it
+    /// on loopback or a private network; docs/CLI.md lists them).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
+    #[command(flatten)]
+    log: crate::LogArgs,
 }
 
 /// `--auth`.
@@ -76,7 +82,7 @@ enum AuthScheme {
     Token,
 }
 
-pub fn run(cli: &Cli, a: &ServeArgs) -> Result<()> {
+pub fn run(a: &ServeArgs) -> Result<()> {
     // A server outlives its clients' connections: a write to one a client
     // closed (`writev` sends no MSG_NOSIGNAL) must be an error for that
     // connection, not SIGPIPE for the process (main restores the default for
@@ -85,6 +91,7 @@ pub fn run(cli: &Cli, a: &ServeArgs) -> Result<()> {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
+    a.log.init()?;
     let auth = match &a.htpasswd {
         None => None,
         Some(f) => {
@@ -115,7 +122,7 @@ pub fn run(cli: &Cli, a: &ServeArgs) -> Result<()> {
     };
     let store = Arc::new(Store::open_with(&a.store, limits)?);
     collect_garbage(&store);
-    let codecs = Codecs::new(cli.runtime()?, CodecStore::new(store.codec_dir()));
+    let codecs = Codecs::new(a.codecs.runtime()?, CodecStore::new(store.codec_dir()));
     let server = Arc::new(Server {
         negotiator: Negotiator::new(store.clone(), codecs, a.jobs.threads, a.max_merges),
         store: store.clone(),
@@ -145,6 +152,12 @@ pub fn run(cli: &Cli, a: &ServeArgs) -> Result<()> {
             if tls.is_some() { "https" } else { "http" },
             a.store.display()
         );
+        // After the first line, which says where the server listens.
+        if let Some(m) = &a.metrics_listen {
+            let bound = d4c_host::metrics::serve(m)?;
+            // Logged, not printed: whoever read the first line may be gone.
+            tracing::info!("metrics on http://{bound}/metrics");
+        }
         std::io::stdout().flush()?;
         d4c_host::notify::ready()?;
         let app = router(server);
@@ -187,11 +200,13 @@ fn loopback(listen: &str) -> bool {
 /// One garbage collection, logged when it removed anything.
 fn collect_garbage(store: &Store) {
     match store.collect_garbage() {
-        Ok(c) if c.blobs + c.merged + c.uploads > 0 => eprintln!(
-            "d4c serve: removed {} unreferenced blob(s), {} stale merge(s), {} abandoned upload(s): {} bytes",
+        Ok(c) if c.blobs + c.merged + c.uploads > 0 => {
+            tracing::info!(
+            "removed {} unreferenced blob(s), {} stale merge(s), {} abandoned upload(s): {} bytes",
             c.blobs, c.merged, c.uploads, c.bytes
-        ),
+        )
+        }
         Ok(_) => {}
-        Err(e) => eprintln!("d4c serve: garbage collection: {e:#}"),
+        Err(e) => tracing::error!("garbage collection: {e:#}"),
     }
 }

@@ -5,20 +5,21 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use d4c_host::codec::Codecs;
 use d4c_host::digest::Digest;
 use d4c_host::home;
 use d4c_host::image::builder::Platform;
-use d4c_host::image::format::ImageKind;
+use d4c_host::image::format::{ImageKind, Reader};
+use d4c_host::image::store::{ImageStore, StoreLock, StoredImage, MAX_CHAIN};
 use d4c_host::registry::artifact::Item;
 use d4c_host::registry::auth::Credentials;
 use d4c_host::registry::{ConnectOptions, Reference, Registry};
-use d4c_host::update::pull::{self, PullOptions, Source};
+use d4c_host::update::pull::{self, PullOptions, PullReport, Source};
 use d4c_host::update::push::SentCodec;
 use d4c_host::update::{attach, push};
 
 use crate::bar::Bar;
 use crate::output::{human_bytes, parse_size, print_json};
-use crate::Cli;
 
 /// How to reach a registry or server (skopeo's flags).
 #[derive(Args)]
@@ -33,8 +34,14 @@ pub struct Connection {
     /// A docker/containers auth file to look logins up in first.
     #[arg(long, value_name = "FILE")]
     authfile: Option<PathBuf>,
-    /// Verify the registry's TLS certificate [default: true]; false accepts
-    /// any (a test registry's self-signed one).
+    /// A directory of certificates for the registry: `*.crt` CAs to trust, a
+    /// `NAME.cert` and `NAME.key` client pair [default:
+    /// /etc/containers/certs.d/HOST[:PORT], else /etc/docker/certs.d/...].
+    #[arg(long, value_name = "DIR")]
+    cert_dir: Option<PathBuf>,
+    /// Require HTTPS and verify the registry's certificate [default: true];
+    /// false accepts any certificate and falls back to plain HTTP (a test
+    /// registry off loopback).
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     tls_verify: bool,
 }
@@ -57,6 +64,7 @@ impl Connection {
             limit_rate,
             credentials: self.creds.clone(),
             auth_file: self.authfile.clone(),
+            cert_dir: self.cert_dir.clone(),
             insecure: !self.tls_verify,
         }
     }
@@ -69,7 +77,8 @@ impl Connection {
 /// `d4c push`.
 #[derive(Args)]
 pub struct PushArgs {
-    /// The cdimg to push (a full image or a delta).
+    /// The cdimg to push (a full image or a delta), or a stored image's name
+    /// (its chain's files, the last one tagged).
     file: PathBuf,
     /// Where: `HOST[:PORT]/REPO[:TAG]` (a registry or a d4c update server).
     reference: String,
@@ -83,6 +92,8 @@ pub struct PushArgs {
     json: bool,
     #[command(flatten)]
     conn: Connection,
+    #[command(flatten)]
+    codecs: crate::CodecArgs,
 }
 
 /// `d4c pull`.
@@ -93,7 +104,8 @@ pub struct PullArgs {
     /// Ask this d4c update server (e.g. http://host:7000) to choose and merge the update.
     #[arg(long, value_name = "URL")]
     server: Option<String>,
-    /// A full image this machine holds (repeatable): updates may start from it.
+    /// A full image file this machine holds (repeatable): updates may start
+    /// from it, as from the images in the local store.
     #[arg(long, value_name = "IMG.cdimg")]
     have: Vec<PathBuf>,
     /// The codecs this machine holds, by name or sha256 [default: the built-ins and the store].
@@ -111,7 +123,9 @@ pub struct PullArgs {
     /// Cap the download speed (bytes per second, e.g. 5M).
     #[arg(long, value_name = "RATE", value_parser = parse_size)]
     limit_rate: Option<u64>,
-    /// The cdimg to write: the image, or a delta from the --have image it starts from.
+    /// The cdimg to write: the image, or a delta from the --have image it
+    /// starts from [default: into the local store, as HOST/REPO:TAG, from
+    /// the images it holds].
     #[arg(short, long)]
     output: Option<PathBuf>,
     /// Print the report as JSON.
@@ -128,6 +142,8 @@ pub struct PullArgs {
     jobs: crate::image_cmd::Jobs,
     #[command(flatten)]
     conn: Connection,
+    #[command(flatten)]
+    codec_args: crate::CodecArgs,
 }
 
 /// "full image ID" or "delta BASE -> ID".
@@ -142,10 +158,12 @@ fn describe(it: &Item) -> String {
     }
 }
 
-pub fn push(cli: &Cli, a: &PushArgs) -> Result<()> {
+pub fn push(a: &PushArgs) -> Result<()> {
     let r = Reference::parse(&a.reference)?;
+    let files = crate::store_cmd::expand(std::slice::from_ref(&a.file))?;
+    let (top, below) = files.split_last().expect("one argument, one or more files");
     if a.attach {
-        return attach(cli, a, &r);
+        return attach(a, top, &r);
     }
     let tag = match r.tag {
         Some(_) => Some(r.require_tag()?),
@@ -153,10 +171,24 @@ pub fn push(cli: &Cli, a: &PushArgs) -> Result<()> {
         None => None,
     };
     let reg = a.conn.connect(&r, None)?;
-    let codecs = cli.codecs()?;
-    let report = push::push(&reg, &a.file, tag, &codecs, &Bar::new())?;
+    let codecs = a.codecs.codecs()?;
+    // A stored chain: the files below the top go in untagged, so the tag's
+    // delta has its base in the repository.
+    let mut below_reports = Vec::new();
+    for f in below {
+        below_reports.push(push::push(&reg, f, None, &codecs, &Bar::new())?);
+    }
+    let report = push::push(&reg, top, tag, &codecs, &Bar::new())?;
     if a.json {
-        return print_json(&report);
+        let mut v = d4c_host::digest::in_oci_form(|| serde_json::to_value(&report))?;
+        if !below_reports.is_empty() {
+            v["below"] = d4c_host::digest::in_oci_form(|| serde_json::to_value(&below_reports))?;
+        }
+        return print_json(&v);
+    }
+    for b in &below_reports {
+        let what = format!("pushed {} to {r} (untagged)", describe(&b.item));
+        print_sent(&what, &b.item, b.uploaded, &b.codecs);
     }
     let what = format!("pushed {} to {r}", describe(&report.item));
     print_sent(&what, &report.item, report.uploaded, &report.codecs);
@@ -179,11 +211,11 @@ fn print_sent(what: &str, it: &Item, uploaded: bool, codecs: &[SentCodec]) {
 }
 
 /// `d4c push --attach`.
-fn attach(cli: &Cli, a: &PushArgs, r: &Reference) -> Result<()> {
+fn attach(a: &PushArgs, file: &std::path::Path, r: &Reference) -> Result<()> {
     let tag = r.require_tag()?;
     let reg = a.conn.connect(r, None)?;
-    let codecs = cli.codecs()?;
-    let report = attach::attach(&reg, &a.file, tag, &codecs, &Bar::new())?;
+    let codecs = a.codecs.codecs()?;
+    let report = attach::attach(&reg, file, tag, &codecs, &Bar::new())?;
     if a.json {
         return print_json(&report);
     }
@@ -199,10 +231,10 @@ fn attach(cli: &Cli, a: &PushArgs, r: &Reference) -> Result<()> {
     Ok(())
 }
 
-pub fn pull(cli: &Cli, a: &PullArgs) -> Result<()> {
-    let codecs = cli.codecs()?;
-    let held: HashSet<Digest> = match &a.codecs {
-        None => codecs.held()?.into_iter().collect(),
+/// The codecs `--codecs` names, or every codec held.
+fn held_codecs(a: &PullArgs, codecs: &Codecs) -> Result<HashSet<Digest>> {
+    match &a.codecs {
+        None => Ok(codecs.held()?.into_iter().collect()),
         Some(list) => list
             .iter()
             .filter(|s| !s.is_empty())
@@ -210,29 +242,57 @@ pub fn pull(cli: &Cli, a: &PullArgs) -> Result<()> {
                 Ok(d) => Ok(d),
                 Err(_) => codecs.resolve(s).map(|c| c.digest()),
             })
-            .collect::<Result<_>>()?,
-    };
-    let out = match (&a.output, a.dry_run) {
-        (Some(o), _) => o.clone(),
-        (None, true) => PathBuf::from("unused.cdimg"),
-        (None, false) => anyhow::bail!("name the cdimg to write with -o (or plan with --dry-run)"),
-    };
-    let (r, server) = match &a.server {
+            .collect(),
+    }
+}
+
+/// The reference pulled (under `--server`'s URL when given) and whether it
+/// names an update server.
+fn pull_reference(a: &PullArgs) -> Result<(Reference, bool)> {
+    match &a.server {
         Some(url) => {
             let url = url.trim_end_matches('/');
             anyhow::ensure!(
                 url.starts_with("http://") || url.starts_with("https://"),
                 "--server takes a URL (http://HOST:PORT), not {url:?}"
             );
-            (Reference::parse(&format!("{url}/{}", a.reference))?, true)
+            Ok((Reference::parse(&format!("{url}/{}", a.reference))?, true))
         }
-        None => (Reference::parse(&a.reference)?, false),
-    };
+        None => Ok((Reference::parse(&a.reference)?, false)),
+    }
+}
+
+/// Where a pull writes: a file, or the local store (locked while it pulls,
+/// unless it only plans).
+enum Into {
+    File(PathBuf),
+    Store(ImageStore, Option<StoreLock>),
+}
+
+pub fn pull(a: &PullArgs) -> Result<()> {
+    let codecs = a.codec_args.codecs()?;
+    let (r, server) = pull_reference(a)?;
     // A registry tag may be an ordinary image, named by digest as well.
     let tag = match server {
         true => r.require_tag()?.to_string(),
         false => r.manifest_ref()?,
     };
+    let into = match &a.output {
+        Some(o) => Into::File(o.clone()),
+        None => {
+            let store = crate::store_cmd::open()?;
+            let lock = (!a.dry_run).then(|| store.lock()).transpose()?;
+            Into::Store(store, lock)
+        }
+    };
+    let mut have: Vec<Vec<PathBuf>> = a.have.iter().map(|h| vec![h.clone()]).collect();
+    let stored = match &into {
+        Into::File(_) => Vec::new(),
+        Into::Store(store, _) => store.list()?,
+    };
+    if let Into::Store(store, _) = &into {
+        have.extend(stored.iter().map(|i| store.paths(i)));
+    }
     let reg = a.conn.connect(&r, a.limit_rate)?;
     let source = if server {
         Source::Server(&reg)
@@ -240,10 +300,17 @@ pub fn pull(cli: &Cli, a: &PullArgs) -> Result<()> {
         Source::Registry(&reg)
     };
     let opts = PullOptions {
-        have: a.have.clone(),
-        codecs: held,
+        have,
+        max_chain: match &into {
+            Into::File(_) => usize::MAX,
+            Into::Store(..) => MAX_CHAIN,
+        },
+        codecs: held_codecs(a, &codecs)?,
         fetch_codecs: !a.no_fetch_codecs,
-        out,
+        out: match &into {
+            Into::File(o) => o.clone(),
+            Into::Store(store, _) => store.blobs().scratch_path("pull"),
+        },
         full: a.full,
         dry_run: a.dry_run,
         downloads: home::downloads_dir(),
@@ -253,12 +320,84 @@ pub fn pull(cli: &Cli, a: &PullArgs) -> Result<()> {
     };
     let report = pull::pull(source, &tag, &opts, &codecs, &Bar::new())
         .with_context(|| format!("pulling {r}"))?;
+    let stored_as = match (&into, report.output) {
+        (Into::Store(store, Some(lock)), Some(kind)) => {
+            Some(store_pulled(store, lock, &r, &report, kind, &opts)?)
+        }
+        _ => None,
+    };
     if a.json {
-        return print_json(&report);
+        let mut v = d4c_host::digest::in_oci_form(|| serde_json::to_value(&report))?;
+        if let Some(s) = &stored_as {
+            v["stored_as"] = s.name.clone().into();
+        }
+        return print_json(&v);
     }
-    let from = match (&report.start, &report.start_file) {
-        (Some(_), Some(f)) => format!("from {}", f.display()),
-        _ => "from nothing".to_string(),
+    // The start by its name in the store, if it is a stored image.
+    let start = report.start_file.as_ref().map(|f| {
+        match stored
+            .iter()
+            .zip(&opts.have[a.have.len()..])
+            .find(|(_, c)| c.last() == Some(f))
+        {
+            Some((i, _)) => i.name.clone(),
+            None => f.display().to_string(),
+        }
+    });
+    print_pull(a, &report, start, &opts, stored_as.as_ref());
+    Ok(())
+}
+
+/// Names what a pull wrote into the store: a full image, or the held chain it
+/// started from and the delta.
+fn store_pulled(
+    store: &ImageStore,
+    lock: &StoreLock,
+    r: &Reference,
+    report: &PullReport,
+    kind: ImageKind,
+    opts: &PullOptions,
+) -> Result<StoredImage> {
+    let mut chain = Vec::new();
+    if kind == ImageKind::Delta {
+        let start = report
+            .start_file
+            .as_ref()
+            .context("a delta from no image")?;
+        let held = opts
+            .have
+            .iter()
+            .find(|c| c.last() == Some(start))
+            .context("the pull started from an image not held")?;
+        for f in held {
+            chain.push(store.blobs().import(f)?);
+        }
+    }
+    let top = store.blobs().take(&opts.out)?;
+    let header = Reader::open(&store.blobs().path(&top))?.header().clone();
+    chain.push(top);
+    let image = StoredImage {
+        name: crate::store_cmd::canonical(&r.to_string())?,
+        image_id: report.target,
+        chain,
+        manifest: header.origin.as_ref().map(|o| o.manifest_digest()),
+        updated: d4c_host::image::store::now(),
+    };
+    store.set(lock, image.clone())?;
+    Ok(image)
+}
+
+/// The human form of a pull's report.
+fn print_pull(
+    a: &PullArgs,
+    report: &PullReport,
+    start: Option<String>,
+    opts: &PullOptions,
+    stored: Option<&StoredImage>,
+) {
+    let from = match start {
+        Some(s) => format!("from {s}"),
+        None => "from nothing".to_string(),
     };
     let verb = if a.dry_run {
         "would download"
@@ -295,17 +434,25 @@ pub fn pull(cli: &Cli, a: &PullArgs) -> Result<()> {
             human_bytes(c.size)
         );
     }
-    if let Some(kind) = report.output {
-        let what = match kind {
-            ImageKind::Image => "the full image".to_string(),
-            ImageKind::Delta => "a delta (mount or patch it over the --have image)".to_string(),
-        };
-        println!(
-            "wrote {} to {} ({} received)",
-            what,
-            opts.out.display(),
+    match (report.output, stored) {
+        (Some(_), Some(s)) => println!(
+            "stored {} (a full image and {} delta(s); {} received)",
+            s.name,
+            s.chain.len() - 1,
             human_bytes(report.bytes_transferred)
-        );
+        ),
+        (Some(kind), None) => {
+            let what = match kind {
+                ImageKind::Image => "the full image".to_string(),
+                ImageKind::Delta => "a delta (mount or patch it over the --have image)".to_string(),
+            };
+            println!(
+                "wrote {} to {} ({} received)",
+                what,
+                opts.out.display(),
+                human_bytes(report.bytes_transferred)
+            );
+        }
+        (None, _) => {}
     }
-    Ok(())
 }

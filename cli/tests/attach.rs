@@ -65,6 +65,9 @@ fn original_manifest(s: &Series, name: &str) -> String {
 
 #[test]
 fn convert_from_a_registry_picks_the_platform() {
+    let Some(_) = d4c_tests::services::env("D4C_TEST_REGISTRY") else {
+        return;
+    };
     let s = Series::build(Path::new(D4C), "attach-convert");
     let (repo, m1, m2) = ordinary_images(&s, "convert");
 
@@ -170,6 +173,9 @@ fn convert_from_a_registry_picks_the_platform() {
 
 #[test]
 fn attached_deltas_leave_the_tag_an_ordinary_image() {
+    let Some(_) = d4c_tests::services::env("D4C_TEST_REGISTRY") else {
+        return;
+    };
     let s = Series::build(Path::new(D4C), "attach-pull");
     let (repo, _, m2) = ordinary_images(&s, "attach");
     let v2 = format!("{repo}:v2");
@@ -182,7 +188,7 @@ fn attached_deltas_leave_the_tag_an_ordinary_image() {
     );
     let out = s.ok(&["push", &s.p("v2.cdimg"), &v2, "--attach", "--json"]);
     let report: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(report["subject"], &m2["sha256:".len()..]);
+    assert_eq!(report["subject"], m2.as_str());
     let fallback = format!("sha256-{}", &m2["sha256:".len()..]);
     assert_eq!(report["fallback_tag"], fallback.as_str());
     s.ok(&["push", &s.p("d12.cdimg"), &v2, "--attach"]);
@@ -228,7 +234,7 @@ fn attached_deltas_leave_the_tag_an_ordinary_image() {
         serde_json::from_str(&out).unwrap()
     };
     let r = pull(&[&v2, "--have", &s.p("v1.cdimg"), "-o", &s.p("got.cdimg")]);
-    assert_eq!(r["subject"], &m2["sha256:".len()..]);
+    assert_eq!(r["subject"], m2.as_str());
     let d12 = std::fs::metadata(s.dir.join("d12.cdimg")).unwrap().len();
     assert_eq!(r["bytes_planned"].as_u64(), Some(d12), "{r}");
     assert!(r["bytes_transferred"].as_u64().unwrap() <= d12, "{r}");
@@ -269,7 +275,7 @@ fn attached_deltas_leave_the_tag_an_ordinary_image() {
         "-o",
         &s.p("via-index.cdimg"),
     ]);
-    assert_eq!(r["subject"], &m2["sha256:".len()..]);
+    assert_eq!(r["subject"], m2.as_str());
     assert_eq!(r["bytes_planned"].as_u64(), Some(d12), "{r}");
     let (ok, _, err) = run_d4c(
         Path::new(D4C),

@@ -20,8 +20,9 @@ fn list_json_names_the_builtins() {
     assert_eq!(names, ["bsdiff", "zstd-dict", "gzip"]);
     for c in arr {
         let sha = c["sha256"].as_str().unwrap();
-        assert_eq!(sha.len(), 64);
-        assert!(sha.bytes().all(|b| b.is_ascii_hexdigit()));
+        let hex = sha.strip_prefix("sha256:").unwrap();
+        assert_eq!(hex.len(), 64);
+        assert!(hex.bytes().all(|b| b.is_ascii_hexdigit()));
         assert!(c["merge"].is_boolean());
     }
     assert_eq!(arr[0]["merge"], true);
@@ -41,7 +42,7 @@ fn export_inspect_add_and_test_a_third_party_codec() {
     let (_, list, _) = d4c(h, &["codec", "list", "--json"]);
     let listed: serde_json::Value = serde_json::from_str(&list).unwrap();
     let exported = Digest::of(&std::fs::read(p("bsdiff.wasm")).unwrap());
-    assert_eq!(listed[0]["sha256"], exported.hex());
+    assert_eq!(listed[0]["sha256"], exported.oci());
 
     // Inspect and add a third-party component; it then shows in the list.
     std::fs::write(p("template.wasm"), components::TEMPLATE).unwrap();
@@ -49,7 +50,7 @@ fn export_inspect_add_and_test_a_third_party_codec() {
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["name"], "template");
-    assert_eq!(v["sha256"], Digest::of(components::TEMPLATE).hex());
+    assert_eq!(v["sha256"], Digest::of(components::TEMPLATE).oci());
     let (ok, _, err) = d4c(h, &["codec", "add", &p("template.wasm")]);
     assert!(ok, "{err}");
     let (_, list, _) = d4c(h, &["codec", "list", "--json"]);

@@ -91,3 +91,28 @@ fn completions_for_the_usual_shells() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// `d4c man DIR` writes a page per command, each readable by man.
+#[test]
+fn man_pages_for_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(D4C)
+        .arg("man")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (page, word) in [
+        ("d4c.1", "images"),
+        ("d4c-pull.1", "have"),
+        ("d4c-rmi.1", "NAMES"),
+    ] {
+        let text = std::fs::read_to_string(dir.path().join(page)).unwrap();
+        assert!(text.starts_with(".ie") || text.contains(".TH"), "{page}");
+        assert!(text.contains(word), "{page}: no {word}");
+    }
+}

@@ -177,7 +177,7 @@ fn diff_encodes_changed_and_renamed_files_as_deltas() {
     let codecs = d["codecs"].as_array().unwrap();
     assert!(codecs
         .iter()
-        .all(|c| c["sha256"].as_str().unwrap().len() == 64));
+        .all(|c| c["sha256"].as_str().unwrap().len() == "sha256:".len() + 64));
     // The delta is a fraction of the new image.
     let (db, vb) = (
         d["bytes"].as_u64().unwrap(),

@@ -28,6 +28,8 @@ struct Node {
     root: PathBuf,
     log: PathBuf,
     snapshotter: Option<Child>,
+    /// The port of the snapshotter's /metrics.
+    metrics: u16,
 }
 
 impl Node {
@@ -43,6 +45,7 @@ impl Node {
             root: dir.join("root"),
             log: dir.join("snapshotter.log"),
             snapshotter: None,
+            metrics: d4c_tests::free_port(),
         };
         node.start_snapshotter();
         node.cri.wait_ready(Duration::from_secs(30)).unwrap();
@@ -57,6 +60,10 @@ impl Node {
             &self.socket,
             &self.log,
             &self.containerd,
+            &[
+                "--metrics-address".to_string(),
+                format!("127.0.0.1:{}", self.metrics),
+            ],
         ));
     }
 
@@ -172,6 +179,9 @@ fn layers_of(repo: &str, digest: &str) -> Vec<String> {
 
 #[test]
 fn kubelet_pulls_an_ordinary_tag_as_a_delta() {
+    let Some(_) = d4c_tests::services::env("D4C_CRI_ADDRESS") else {
+        return;
+    };
     let mut node = Node::start();
     let s = Series::build(Path::new(D4C), "cri-pull");
     let (repo, m) = push_series(&s, "cri");
@@ -215,6 +225,13 @@ fn kubelet_pulls_an_ordinary_tag_as_a_delta() {
         "{fetched:?} (d12: {d12})"
     );
     assert!(fetched[0].contains("held image"), "{fetched:?}");
+    // Its metrics count the fetch, the bytes and what they saved.
+    let metric = |name: &str, labels: &str| d4c_tests::scrape_metric(node.metrics, name, labels);
+    assert!(metric("d4c_snapshotter_fetches_total", "result=\"fetched\"") >= 1);
+    assert!(metric("d4c_snapshotter_bytes_received_total", "") >= d12);
+    assert!(metric("d4c_snapshotter_bytes_saved_total", "") > 0);
+    assert!(metric("d4c_snapshotter_requests_total", "method=\"Prepare\"") >= 1);
+    assert!(metric("d4c_codec_calls_total", "op=\"patch\",result=\"ok\"") >= 1);
     let content = node.ctr("k8s.io", &["content", "ls", "-q"]).unwrap();
     for l in layers_of(&repo, &m[0])
         .iter()

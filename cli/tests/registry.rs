@@ -72,6 +72,11 @@ fn sha256(path: &Path) -> String {
     d4c_host::digest::of_file(path).unwrap().0.hex()
 }
 
+/// A file's digest as `--json` output writes digests, `sha256:<hex>`.
+fn oci(path: &Path) -> String {
+    d4c_host::digest::of_file(path).unwrap().0.oci()
+}
+
 fn blobs(report: &Value) -> Vec<String> {
     report["path"]
         .as_array()
@@ -110,6 +115,9 @@ fn repo(name: &str) -> String {
 
 #[test]
 fn pull_moves_only_the_delta_bytes() {
+    let Some(_) = d4c_tests::services::env("D4C_TEST_REGISTRY") else {
+        return;
+    };
     let s = Series::build(Path::new(D4C), "registry-bytes");
     add_v4(&s);
     let r = repo("bytes");
@@ -137,7 +145,7 @@ fn pull_moves_only_the_delta_bytes() {
     // registry held each one's base when it was pushed); a dry run moves nothing.
     let plan = c.pull(&["--dry-run", &tag, "--have", &s.p("v1.cdimg")]);
     let chain = ["d12.cdimg", "d23.cdimg", "d34.cdimg"];
-    let want: Vec<String> = chain.iter().map(|d| sha256(&s.dir.join(d))).collect();
+    let want: Vec<String> = chain.iter().map(|d| oci(&s.dir.join(d))).collect();
     assert_eq!(blobs(&plan), want);
     for (step, d) in plan["path"].as_array().unwrap().iter().zip(chain) {
         assert!(
@@ -261,6 +269,9 @@ fn add_v4(s: &Series) {
 
 #[test]
 fn codecs_are_negotiated_and_fetched_by_digest() {
+    let Some(_) = d4c_tests::services::env("D4C_TEST_REGISTRY") else {
+        return;
+    };
     let s = Series::build(Path::new(D4C), "registry-codecs");
     std::fs::write(s.dir.join("template.wasm"), components::TEMPLATE).unwrap();
     let template = sha256(&s.dir.join("template.wasm"));
@@ -368,7 +379,10 @@ fn codecs_are_negotiated_and_fetched_by_digest() {
     assert!(!stored.exists());
     // Accepting codec fetch: the component comes by digest, is checked, stored and used.
     let rep = c.pull(&[&format!("{b}:v3"), "--have", &have, "-o", &s.p("t.cdimg")]);
-    assert_eq!(rep["codecs_fetched"][0]["digest"], template.as_str());
+    assert_eq!(
+        rep["codecs_fetched"][0]["digest"],
+        format!("sha256:{template}")
+    );
     assert_eq!(
         rep["bytes_transferred"],
         size(&s, "d13t.cdimg") + components::TEMPLATE.len() as u64
@@ -399,6 +413,9 @@ fn registry_blob(digest: &str) -> PathBuf {
 
 #[test]
 fn a_killed_pull_resumes() {
+    let Some(_) = d4c_tests::services::env("D4C_TEST_REGISTRY") else {
+        return;
+    };
     let s = Series::build(Path::new(D4C), "registry-resume");
     // A blob no other test pushes (level 7), so the registry holds it for this test only.
     s.ok(&[
@@ -462,6 +479,9 @@ fn a_killed_pull_resumes() {
 
 #[test]
 fn a_tampered_blob_is_rejected() {
+    let Some(_) = d4c_tests::services::env("D4C_TEST_REGISTRY") else {
+        return;
+    };
     let s = Series::build(Path::new(D4C), "registry-tamper");
     // Blobs unique to this test (level 9), since the registry shares blobs between repositories.
     s.ok(&[
@@ -500,6 +520,7 @@ fn a_tampered_blob_is_rejected() {
     let compact = plan["path"][0]["compact"]["blob"]
         .as_str()
         .expect("a compact form")
+        .trim_start_matches("sha256:")
         .to_string();
     for d in [&digest, &compact] {
         let blob = registry_blob(d);
@@ -525,6 +546,9 @@ fn a_tampered_blob_is_rejected() {
 
 #[test]
 fn clear_errors() {
+    let Some(_) = d4c_tests::services::env("D4C_TEST_REGISTRY") else {
+        return;
+    };
     let s = Series::build(Path::new(D4C), "registry-errors");
     let r = repo("errors");
     push(&s, "v1.cdimg", &format!("{r}:v1"));
@@ -563,22 +587,35 @@ fn clear_errors() {
     assert!(!s.dir.join("x.cdimg").exists());
 }
 
-/// `d4c serve` on a free port, stopped on drop.
+/// `d4c serve` on a free port, its metrics on another, stopped on drop.
 struct Server {
     child: Child,
     url: String,
+    metrics: u16,
 }
 
 impl Server {
     fn start(store: &Path, home: &Path) -> Server {
+        let metrics = d4c_tests::free_port();
         let (child, url) = d4c_tests::start_serve(
             Command::new(D4C)
                 .args(["serve", "--listen", "127.0.0.1:0", "--store"])
                 .arg(store)
+                .arg("--metrics-listen")
+                .arg(format!("127.0.0.1:{metrics}"))
                 .env("D4C_HOME", home)
                 .stderr(std::fs::File::create(store.with_extension("log")).unwrap()),
         );
-        Server { child, url }
+        Server {
+            child,
+            url,
+            metrics,
+        }
+    }
+
+    /// A metric's value from its /metrics ([`d4c_tests::scrape_metric`]).
+    fn metric(&self, name: &str, labels: &str) -> u64 {
+        d4c_tests::scrape_metric(self.metrics, name, labels)
     }
 
     fn host(&self) -> &str {
@@ -657,7 +694,7 @@ fn update_server_merges_and_negotiates() {
     assert_eq!(merged["size"], size(&s, "m.cdimg"));
     assert_eq!(
         merged["blob"].as_str().unwrap(),
-        sha256(&s.dir.join("m.cdimg"))
+        oci(&s.dir.join("m.cdimg"))
     );
     assert!(size(&s, "m.cdimg") <= size(&s, "d12.cdimg") + size(&s, "d23.cdimg"));
     s.ok(&[
@@ -744,12 +781,7 @@ fn update_server_merges_and_negotiates() {
     // A compact blob that does not check out: the client falls back to the plain delta.
     // The server caches it under sha256("compact <delta> <base>").
     let key = d4c_host::digest::Digest::of(
-        format!(
-            "compact sha256:{} sha256:{}",
-            merged_blob,
-            image_id(&s, "v1.cdimg")
-        )
-        .as_bytes(),
+        format!("compact {} {}", merged_blob, image_id(&s, "v1.cdimg")).as_bytes(),
     );
     let cached = s.dir.join(format!("store/merged/{}.json", key.hex()));
     let offer: Value = serde_json::from_slice(&std::fs::read(&cached).unwrap()).unwrap();
@@ -807,50 +839,62 @@ fn update_server_merges_and_negotiates() {
         &s.p("x.cdimg"),
     ]);
     assert!(err.contains("needs codecs you lack"), "{err}");
+    // Its metrics count what it did.
+    assert!(srv.metric("d4c_serve_requests_total", "route=\"pull\",code=\"200\"") >= 3);
+    assert!(srv.metric("d4c_serve_requests_total", "code=\"404\"") >= 1);
+    assert!(srv.metric("d4c_serve_pulls_total", "result=\"planned\"") >= 3);
+    assert!(srv.metric("d4c_serve_merges_total", "result=\"made\"") >= 1);
+    assert!(srv.metric("d4c_serve_merges_total", "result=\"reused\"") >= 1);
+    assert!(srv.metric("d4c_serve_blob_bytes_sent_total", "") > 0);
+    assert!(srv.metric("d4c_codec_calls_total", "op=\"merge\",result=\"ok\"") >= 1);
 }
 
-/// A CA (`ca.pem`) in `d`, and a certificate for 127.0.0.1 it signs
-/// (`cert.pem`, `key.pem`; webpki refuses a CA as the server's own).
+/// A test CA in `d` (`ca.pem`, `ca-key.pem`) and a server certificate for
+/// 127.0.0.1 it signed (`cert.pem`, `key.pem`).
 fn test_ca(d: &Path) {
-    let ossl = |args: &[&str]| sh(Command::new("openssl").args(args).current_dir(d)).unwrap();
-    ossl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=d4c test CA",
-        "-keyout",
-        "ca-key.pem",
-        "-out",
-        "ca.pem",
-    ]);
-    ossl(&[
-        "req",
-        "-new",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=d4c test CA",
+            "-keyout",
+            "ca-key.pem",
+            "-out",
+            "ca.pem",
+        ],
+    );
+    issue(
+        d,
         "/CN=127.0.0.1",
-        "-keyout",
+        Some("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"),
         "key.pem",
-        "-out",
-        "server.csr",
-    ]);
-    std::fs::write(
-        d.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
-    )
-    .unwrap();
-    ossl(&[
+        "cert.pem",
+    );
+}
+
+/// A key (`key`) and a certificate for `subject` the test CA in `d` signed
+/// (`cert`), X.509 v3 with the extensions `ext`, or v1 without any.
+fn issue(d: &Path, subject: &str, ext: Option<&str>, key: &str, cert: &str) {
+    let csr = format!("{cert}.csr");
+    openssl(
+        d,
+        &[
+            "req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", subject, "-keyout", key,
+            "-out", &csr,
+        ],
+    );
+    let mut args = vec![
         "x509",
         "-req",
         "-in",
-        "server.csr",
+        &csr,
         "-CA",
         "ca.pem",
         "-CAkey",
@@ -858,11 +902,19 @@ fn test_ca(d: &Path) {
         "-CAcreateserial",
         "-days",
         "2",
-        "-extfile",
-        "ext.cnf",
         "-out",
-        "cert.pem",
-    ]);
+        cert,
+    ];
+    let ext_file = format!("{cert}.cnf");
+    if let Some(ext) = ext {
+        std::fs::write(d.join(&ext_file), ext).unwrap();
+        args.extend(["-extfile", &ext_file]);
+    }
+    openssl(d, &args);
+}
+
+fn openssl(d: &Path, args: &[&str]) {
+    sh(Command::new("openssl").args(args).current_dir(d)).unwrap();
 }
 
 /// A second registry, with TLS and basic auth (htpasswd), that this test starts.
@@ -874,11 +926,7 @@ fn tls_and_basic_auth() {
     test_ca(&d);
     let htpasswd = sh(Command::new("htpasswd").args(["-Bbn", "alice", "s3cret"])).unwrap();
     std::fs::write(d.join("htpasswd"), htpasswd).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = d4c_tests::free_port();
     let _registry = private_registry(
         &d,
         port,
@@ -1005,6 +1053,88 @@ fn tls_and_basic_auth() {
     );
 }
 
+/// A registry that takes only clients with a certificate its CA signed
+/// (`http.tls.clientcas`): the CA and the client pair come from a certs.d
+/// directory (`--cert-dir`), as docker and podman keep them.
+#[test]
+fn client_certificates_from_a_cert_dir() {
+    let s = Series::build(Path::new(D4C), "registry-client-cert");
+    let d = s.dir.join("mtls");
+    std::fs::create_dir_all(d.join("data")).unwrap();
+    test_ca(&d);
+    issue(
+        &d,
+        "/CN=d4c client",
+        None,
+        "client-v1-key.pem",
+        "client-v1.pem",
+    );
+    issue(
+        &d,
+        "/CN=d4c client",
+        Some("basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n"),
+        "client-key.pem",
+        "client.pem",
+    );
+    let port = d4c_tests::free_port();
+    let _registry = private_registry(
+        &d,
+        port,
+        &format!(
+            "  tls:\n    certificate: {}\n    key: {}\n    clientcas:\n      - {}\n",
+            d.join("cert.pem").display(),
+            d.join("key.pem").display(),
+            d.join("ca.pem").display()
+        ),
+    );
+    let certs = d.join(format!("certs.d/127.0.0.1:{port}"));
+    std::fs::create_dir_all(&certs).unwrap();
+    std::fs::copy(d.join("ca.pem"), certs.join("ca.crt")).unwrap();
+    let r = format!("https://127.0.0.1:{port}/mtls/app");
+    let d4c = |args: &[&str]| {
+        let out = Command::new(D4C)
+            .args(args)
+            .env("D4C_HOME", &s.home)
+            .env_remove("D4C_CA_CERT")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let v1 = s.p("v1.cdimg");
+    let dir = certs.to_str().unwrap();
+    let push = ["push", v1.as_str(), &format!("{r}:v1"), "--cert-dir", dir];
+    // The CA alone: the registry refuses the handshake.
+    let (ok, err) = d4c(&push);
+    assert!(!ok && err.contains("cannot reach registry"), "{err}");
+    std::fs::copy(d.join("client-v1.pem"), certs.join("client.cert")).unwrap();
+    let (ok, err) = d4c(&push);
+    assert!(
+        !ok && err.contains("no matching") && err.lines().count() == 1,
+        "a .cert without its .key: {err}"
+    );
+    std::fs::copy(d.join("client-v1-key.pem"), certs.join("client.key")).unwrap();
+    // An X.509 v1 certificate (openssl's without extensions): refused in
+    // one line before any connection.
+    let (ok, err) = d4c(&push);
+    assert!(
+        !ok && err.contains("not a usable client certificate")
+            && err.lines().count() == 1
+            && !err.contains("panicked"),
+        "{err}"
+    );
+    std::fs::copy(d.join("client.pem"), certs.join("client.cert")).unwrap();
+    std::fs::copy(d.join("client-key.pem"), certs.join("client.key")).unwrap();
+    let (ok, err) = d4c(&push);
+    assert!(ok, "{err}");
+    let out = s.p("mtls-v1.cdimg");
+    let (ok, err) = d4c(&["pull", &format!("{r}:v1"), "-o", &out, "--cert-dir", dir]);
+    assert!(ok, "{err}");
+    s.same_image("mtls-v1.cdimg", "v1.cdimg");
+}
+
 fn base64_encode(b: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(b)
@@ -1125,11 +1255,7 @@ fn bearer_token_auth() {
         });
     }
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = d4c_tests::free_port();
     let _registry = private_registry(
         &d,
         port,
@@ -1328,6 +1454,9 @@ fn serve_with_tls_and_logins() {
 /// fragment, which no other push can overwrite).
 #[test]
 fn concurrent_pushes_keep_every_index_entry() {
+    let Some(_) = d4c_tests::services::env("D4C_TEST_REGISTRY") else {
+        return;
+    };
     use d4c_tests::raw::Raw;
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");

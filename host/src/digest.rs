@@ -185,9 +185,27 @@ impl FromStr for Digest {
     }
 }
 
+thread_local! {
+    static OCI_FORM: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with digests serializing in their OCI form, `sha256:<hex>`, as
+/// d4c's `--json` output writes them. Elsewhere (the cdimg header, the d4c
+/// index, the update protocol) they serialize as bare hex, which the formats
+/// fix; both forms deserialize.
+pub fn in_oci_form<R>(f: impl FnOnce() -> R) -> R {
+    let before = OCI_FORM.with(|c| c.replace(true));
+    let r = f();
+    OCI_FORM.with(|c| c.set(before));
+    r
+}
+
 impl serde::Serialize for Digest {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.hex())
+        match OCI_FORM.with(|c| c.get()) {
+            true => s.serialize_str(&self.oci()),
+            false => s.serialize_str(&self.hex()),
+        }
     }
 }
 
@@ -212,6 +230,10 @@ mod tests {
         assert_eq!(d.hex().parse::<Digest>().unwrap(), d);
         assert_eq!(d.oci().parse::<Digest>().unwrap(), d);
         assert!("abc".parse::<Digest>().is_err());
+        let json = |d: &Digest| serde_json::to_string(d).unwrap();
+        assert_eq!(json(&d), format!("\"{}\"", d.hex()));
+        assert_eq!(in_oci_form(|| json(&d)), format!("\"{}\"", d.oci()));
+        assert_eq!(json(&d), format!("\"{}\"", d.hex()));
         assert!("zz".repeat(32).parse::<Digest>().is_err());
         let mut h = Hasher::default();
         h.update(b"a");

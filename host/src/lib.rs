@@ -7,7 +7,10 @@
 //! - [`digest`]: sha256 identities.
 //! - [`fsutil`]: atomic file writes.
 //! - [`home`]: where d4c keeps its data on this machine.
-//! - [`image`]: the cdimg format; convert, diff, patch, merge, extract, export.
+//! - [`image`]: the cdimg format; convert, diff, patch, merge, extract, export;
+//!   the local image store.
+//! - [`log`]: the services' logs (`tracing`, text or JSON).
+//! - [`metrics`]: Prometheus metrics and their `/metrics` endpoint.
 //! - [`mount`]: the lazy FUSE file system over an image chain.
 //! - [`notify`]: readiness for systemd's `Type=notify`.
 //! - [`progress`]: progress reporting.
@@ -21,6 +24,8 @@ pub mod digest;
 pub mod fsutil;
 pub mod home;
 pub mod image;
+pub mod log;
+pub mod metrics;
 pub mod mount;
 pub mod notify;
 pub mod progress;

@@ -44,7 +44,29 @@ pub fn router(server: Arc<Server>) -> Router {
         .route(TOKEN_PATH, get(token))
         .fallback(registry)
         .layer(middleware::from_fn_with_state(server.clone(), authenticate))
+        .layer(middleware::from_fn(count))
         .with_state(server)
+}
+
+/// Counts every request by route and status (`d4c_serve_requests_total`).
+async fn count(req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    let name = match path {
+        PULL_PATH => "pull",
+        TOKEN_PATH => "token",
+        _ => match route(path) {
+            Some(Route::Base) => "base",
+            Some(Route::Uploads(_) | Route::Upload(..)) => "upload",
+            Some(Route::Blob(_)) => "blob",
+            Some(Route::Manifest(..)) => "manifest",
+            Some(Route::Tags(_)) => "tags",
+            None => "other",
+        },
+    };
+    let resp = next.run(req).await;
+    let code = resp.status().as_u16().to_string();
+    d4c_host::metrics::inc("d4c_serve_requests_total", &[name, &code]);
+    resp
 }
 
 /// Lets a request through if the server's [`Auth`] allows it; otherwise 401
@@ -157,8 +179,8 @@ async fn pull(State(s): State<Arc<Server>>, body: axum::body::Bytes) -> Result<R
         .map_err(|e| ApiError::internal(e.into()))?;
     // One line per negotiation: what operators ask about first.
     match &answer {
-        Ok(a) => eprintln!(
-            "d4c serve: {what}: {} step(s), {} bytes{}{}",
+        Ok(a) => tracing::info!(
+            "{what}: {} step(s), {} bytes{}{}",
             a.plan.steps.len(),
             a.plan.bytes,
             if a.merged_from > 1 {
@@ -171,8 +193,10 @@ async fn pull(State(s): State<Arc<Server>>, body: axum::body::Bytes) -> Result<R
                 None => "",
             }
         ),
-        Err(e) => eprintln!("d4c serve: {what}: {}", e.message),
+        Err(e) => tracing::warn!("{what}: {}", e.message),
     }
+    let result = if answer.is_ok() { "planned" } else { "failed" };
+    d4c_host::metrics::inc("d4c_serve_pulls_total", &[result]);
     Ok(Json(answer?).into_response())
 }
 
@@ -393,7 +417,7 @@ async fn handle(s: Arc<Server>, req: Request) -> Result<Response, ApiError> {
             .await
             .map_err(blocking_err)??;
             if reference.parse::<Digest>().is_err() && reference != INDEX_TAG {
-                eprintln!("d4c serve: {name}:{reference} is now {digest:?}");
+                tracing::info!("{name}:{reference} is now {digest:?}");
             }
             Ok(Response::builder()
                 .status(StatusCode::CREATED)
@@ -494,6 +518,7 @@ async fn serve_blob(
     if head_only {
         return Ok(resp.body(Body::empty()).unwrap());
     }
+    d4c_host::metrics::add("d4c_serve_blob_bytes_sent_total", &[], len);
     let mut f = tokio::fs::File::open(store.blob_path(digest))
         .await
         .map_err(|e| ApiError::internal(e.into()))?;

@@ -159,6 +159,7 @@ impl Negotiator {
         }
         plan.bytes = plan.steps.iter().map(|s| s.transfer_size()).sum::<u64>()
             + plan.fetch.iter().map(|c| c.size).sum::<u64>();
+        count_saved(&index, target, plan.bytes);
         Ok(PullResponse {
             plan,
             merged_from,
@@ -214,6 +215,16 @@ impl Negotiator {
 
     /// The deltas `steps` merged into one, from the cache or made now.
     fn merged(&self, steps: &[Item]) -> Result<Item> {
+        let (result, item) = match self.merge_or_reuse(steps) {
+            Ok((item, reused)) => (if reused { "reused" } else { "made" }, Ok(item)),
+            Err(e) => ("failed", Err(e)),
+        };
+        d4c_host::metrics::inc("d4c_serve_merges_total", &[result]);
+        item
+    }
+
+    /// [`Negotiator::merged`]; says whether the merge cache had it.
+    fn merge_or_reuse(&self, steps: &[Item]) -> Result<(Item, bool)> {
         let key = Digest::of(
             steps
                 .iter()
@@ -229,7 +240,7 @@ impl Negotiator {
             if let Ok(item) = serde_json::from_slice::<Item>(&text) {
                 if self.store.blob_size(&item.blob) == Some(item.size) {
                     touch(&cached);
-                    return Ok(item);
+                    return Ok((item, true));
                 }
             }
         }
@@ -279,7 +290,7 @@ impl Negotiator {
             codecs: header.codecs.iter().map(|c| c.sha256).collect(),
         };
         fsutil::write_atomic(&cached, &serde_json::to_vec(&item)?)?;
-        Ok(item)
+        Ok((item, false))
     }
 
     /// Makes a pushed codec component loadable by merges.
@@ -293,6 +304,20 @@ impl Negotiator {
             .with_context(|| format!("codec {digest:?} was never pushed here"))?;
         self.codecs.store().put(&bytes)?;
         Ok(())
+    }
+}
+
+/// Counts a planned pull's bytes, and those it saves against the target's
+/// full cdimg where the repository has one.
+fn count_saved(index: &RepoIndex, target: Digest, planned: u64) {
+    d4c_host::metrics::add("d4c_serve_pull_bytes_planned_total", &[], planned);
+    let full = index
+        .images
+        .iter()
+        .find(|i| i.kind == ImageKind::Image && i.image_id == target);
+    if let Some(full) = full {
+        let saved = full.size.saturating_sub(planned);
+        d4c_host::metrics::add("d4c_serve_pull_bytes_saved_total", &[], saved);
     }
 }
 

@@ -22,8 +22,12 @@ pub struct Config {
     pub cache_size: Option<String>,
     /// Images kept per repository after containerd removed them.
     pub keep_per_repository: Option<usize>,
-    /// `error`, `warn` or `info`.
+    /// `error`, `warn`, `info` or `debug`.
     pub log_level: Option<crate::log::Level>,
+    /// `text` or `json`.
+    pub log_format: Option<String>,
+    /// Where to serve Prometheus metrics (`HOST:PORT`), if anywhere.
+    pub metrics_address: Option<String>,
     /// Caps on codec calls.
     #[serde(default)]
     pub codec: CodecConfig,

@@ -6,7 +6,6 @@
 //! - [`log`]: the log, by level.
 //! - [`meta`]: snapshot metadata, persisted atomically.
 //! - [`filter`]: containerd's filter syntax, for `List`.
-//! - [`images`]: the store of cdimg files snapshots are served from.
 //! - [`remote`]: images containerd's CRI plugin pulls, fetched as d4c updates.
 //! - [`lower`]: their lower layers, filled in when another image needs them.
 //! - [`snapshotter`]: the operations.
@@ -19,7 +18,6 @@
 pub mod api;
 pub mod config;
 pub mod filter;
-pub mod images;
 pub mod load;
 pub mod log;
 pub mod lower;

@@ -1,7 +1,5 @@
-//! The snapshotter's log: one line per event on stderr (journald takes it
-//! under systemd), filtered by level.
-
-use std::sync::atomic::{AtomicU8, Ordering};
+//! The snapshotter's log: `tracing` events on stderr (journald takes them
+//! under systemd), as text or JSON lines ([`d4c_host::log`]).
 
 use serde::Deserialize;
 
@@ -16,18 +14,28 @@ pub enum Level {
     Warn,
     /// And what was done (images fetched, with their bytes).
     Info,
+    /// And the steps of each operation.
+    Debug,
 }
 
-static LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
-
-/// Sets the level.
-pub fn set_level(level: Level) {
-    LEVEL.store(level as u8, Ordering::Relaxed);
+impl Level {
+    /// Its name, as `tracing` filters take it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Error => "error",
+            Level::Warn => "warn",
+            Level::Info => "info",
+            Level::Debug => "debug",
+        }
+    }
 }
 
 /// Logs `msg` at `level`.
 pub fn log(level: Level, msg: &str) {
-    if level as u8 <= LEVEL.load(Ordering::Relaxed) {
-        eprintln!("d4c-snapshotter: {msg}");
+    match level {
+        Level::Error => tracing::error!("{msg}"),
+        Level::Warn => tracing::warn!("{msg}"),
+        Level::Info => tracing::info!("{msg}"),
+        Level::Debug => tracing::debug!("{msg}"),
     }
 }

@@ -57,9 +57,17 @@ struct Flags {
     /// built-in roots.
     #[arg(long, value_name = "FILE")]
     ca_cert: Option<PathBuf>,
-    /// error, warn or info [default: info].
+    /// error, warn, info or debug [default: info]; RUST_LOG, when set, says
+    /// more precisely (containerd's gRPC libraries included).
     #[arg(long, value_enum)]
     log_level: Option<Level>,
+    /// text, or json (one object per line) [default: text].
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<d4c_host::log::Format>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (plain HTTP: keep it
+    /// on loopback or a private network).
+    #[arg(long, value_name = "ADDR")]
+    metrics_address: Option<String>,
     /// Run as the mount manager of `--root` (the snapshotter starts it).
     #[arg(long, hide = true)]
     mount_manager: bool,
@@ -79,6 +87,9 @@ struct Args {
     codec_timeout: u64,
     remote: RemoteOptions,
     mount_manager: bool,
+    log_level: Level,
+    log_format: d4c_host::log::Format,
+    metrics_address: Option<String>,
 }
 
 impl Args {
@@ -96,7 +107,13 @@ impl Args {
                 (None, None) => parse_size(default).map_err(anyhow::Error::msg),
             }
         };
-        d4c_snapshotter::log::set_level(f.log_level.or(c.log_level).unwrap_or(Level::Info));
+        let log_format = match (f.log_format, &c.log_format) {
+            (Some(v), _) => v,
+            (None, Some(s)) => s
+                .parse()
+                .map_err(|e| anyhow::anyhow!("{}: log_format {e}", f.config.display()))?,
+            (None, None) => d4c_host::log::Format::Text,
+        };
         let mut remote = RemoteOptions {
             connect: ConnectOptions {
                 ca_cert: f.ca_cert.or(c.registry.ca_cert),
@@ -136,6 +153,9 @@ impl Args {
             codec_timeout: f.codec_timeout.or(c.codec.timeout).unwrap_or(600),
             remote,
             mount_manager: f.mount_manager,
+            log_level: f.log_level.or(c.log_level).unwrap_or(Level::Info),
+            log_format,
+            metrics_address: f.metrics_address.or(c.metrics_address),
         })
     }
 
@@ -193,6 +213,10 @@ async fn run(args: Args) -> Result<()> {
     };
     if args.mount_manager {
         return tokio::task::spawn_blocking(move || manage_mounts(&args)).await?;
+    }
+    if let Some(addr) = &args.metrics_address {
+        let bound = d4c_host::metrics::serve(addr)?;
+        log(Level::Info, &format!("metrics on http://{bound}/metrics"));
     }
     let codecs = args.codecs()?;
     let mounts = args.mounts()?;
@@ -279,6 +303,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(e) = d4c_host::log::init(args.log_level.as_str(), args.log_format) {
+        eprintln!("d4c-snapshotter: error: {e:#}");
+        return ExitCode::from(2);
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -22,8 +22,8 @@ use d4c_host::update::attach;
 use d4c_host::update::plan::{self, Holdings};
 use d4c_host::update::pull::fetch_codec;
 
-use crate::images::ImageStore;
 use crate::meta::StoredImage;
+use d4c_host::image::store::Blobs;
 
 /// The chain id a prepared layer is to be committed as.
 pub const REF_LABEL: &str = "containerd.io/snapshot.ref";
@@ -117,7 +117,7 @@ pub struct Fetched {
 pub fn fetch(
     target: &Target,
     held: &BTreeMap<Digest, StoredImage>,
-    store: &ImageStore,
+    store: &Blobs,
     codecs: &Codecs,
     opts: &RemoteOptions,
 ) -> Result<Option<Fetched>> {
@@ -162,7 +162,15 @@ pub fn fetch(
         downloads.push((dest, step.blob));
     }
     let downloaded = started.elapsed();
-    let layers = verify(&paths, codecs, &target.manifest, opts.threads)?;
+    let described = verify(&paths, codecs, &target.manifest, opts.threads)?;
+    let layers = described.iter().map(|l| l.digest).collect();
+    let whole: u64 = described.iter().map(|l| l.size).sum();
+    d4c_host::metrics::add("d4c_snapshotter_bytes_received_total", &[], reg.received());
+    d4c_host::metrics::add(
+        "d4c_snapshotter_bytes_saved_total",
+        &[],
+        whole.saturating_sub(reg.received()),
+    );
     Ok(Some(Fetched {
         image: StoredImage {
             image_id: plan.target,
@@ -227,13 +235,13 @@ fn through(repository: &Reference, endpoint: &str) -> Result<Reference> {
 
 /// Rebuilds every original layer of the image `paths` yield and checks it
 /// against `manifest`'s digests, before any container sees a file of it;
-/// returns the layer digests.
+/// returns the layers.
 fn verify(
     paths: &[PathBuf],
     codecs: &Codecs,
     manifest: &Digest,
     threads: usize,
-) -> Result<Vec<Digest>> {
+) -> Result<Vec<d4c_host::image::origin::LayerDesc>> {
     let chain = Chain::open(paths)?;
     let top = chain.top();
     let origin = top
@@ -248,8 +256,7 @@ fn verify(
     );
     rebuild::verify(&chain, codecs, Some(manifest), threads, &Silent)
         .with_context(|| format!("verifying the image of {}", manifest.oci()))?;
-    let described = origin.describe(&top.config)?;
-    Ok(described.layers.iter().map(|l| l.digest).collect())
+    Ok(origin.describe(&top.config)?.layers)
 }
 
 /// The stored images to forget: beyond the `keep` most recently pulled of each

@@ -25,14 +25,27 @@ impl Service {
         Service { inner: snapshotter }
     }
 
+    /// Runs `f` on the blocking pool, counted as a call of `method`
+    /// (`d4c_snapshotter_requests_total`).
     async fn run<T: Send + 'static>(
         &self,
+        method: &'static str,
         f: impl FnOnce(&Snapshotter) -> Result<T, Status> + Send + 'static,
     ) -> Result<T, Status> {
         let s = self.inner.clone();
-        tokio::task::spawn_blocking(move || f(&s))
+        let result = tokio::task::spawn_blocking(move || f(&s))
             .await
-            .map_err(|e| Status::internal(format!("snapshotter task failed: {e}")))?
+            .map_err(|e| Status::internal(format!("snapshotter task failed: {e}")))
+            .and_then(|r| r);
+        let code = match &result {
+            Ok(_) => tonic::Code::Ok,
+            Err(e) => e.code(),
+        };
+        d4c_host::metrics::inc(
+            "d4c_snapshotter_requests_total",
+            &[method, &format!("{code:?}")],
+        );
+        result
     }
 }
 
@@ -82,7 +95,9 @@ impl Snapshots for Service {
     ) -> Result<Response<pb::PrepareSnapshotResponse>, Status> {
         let r = request.into_inner();
         let m = self
-            .run(move |s| s.prepare(Kind::Active, &r.key, &r.parent, labels(r.labels)))
+            .run("Prepare", move |s| {
+                s.prepare(Kind::Active, &r.key, &r.parent, labels(r.labels))
+            })
             .await?;
         Ok(Response::new(pb::PrepareSnapshotResponse {
             mounts: mounts(m),
@@ -95,7 +110,9 @@ impl Snapshots for Service {
     ) -> Result<Response<pb::ViewSnapshotResponse>, Status> {
         let r = request.into_inner();
         let m = self
-            .run(move |s| s.prepare(Kind::View, &r.key, &r.parent, labels(r.labels)))
+            .run("View", move |s| {
+                s.prepare(Kind::View, &r.key, &r.parent, labels(r.labels))
+            })
             .await?;
         Ok(Response::new(pb::ViewSnapshotResponse {
             mounts: mounts(m),
@@ -107,7 +124,7 @@ impl Snapshots for Service {
         request: Request<pb::MountsRequest>,
     ) -> Result<Response<pb::MountsResponse>, Status> {
         let r = request.into_inner();
-        let m = self.run(move |s| s.mounts(&r.key)).await?;
+        let m = self.run("Mounts", move |s| s.mounts(&r.key)).await?;
         Ok(Response::new(pb::MountsResponse { mounts: mounts(m) }))
     }
 
@@ -116,8 +133,10 @@ impl Snapshots for Service {
         request: Request<pb::CommitSnapshotRequest>,
     ) -> Result<Response<()>, Status> {
         let r = request.into_inner();
-        self.run(move |s| s.commit(&r.name, &r.key, labels(r.labels)))
-            .await?;
+        self.run("Commit", move |s| {
+            s.commit(&r.name, &r.key, labels(r.labels))
+        })
+        .await?;
         Ok(Response::new(()))
     }
 
@@ -126,7 +145,7 @@ impl Snapshots for Service {
         request: Request<pb::RemoveSnapshotRequest>,
     ) -> Result<Response<()>, Status> {
         let r = request.into_inner();
-        self.run(move |s| s.remove(&r.key)).await?;
+        self.run("Remove", move |s| s.remove(&r.key)).await?;
         Ok(Response::new(()))
     }
 
@@ -135,7 +154,7 @@ impl Snapshots for Service {
         request: Request<pb::StatSnapshotRequest>,
     ) -> Result<Response<pb::StatSnapshotResponse>, Status> {
         let r = request.into_inner();
-        let i = self.run(move |s| s.stat(&r.key)).await?;
+        let i = self.run("Stat", move |s| s.stat(&r.key)).await?;
         Ok(Response::new(pb::StatSnapshotResponse {
             info: Some(to_pb(i)),
         }))
@@ -151,7 +170,9 @@ impl Snapshots for Service {
             .ok_or_else(|| Status::invalid_argument("update without info"))?;
         let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
         let i = self
-            .run(move |s| s.update(&info.name, labels(info.labels), &paths))
+            .run("Update", move |s| {
+                s.update(&info.name, labels(info.labels), &paths)
+            })
             .await?;
         Ok(Response::new(pb::UpdateSnapshotResponse {
             info: Some(to_pb(i)),
@@ -167,7 +188,7 @@ impl Snapshots for Service {
     ) -> Result<Response<Self::ListStream>, Status> {
         let filter =
             Filter::parse(&request.into_inner().filters).map_err(Status::invalid_argument)?;
-        let mut infos = self.run(|s| Ok(s.list())).await?;
+        let mut infos = self.run("List", |s| Ok(s.list())).await?;
         infos.retain(|i| filter.matches(i));
         // Batches keep each message small, as containerd's own service does.
         let batches: Vec<Result<pb::ListSnapshotsResponse, Status>> = infos
@@ -186,7 +207,7 @@ impl Snapshots for Service {
         request: Request<pb::UsageRequest>,
     ) -> Result<Response<pb::UsageResponse>, Status> {
         let r = request.into_inner();
-        let u = self.run(move |s| s.usage(&r.key)).await?;
+        let u = self.run("Usage", move |s| s.usage(&r.key)).await?;
         Ok(Response::new(pb::UsageResponse {
             size: u.size,
             inodes: u.inodes,
@@ -194,7 +215,7 @@ impl Snapshots for Service {
     }
 
     async fn cleanup(&self, _request: Request<pb::CleanupRequest>) -> Result<Response<()>, Status> {
-        self.run(|s| s.cleanup()).await?;
+        self.run("Cleanup", |s| s.cleanup()).await?;
         Ok(Response::new(()))
     }
 }

@@ -34,11 +34,11 @@ use d4c_host::mount;
 use d4c_host::mount::cache::Flights;
 use tonic::Status;
 
-use crate::images::ImageStore;
 use crate::log::{log, Level};
 use crate::meta::{now, Kind, Meta, Snapshot, StoredImage};
 use crate::mounts::Mounts;
 use crate::remote::{self, RemoteOptions, Target};
+use d4c_host::image::store::Blobs;
 
 /// How long an image found to have no d4c artifacts is not asked again.
 const PLAIN_FOR: std::time::Duration = std::time::Duration::from_secs(60);
@@ -95,7 +95,7 @@ struct State {
 /// The snapshotter.
 pub struct Snapshotter {
     root: PathBuf,
-    images: ImageStore,
+    images: Blobs,
     codecs: Codecs,
     /// The mount manager serving d4c snapshots' mounts.
     mounts: Mounts,
@@ -128,7 +128,7 @@ impl Snapshotter {
         let root = root.canonicalize()?;
         let meta = Meta::load(&root.join("metadata.json"))?;
         let s = Snapshotter {
-            images: ImageStore::open(&root.join("images"))?,
+            images: Blobs::open(&root.join("images"))?,
             root,
             codecs,
             mounts,
@@ -434,7 +434,14 @@ impl Snapshotter {
     /// Fetches the image of `t` (see [`remote::fetch`]) and stores it.
     fn fetch(&self, t: &Target, opts: &RemoteOptions) -> anyhow::Result<Option<StoredImage>> {
         let held = self.state.lock().expect("state lock").meta.images.clone();
-        let Some(f) = remote::fetch(t, &held, &self.images, &self.codecs, opts)? else {
+        let fetched = remote::fetch(t, &held, &self.images, &self.codecs, opts);
+        let result = match &fetched {
+            Ok(Some(_)) => "fetched",
+            Ok(None) => "none",
+            Err(_) => "failed",
+        };
+        d4c_host::metrics::inc("d4c_snapshotter_fetches_total", &[result]);
+        let Some(f) = fetched? else {
             let mut plain = self.plain.lock().expect("plain lock");
             plain.retain(|_, at| at.elapsed() < PLAIN_FOR);
             plain.insert(t.manifest, std::time::Instant::now());

@@ -12,6 +12,7 @@ use d4c_host::codec::{CodecStore, Codecs, Limits, Runtime};
 pub mod cri;
 pub mod raw;
 pub mod series;
+pub mod services;
 
 /// Components built by tests/build.rs: one hostile codec per behaviour, and the
 /// template codec.
@@ -618,6 +619,7 @@ pub fn start_snapshotter(
     socket: &Path,
     log: &Path,
     containerd: &Path,
+    extra: &[String],
 ) -> std::process::Child {
     let bin = d4c.parent().unwrap().join("d4c-snapshotter");
     assert!(
@@ -635,6 +637,7 @@ pub fn start_snapshotter(
         .arg(root)
         .arg("--address")
         .arg(socket)
+        .args(extra)
         .stderr(log)
         .spawn()
         .unwrap();
@@ -665,4 +668,28 @@ pub fn start_snapshotter(
         std::thread::sleep(Duration::from_millis(200));
     }
     child
+}
+
+/// A TCP port on loopback nothing listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The metric `name` from `http://127.0.0.1:port/metrics`, summed over its
+/// label sets whose text contains `labels` (Prometheus' text format).
+pub fn scrape_metric(port: u16, name: &str, labels: &str) -> u64 {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(c, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    c.read_to_string(&mut text).unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }

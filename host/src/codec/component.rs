@@ -242,6 +242,23 @@ impl Codec {
         op: Op,
         f: impl FnOnce(&mut Store<State>, &api::Guest) -> wasmtime::Result<Result<R, api::CodecError>>,
     ) -> Result<R, CodecError> {
+        let started = std::time::Instant::now();
+        let result = self.call_unmetered(op, f);
+        let (name, op) = (self.inner.info.name.as_str(), op.to_string());
+        let outcome = match &result {
+            Ok(_) => "ok".to_string(),
+            Err(e) => e.kind.to_string(),
+        };
+        crate::metrics::inc("d4c_codec_calls_total", &[name, &op, &outcome]);
+        crate::metrics::observe("d4c_codec_call_seconds", &[name, &op], started.elapsed());
+        result
+    }
+
+    fn call_unmetered<R>(
+        &self,
+        op: Op,
+        f: impl FnOnce(&mut Store<State>, &api::Guest) -> wasmtime::Result<Result<R, api::CodecError>>,
+    ) -> Result<R, CodecError> {
         let mut store = self.inner.runtime.store();
         let result = self
             .inner

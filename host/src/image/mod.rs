@@ -4,6 +4,7 @@
 //! - [`format`](mod@format): reading and writing cdimg files.
 //! - [`builder`]: `convert` from OCI layouts and docker archives.
 //! - [`origin`]: provenance, the original image rebuilt and verified.
+//! - [`store`]: the local image store, names for chains of cdimg files.
 
 pub mod builder;
 pub mod chain;
@@ -13,3 +14,4 @@ pub mod export;
 pub mod extract;
 pub mod format;
 pub mod origin;
+pub mod store;

@@ -140,8 +140,14 @@ impl ContentCache {
         source: impl FnOnce() -> Result<Box<dyn std::io::Read + Send + 'a>>,
     ) -> Result<File> {
         self.building.run(digest, || match self.lookup(&digest)? {
-            Some(f) => Ok(f),
-            None => self.build(digest, size, source),
+            Some(f) => {
+                crate::metrics::inc("d4c_mount_cache_total", &["hit"]);
+                Ok(f)
+            }
+            None => {
+                crate::metrics::inc("d4c_mount_cache_total", &["miss"]);
+                self.build(digest, size, source)
+            }
         })
     }
 

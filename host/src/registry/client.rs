@@ -42,8 +42,12 @@ pub struct ConnectOptions {
     pub credentials: Option<Credentials>,
     /// A docker/containers auth file to look credentials up in first.
     pub auth_file: Option<PathBuf>,
-    /// Accept any certificate (skopeo's `--tls-verify=false`): for test
-    /// registries with self-signed certificates only.
+    /// The registry's certificate directory (`*.crt` CAs, a `NAME.cert` and
+    /// `NAME.key` client pair) [default: its `certs.d` directory, see
+    /// [`super::tls`]].
+    pub cert_dir: Option<PathBuf>,
+    /// skopeo's `--tls-verify=false`: accept any certificate, and speak plain
+    /// HTTP to a registry that does not speak TLS. For test registries only.
     pub insecure: bool,
 }
 
@@ -63,25 +67,36 @@ impl Registry {
     /// Connects to the repository `reference` names and checks the registry
     /// answers the distribution API.
     pub fn connect(reference: &Reference, opts: &ConnectOptions) -> Result<Registry> {
-        let mut tls = ureq::tls::TlsConfig::builder();
-        if let Some(ca) = &opts.ca_cert {
-            let pem = std::fs::read(ca)
-                .with_context(|| format!("reading CA certificates {}", ca.display()))?;
-            let certs: Vec<_> = ureq::tls::parse_pem(&pem)
-                .filter_map(|item| match item {
-                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
-                    _ => None,
-                })
-                .collect();
-            ensure!(!certs.is_empty(), "{}: no PEM certificates", ca.display());
-            tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
+        let mut registry = Registry::new(reference, opts)?;
+        if !reference.plain_http && opts.insecure {
+            // A bare request, no credentials in it: if TLS fails, the registry
+            // may speak plain HTTP (allowed by --tls-verify=false alone).
+            let probe = get(&format!("{}/v2/", registry.base));
+            if let Err(e) = registry.run(probe, "GET /v2/ over HTTPS") {
+                let plain = Reference {
+                    plain_http: true,
+                    ..reference.clone()
+                };
+                registry = Registry::new(&plain, opts)?;
+                let probe = get(&format!("{}/v2/", registry.base));
+                registry
+                    .run(probe, "GET /v2/ over plain HTTP")
+                    .map_err(|plain| anyhow!("{e:#}; {plain:#}"))?;
+            }
         }
-        if opts.insecure {
-            tls = tls.disable_verification(true);
+        let resp = registry.send(|| get(&format!("{}/v2/", registry.base)))?;
+        if !resp.status().is_success() {
+            return Err(registry.failure(resp, "checking the registry API (/v2/)"));
         }
+        Ok(registry)
+    }
+
+    /// A client for `reference` that has not talked to the registry yet.
+    fn new(reference: &Reference, opts: &ConnectOptions) -> Result<Registry> {
+        let tls = super::tls::config(&reference.registry, opts)?;
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .tls_config(tls.build())
+            .tls_config(tls)
             .timeout_connect(Some(Duration::from_secs(30)))
             .timeout_recv_response(Some(Duration::from_secs(300)))
             .timeout_per_read(Some(Duration::from_secs(120)))
@@ -99,7 +114,7 @@ impl Registry {
             (None, Some(c)) => Some(c),
             (None, None) => auth::lookup(&reference.registry)?,
         };
-        let registry = Registry {
+        Ok(Registry {
             agent: ureq::Agent::new_with_config(config),
             base: reference.api_base(),
             reference: reference.clone(),
@@ -107,12 +122,7 @@ impl Registry {
             authorization: Mutex::new(None),
             limit_rate: opts.limit_rate,
             received: AtomicU64::new(0),
-        };
-        let resp = registry.send(|| get(&format!("{}/v2/", registry.base)))?;
-        if !resp.status().is_success() {
-            return Err(registry.failure(resp, "checking the registry API (/v2/)"));
-        }
-        Ok(registry)
+        })
     }
 
     /// The reference this client was made for.
@@ -183,8 +193,10 @@ impl Registry {
     }
 
     /// [`Registry::run`], and for a GET or HEAD that meets a server error
-    /// (registries answer 500 or 503 for a moment under concurrent writes) or
-    /// a broken connection, again after a short pause, up to [`RETRIES`] times.
+    /// (registries answer 500 or 503 for a moment under concurrent writes), a
+    /// rate limit (429) or a broken connection, again after a pause that
+    /// doubles (or the `Retry-After` the registry asks for, up to
+    /// [`MAX_RETRY_AFTER`]), up to [`RETRIES`] times.
     fn run_retrying<B: AsSendBody>(
         &self,
         req: http::Request<B>,
@@ -198,14 +210,17 @@ impl Registry {
         let uri = req.uri().clone();
         let mut result = self.run(req, what);
         for attempt in 0..RETRIES {
-            let transient = match &result {
-                Ok(r) => r.status().is_server_error(),
-                Err(_) => true,
+            let pause = match &result {
+                Ok(r)
+                    if r.status().is_server_error()
+                        || r.status() == StatusCode::TOO_MANY_REQUESTS =>
+                {
+                    retry_after(r).unwrap_or(Duration::from_millis(200 << attempt))
+                }
+                Ok(_) => break,
+                Err(_) => Duration::from_millis(200 << attempt),
             };
-            if !transient {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(200 << attempt));
+            std::thread::sleep(pause);
             result = self.run(bodiless(method, &uri, headers)?, what);
         }
         result
@@ -853,9 +868,26 @@ impl Registry {
     }
 }
 
-/// Times a GET or HEAD is tried again after a server error or a broken
-/// connection.
+/// Times a GET or HEAD is tried again after a server error, a rate limit or
+/// a broken connection.
 const RETRIES: u32 = 3;
+
+/// The longest pause a `Retry-After` gets (a longer one is cut to this).
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// The pause a response's `Retry-After` (in seconds) asks for, within
+/// [`MAX_RETRY_AFTER`].
+fn retry_after(resp: &Response<Body>) -> Option<Duration> {
+    let secs: u64 = resp
+        .headers()
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
+}
 
 /// Pages of tags read at most.
 const MAX_TAG_PAGES: usize = 100;
@@ -1069,6 +1101,8 @@ mod tests {
             std::thread::spawn(move || {
                 for conn in listener.incoming().take(20) {
                     let Ok(mut conn) = conn else { return };
+                    // A TLS hello has no line end: answer it after a moment.
+                    let _ = conn.set_read_timeout(Some(Duration::from_millis(300)));
                     let mut head = String::new();
                     let mut r = BufReader::new(conn.try_clone().unwrap());
                     loop {
@@ -1099,6 +1133,69 @@ mod tests {
             "HTTP/1.1 {status}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         )
+    }
+
+    /// A registry that is busy (429 with `Retry-After`, or 503) is asked again
+    /// after the pause it asks for, and the read succeeds.
+    #[test]
+    fn a_busy_registry_is_asked_again() {
+        use std::sync::atomic::AtomicUsize;
+        let blob = "the blob";
+        let digest = Digest::of(blob.as_bytes());
+        let tries = std::sync::Arc::new(AtomicUsize::new(0));
+        let t = tries.clone();
+        let peer = Peer::start("127.0.0.1", move |head| {
+            if !head.contains("/blobs/") {
+                return reply("200 OK", "", "{}");
+            }
+            match t.fetch_add(1, Ordering::SeqCst) {
+                0 => reply("429 Too Many Requests", "Retry-After: 1\r\n", ""),
+                1 => reply("503 Service Unavailable", "", ""),
+                _ => reply("200 OK", "", blob),
+            }
+        });
+        let reference = Reference::parse(&format!("{}/a/b:t", peer.addr)).unwrap();
+        let reg = Registry::connect(&reference, &ConnectOptions::default()).unwrap();
+        let started = Instant::now();
+        assert_eq!(
+            reg.fetch_blob_bytes(&digest, 1 << 20).unwrap(),
+            blob.as_bytes()
+        );
+        assert_eq!(tries.load(Ordering::SeqCst), 3);
+        assert!(
+            started.elapsed() >= Duration::from_secs(1),
+            "Retry-After not honoured"
+        );
+    }
+
+    /// A registry off loopback named without a scheme is spoken to over
+    /// HTTPS; plain HTTP only with `--tls-verify=false` (`insecure`), and
+    /// then without credentials until the registry asks for them.
+    #[test]
+    fn plain_http_only_with_tls_verify_false() {
+        let peer = Peer::start("127.0.0.1", |_| reply("200 OK", "", "{}"));
+        let mut reference = Reference::parse(&format!("{}/a/b:t", peer.addr)).unwrap();
+        // As a bare non-loopback HOST:PORT parses.
+        reference.plain_http = false;
+        let opts = ConnectOptions {
+            credentials: Some(Credentials {
+                user: "u".into(),
+                password: "secret".into(),
+            }),
+            ..Default::default()
+        };
+        let err = Registry::connect(&reference, &opts).err().unwrap();
+        assert!(
+            format!("{err:#}").contains("cannot reach registry"),
+            "{err:#}"
+        );
+        let insecure = ConnectOptions {
+            insecure: true,
+            ..opts
+        };
+        let reg = Registry::connect(&reference, &insecure).unwrap();
+        assert!(reg.base.starts_with("http://"), "{}", reg.base);
+        assert!(!peer.saw_authorization());
     }
 
     /// Referrers come from the registry's API where it answers with an image

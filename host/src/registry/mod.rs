@@ -6,12 +6,14 @@
 //! - [`client`]: blobs and manifests over HTTP(S); resumable, checked downloads.
 //! - [`artifact`]: cdimgs, codecs and the repository index as OCI artifacts.
 //! - [`referrers`]: artifacts attached to a manifest (its `subject`).
+//! - [`tls`]: CA files, `certs.d` directories and client certificates.
 
 pub mod artifact;
 pub mod auth;
 pub mod client;
 pub mod reference;
 pub mod referrers;
+pub mod tls;
 
 pub use client::{ConnectOptions, Registry};
 pub use reference::Reference;

@@ -41,8 +41,12 @@ pub enum Source<'a> {
 /// What to pull and how.
 #[derive(Debug, Clone)]
 pub struct PullOptions {
-    /// Full images the client holds.
-    pub have: Vec<PathBuf>,
+    /// Images the client holds, each a chain of files: a full image, then
+    /// deltas.
+    pub have: Vec<Vec<PathBuf>>,
+    /// A held chain this long gets a full image written instead of one more
+    /// delta (the image store caps its chains).
+    pub max_chain: usize,
     /// Codec components the client holds.
     pub codecs: std::collections::HashSet<Digest>,
     /// Whether codecs it lacks may be fetched.
@@ -74,7 +78,7 @@ pub struct PullReport {
     pub subject: Option<Digest>,
     /// The held image the update applies to (`None`: it starts from a full image).
     pub start: Option<Digest>,
-    /// The file holding that image.
+    /// The file holding that image (the top of its chain).
     pub start_file: Option<PathBuf>,
     /// The full image and deltas downloaded, in order.
     pub path: Vec<Item>,
@@ -103,15 +107,15 @@ pub fn pull(
     codecs: &Codecs,
     progress: &dyn Progress,
 ) -> Result<PullReport> {
-    let mut held: HashMap<Digest, PathBuf> = HashMap::new();
-    for p in &opts.have {
-        let r = Reader::open(p)?;
+    let mut held: HashMap<Digest, Vec<PathBuf>> = HashMap::new();
+    for chain in &opts.have {
+        let first = chain.first().context("an empty chain of held images")?;
         ensure!(
-            r.header().kind == ImageKind::Image,
+            Reader::open(first)?.header().kind == ImageKind::Image,
             "{}: --have takes full images; this is a delta",
-            p.display()
+            first.display()
         );
-        held.insert(r.header().image_id, p.clone());
+        held.insert(Chain::open(chain)?.top().image_id, chain.clone());
     }
     let holdings = Holdings {
         images: held.keys().copied().collect(),
@@ -143,7 +147,9 @@ pub fn pull(
         target: plan.target,
         subject,
         start: plan.start,
-        start_file: plan.start.and_then(|s| held.get(&s).cloned()),
+        start_file: plan
+            .start
+            .and_then(|s| held.get(&s).and_then(|c| c.last()).cloned()),
         path: plan.steps.clone(),
         codecs_fetched: plan.fetch.clone(),
         bytes_planned: plan.bytes,
@@ -167,7 +173,7 @@ pub fn pull(
     // then each downloaded step's.
     let any_compact = plan.steps.iter().any(|s| s.compact.is_some());
     let mut base_header = match plan.start {
-        Some(s) if any_compact => Some(Reader::open(&held[&s])?.header().clone()),
+        Some(s) if any_compact => Some(Chain::open(&held[&s])?.top().clone()),
         _ => None,
     };
     for step in &plan.steps {
@@ -206,16 +212,8 @@ pub fn pull(
     }
     report.bytes_transferred = reg.received() - before;
 
-    let start_file = plan.start.map(|s| held[&s].clone());
-    let kind = assemble(
-        &plan,
-        subject,
-        start_file.as_deref(),
-        &blobs,
-        opts,
-        codecs,
-        progress,
-    )?;
+    let start = plan.start.map(|s| held[&s].as_slice());
+    let kind = assemble(&plan, subject, start, &blobs, opts, codecs, progress)?;
     report.output = Some(kind);
     for (b, _, _) in &blobs {
         let _ = std::fs::remove_file(b);
@@ -313,7 +311,7 @@ pub fn fetch_codec(reg: &Registry, codecs: &Codecs, c: &CodecItem) -> Result<()>
 fn assemble(
     plan: &Plan,
     subject: Option<Digest>,
-    start_file: Option<&Path>,
+    start: Option<&[PathBuf]>,
     blobs: &[(PathBuf, Digest, u64)],
     opts: &PullOptions,
     codecs: &Codecs,
@@ -338,16 +336,16 @@ fn assemble(
     };
     let result = tmp("out");
     let mut scratch = vec![];
-    let want_full = opts.full || plan.start.is_none();
+    let start = start.unwrap_or_default();
+    let want_full = opts.full || start.is_empty() || start.len() >= opts.max_chain;
     let r = (|| -> Result<()> {
-        if blobs.is_empty() {
-            // The client holds the target already.
-            let src = start_file.context("nothing to pull and nothing held")?;
+        if let ([src], true) = (start, blobs.is_empty()) {
+            // The client holds the target already, as one file.
             std::fs::copy(src, &result).with_context(|| format!("copying {}", src.display()))?;
-        } else if want_full && blobs.len() == 1 && plan.start.is_none() {
+        } else if want_full && blobs.len() == 1 && start.is_empty() {
             place(&blobs[0], &result)?;
-        } else if want_full {
-            let mut chain: Vec<PathBuf> = start_file.map(Path::to_path_buf).into_iter().collect();
+        } else if want_full || blobs.is_empty() {
+            let mut chain = start.to_vec();
             chain.extend(blobs.iter().map(|(p, _, _)| p.clone()));
             let chain = Chain::open(&chain)?;
             materialize(&chain, codecs, &result, opts.level, opts.threads, progress)?;
