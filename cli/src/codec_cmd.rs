@@ -41,6 +41,9 @@ pub enum CodecCommand {
     Add {
         /// A .wasm component.
         file: PathBuf,
+        /// One JSON object on stdout (as `list` shows a codec).
+        #[arg(long)]
+        json: bool,
     },
     /// Write a codec's component to a file.
     Export {
@@ -49,6 +52,9 @@ pub enum CodecCommand {
         /// Where to write the .wasm file.
         #[arg(short, long)]
         output: PathBuf,
+        /// One JSON object on stdout (as `list` shows a codec, and the file).
+        #[arg(long)]
+        json: bool,
     },
     /// Diff OLD and NEW with a codec, patch back, check the bytes, report size and time.
     Test {
@@ -117,8 +123,11 @@ pub fn run(a: &CodecArgsCmd) -> Result<()> {
     match &a.command {
         CodecCommand::List { json } => list(&codecs, *json),
         CodecCommand::Inspect { file, json } => inspect(&codecs, file, *json),
-        CodecCommand::Add { file } => {
+        CodecCommand::Add { file, json } => {
             let (c, origin) = codecs.add_file(file)?;
+            if *json {
+                return print_json(&Entry::new(&c, origin));
+            }
             match origin {
                 CodecOrigin::Builtin => {
                     println!("{} {} is built in; nothing to add", c.name(), c.digest())
@@ -132,10 +141,22 @@ pub fn run(a: &CodecArgsCmd) -> Result<()> {
             }
             Ok(())
         }
-        CodecCommand::Export { codec, output } => {
+        CodecCommand::Export {
+            codec,
+            output,
+            json,
+        } => {
             let c = codecs.resolve(codec)?;
             let bytes = codecs.component_bytes(&c.digest())?;
             fsutil::write_atomic(output, &bytes)?;
+            if *json {
+                let origin = origin_of(&bytes, CodecOrigin::Store);
+                let mut v =
+                    d4c_host::digest::in_oci_form(|| serde_json::to_value(Entry::new(&c, origin)))?;
+                v["output"] = output.display().to_string().into();
+                v["size"] = bytes.len().into();
+                return print_json(&v);
+            }
             println!(
                 "wrote {} {} ({}) to {}",
                 c.name(),
@@ -152,6 +173,18 @@ pub fn run(a: &CodecArgsCmd) -> Result<()> {
             level,
             json,
         } => test(&codecs, codec, old, new, *level, *json),
+    }
+}
+
+/// Built in if `bytes` are a built-in component, else `otherwise`.
+fn origin_of(bytes: &[u8], otherwise: CodecOrigin) -> CodecOrigin {
+    let builtin = d4c_host::codec::builtin_components()
+        .iter()
+        .any(|b| b.bytes == bytes);
+    if builtin {
+        CodecOrigin::Builtin
+    } else {
+        otherwise
     }
 }
 
@@ -175,14 +208,7 @@ fn list(codecs: &Codecs, json: bool) -> Result<()> {
 
 fn inspect(codecs: &Codecs, file: &PathBuf, json: bool) -> Result<()> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    let origin = if d4c_host::codec::builtin_components()
-        .iter()
-        .any(|b| b.bytes == bytes.as_slice())
-    {
-        CodecOrigin::Builtin
-    } else {
-        CodecOrigin::File
-    };
+    let origin = origin_of(&bytes, CodecOrigin::File);
     match Codec::load(codecs.runtime(), &bytes) {
         Ok(c) => {
             let e = Entry::new(&c, origin);

@@ -101,7 +101,8 @@ pub struct PushArgs {
 pub struct PullArgs {
     /// `HOST[:PORT]/REPO:TAG`, or `REPO:TAG` with --server.
     reference: String,
-    /// Ask this d4c update server (e.g. http://host:7000) to choose and merge the update.
+    /// Ask this d4c update server (http://HOST:PORT, or HOST:PORT) to choose
+    /// and merge the update.
     #[arg(long, value_name = "URL")]
     server: Option<String>,
     /// A full image file this machine holds (repeatable): updates may start
@@ -251,10 +252,16 @@ fn held_codecs(a: &PullArgs, codecs: &Codecs) -> Result<HashSet<Digest>> {
 fn pull_reference(a: &PullArgs) -> Result<(Reference, bool)> {
     match &a.server {
         Some(url) => {
+            // A URL, or HOST:PORT as registries are named (plain HTTP on
+            // loopback or with --tls-verify=false, else HTTPS).
             let url = url.trim_end_matches('/');
             anyhow::ensure!(
-                url.starts_with("http://") || url.starts_with("https://"),
-                "--server takes a URL (http://HOST:PORT), not {url:?}"
+                !url.is_empty()
+                    && !url
+                        .trim_start_matches("https://")
+                        .trim_start_matches("http://")
+                        .contains('/'),
+                "--server takes http[s]://HOST[:PORT] or HOST[:PORT], not {url:?}"
             );
             Ok((Reference::parse(&format!("{url}/{}", a.reference))?, true))
         }

@@ -299,3 +299,55 @@ fn attached_deltas_leave_the_tag_an_ordinary_image() {
     );
     assert!(!ok && err.contains("no d4c artifacts attached"), "{err}");
 }
+
+/// A node whose d4c store (`d4c pull`) holds v1 and whose snapshotter shares
+/// it (`shared_store`): kubelet's pull of v2 fetches only the delta, the
+/// start's files copied from the store; without the store, the whole image.
+#[test]
+fn the_snapshotter_starts_from_the_shared_d4c_store() {
+    use d4c_snapshotter::remote::{self, RemoteOptions, Target};
+    let Some(_) = d4c_tests::services::env("D4C_TEST_REGISTRY") else {
+        return;
+    };
+    let s = Series::build(Path::new(D4C), "attach-shared");
+    let (repo, _, m2) = ordinary_images(&s, "shared");
+    s.ok(&["push", &s.p("v1.cdimg"), &format!("{repo}:v1"), "--attach"]);
+    for f in ["v2.cdimg", "d12.cdimg"] {
+        s.ok(&["push", &s.p(f), &format!("{repo}:v2"), "--attach"]);
+    }
+    let home = s.dir.join("node-d4c");
+    let (ok, _, err) = run_d4c(Path::new(D4C), &home, &["pull", &format!("{repo}:v1")]);
+    assert!(ok, "{err}");
+
+    let target = Target {
+        chain_id: "sha256:chain".into(),
+        repository: Reference::parse(&repo).unwrap(),
+        manifest: m2.parse().unwrap(),
+        layer: m2.parse().unwrap(),
+    };
+    let codecs = d4c_tests::codecs_in(&s.dir.join("node-codecs"));
+    let fetch = |shared: Option<std::path::PathBuf>, root: &str| {
+        let blobs = d4c_host::image::store::Blobs::open(&s.dir.join(root)).unwrap();
+        let opts = RemoteOptions {
+            shared_store: shared,
+            ..RemoteOptions::default()
+        };
+        let held = std::collections::BTreeMap::new();
+        remote::fetch(&target, &held, &blobs, &codecs, &opts)
+            .unwrap()
+            .expect("artifacts attached")
+    };
+    let f = fetch(Some(home.join("images")), "node-shared");
+    let v1_id = s.inspect("v1.cdimg")["image_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(f.start.map(|d| d.oci()), Some(v1_id));
+    let d12 = std::fs::metadata(s.dir.join("d12.cdimg")).unwrap().len();
+    assert_eq!(f.received, d12);
+    assert_eq!(f.image.chain.len(), 1, "v1's file, copied in");
+    assert_eq!(f.downloads.len(), 1, "the delta");
+    let alone = fetch(None, "node-alone");
+    assert_eq!(alone.start, None);
+    assert!(alone.received > d12);
+}

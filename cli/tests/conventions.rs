@@ -116,3 +116,108 @@ fn man_pages_for_every_command() {
         assert!(text.contains(word), "{page}: no {word}");
     }
 }
+
+/// The codec flags show (and are taken) only where codecs run.
+#[test]
+fn codec_flags_only_where_codecs_run() {
+    let help = |args: &[&str]| {
+        let out = Command::new(D4C).args(args).arg("--help").output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    for cmd in [&["diff"][..], &["pull"], &["mount"], &["codec", "list"]] {
+        let h = help(cmd);
+        assert!(
+            h.contains("--codec-memory") && h.contains("--codec-dir"),
+            "{cmd:?}: {h}"
+        );
+    }
+    // Builds with the built-in gzip only, serves with its own codec store.
+    for cmd in ["convert", "serve"] {
+        let h = help(&[cmd]);
+        assert!(
+            h.contains("--codec-memory") && !h.contains("--codec-dir"),
+            "{cmd}: {h}"
+        );
+    }
+    for cmd in ["inspect", "images", "rmi", "umount", "load", "completion"] {
+        assert!(!help(&[cmd]).contains("--codec"), "{cmd}");
+    }
+    let out = Command::new(D4C)
+        .args(["inspect", "x.cdimg", "--codec-memory", "1G"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+/// `codec export` and `codec add` report as `codec list` does with --json.
+#[test]
+fn codec_export_and_add_in_json() {
+    let home = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let (ok, out, err) = d4c_tests::run_d4c(Path::new(D4C), home.path(), args);
+        assert!(ok, "{args:?}: {err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+    let file = home.path().join("bsdiff.wasm");
+    let f = file.to_str().unwrap();
+    let exported = run(&["codec", "export", "bsdiff", "-o", f, "--json"]);
+    let digest = d4c_host::digest::of_file(&file).unwrap().0;
+    assert_eq!(exported["sha256"], digest.oci());
+    assert_eq!(exported["origin"], "builtin");
+    assert_eq!(exported["output"], f);
+    let added = run(&["codec", "add", f, "--json"]);
+    assert_eq!(added["sha256"], digest.oci());
+    assert_eq!(added["name"], "bsdiff");
+}
+
+/// `d4c serve --log-format json` writes one JSON object per event on stderr.
+#[test]
+fn serve_logs_json_lines() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("serve.log");
+    let (mut child, url) = d4c_tests::start_serve(
+        Command::new(D4C)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+                "--store",
+            ])
+            .arg(dir.path().join("store"))
+            .env("D4C_HOME", dir.path().join("home"))
+            .env_remove("RUST_LOG")
+            .stderr(std::fs::File::create(&log).unwrap()),
+    );
+    let body = r#"{"repository":"team/app","tag":"v1","have":[],"codecs":[],"fetch_codecs":true}"#;
+    let mut c = std::net::TcpStream::connect(url.trim_start_matches("http://")).unwrap();
+    write!(
+        c,
+        "POST /d4c/v1/pull HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect();
+    let pull = events
+        .iter()
+        .find(|e| {
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("pull team/app:v1"))
+        })
+        .unwrap_or_else(|| panic!("no pull event in {text}"));
+    assert_eq!(pull["level"], "WARN", "{pull}");
+    assert!(pull["timestamp"].is_string(), "{pull}");
+}

@@ -839,6 +839,16 @@ fn update_server_merges_and_negotiates() {
         &s.p("x.cdimg"),
     ]);
     assert!(err.contains("needs codecs you lack"), "{err}");
+    // HOST:PORT names the server as it names a registry (loopback: HTTP).
+    let plan = c.pull(&[
+        "--server",
+        srv.host(),
+        "app:v3",
+        "--have",
+        &have,
+        "--dry-run",
+    ]);
+    assert_eq!(plan["target"], image_id(&s, "v3.cdimg"), "{plan}");
     // Its metrics count what it did.
     assert!(srv.metric("d4c_serve_requests_total", "route=\"pull\",code=\"200\"") >= 3);
     assert!(srv.metric("d4c_serve_requests_total", "code=\"404\"") >= 1);

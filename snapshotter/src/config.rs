@@ -28,6 +28,9 @@ pub struct Config {
     pub log_format: Option<String>,
     /// Where to serve Prometheus metrics (`HOST:PORT`), if anywhere.
     pub metrics_address: Option<String>,
+    /// A d4c image store (`$D4C_HOME/images` of `d4c pull`) whose images
+    /// updates may start from too.
+    pub shared_store: Option<PathBuf>,
     /// Caps on codec calls.
     #[serde(default)]
     pub codec: CodecConfig,

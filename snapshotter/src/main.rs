@@ -68,6 +68,10 @@ struct Flags {
     /// on loopback or a private network).
     #[arg(long, value_name = "ADDR")]
     metrics_address: Option<String>,
+    /// A d4c image store (e.g. /root/.local/share/d4c/images, filled by
+    /// `d4c pull`) whose images updates may start from too.
+    #[arg(long, value_name = "DIR")]
+    shared_store: Option<PathBuf>,
     /// Run as the mount manager of `--root` (the snapshotter starts it).
     #[arg(long, hide = true)]
     mount_manager: bool,
@@ -121,6 +125,7 @@ impl Args {
                 ..ConnectOptions::default()
             },
             keep_per_repository: f.keep_per_repository.or(c.keep_per_repository).unwrap_or(2),
+            shared_store: f.shared_store.or(c.shared_store),
             ..RemoteOptions::default()
         };
         remote.mirrors = c

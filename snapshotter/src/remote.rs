@@ -50,6 +50,9 @@ pub struct RemoteOptions {
     /// Per registry host, the login to use (containerd's CRI registry
     /// config); other hosts' come from the auth files.
     pub logins: BTreeMap<String, d4c_host::registry::auth::Credentials>,
+    /// A d4c image store (`$D4C_HOME/images`, filled by `d4c pull`) whose
+    /// images updates may start from too: the start's files are copied in.
+    pub shared_store: Option<PathBuf>,
 }
 
 impl Default for RemoteOptions {
@@ -60,6 +63,7 @@ impl Default for RemoteOptions {
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             mirrors: BTreeMap::new(),
             logins: BTreeMap::new(),
+            shared_store: None,
         }
     }
 }
@@ -126,8 +130,13 @@ pub fn fetch(
     let Some(attached) = attach::discover(&reg, &target.manifest)? else {
         return Ok(None);
     };
+    let shared = shared_images(opts)?;
     let holdings = Holdings {
-        images: held.values().map(|i| i.image_id).collect(),
+        images: held
+            .values()
+            .map(|i| i.image_id)
+            .chain(shared.iter().map(|(i, _)| i.image_id))
+            .collect(),
         codecs: codecs.held()?.into_iter().collect::<HashSet<_>>(),
         fetch_codecs: true,
     };
@@ -135,12 +144,8 @@ pub fn fetch(
     for c in &plan.fetch {
         fetch_codec(&reg, codecs, c)?;
     }
-    let mut chain: Vec<String> = match plan.start {
-        Some(s) => held
-            .values()
-            .find(|i| i.image_id == s)
-            .map(|i| i.chain.clone())
-            .context("the plan starts from an image not held")?,
+    let mut chain = match plan.start {
+        Some(s) => start_chain(s, held, &shared, store)?,
         None => Vec::new(),
     };
     let mut paths: Vec<PathBuf> = chain.iter().map(|n| store.path(n)).collect();
@@ -187,6 +192,42 @@ pub fn fetch(
         received: reg.received(),
         took: (downloaded, started.elapsed() - downloaded),
     }))
+}
+
+/// The chain (names in `store`) of the held image `start`: the snapshotter's
+/// own, or a shared store's, copied in.
+fn start_chain(
+    start: Digest,
+    held: &BTreeMap<Digest, StoredImage>,
+    shared: &[(d4c_host::image::store::StoredImage, Vec<PathBuf>)],
+    store: &Blobs,
+) -> Result<Vec<String>> {
+    if let Some(i) = held.values().find(|i| i.image_id == start) {
+        return Ok(i.chain.clone());
+    }
+    let (_, files) = shared
+        .iter()
+        .find(|(i, _)| i.image_id == start)
+        .context("the plan starts from an image not held")?;
+    files.iter().map(|f| store.import(f)).collect()
+}
+
+/// The images of the shared d4c store, with their files, if there is one.
+fn shared_images(
+    opts: &RemoteOptions,
+) -> Result<Vec<(d4c_host::image::store::StoredImage, Vec<PathBuf>)>> {
+    let Some(dir) = opts.shared_store.as_deref().filter(|d| d.is_dir()) else {
+        return Ok(Vec::new());
+    };
+    let store = d4c_host::image::store::ImageStore::open(dir)?;
+    Ok(store
+        .list()?
+        .into_iter()
+        .map(|i| {
+            let files = store.paths(&i);
+            (i, files)
+        })
+        .collect())
 }
 
 /// The repository through its first mirror that answers, else itself.

@@ -27,14 +27,18 @@ pub struct Reference {
 }
 
 impl Reference {
-    /// Parses `[http://|https://]HOST[:PORT]/REPO[:TAG][@sha256:HEX]`. A first
+    /// Parses `[http://|https://|docker://]HOST[:PORT]/REPO[:TAG][@sha256:HEX]`
+    /// (`docker://` as skopeo writes references: no scheme forced). A first
     /// component with no `.` or `:` that is not `localhost` is a Docker Hub
     /// repository.
     pub fn parse(s: &str) -> Result<Reference> {
         let (scheme, rest) = match s.split_once("://") {
             Some(("http", r)) => (Some(false), r),
             Some(("https", r)) => (Some(true), r),
-            Some((other, _)) => bail!("{s:?}: unknown scheme {other:?} (use http or https)"),
+            Some(("docker", r)) => (None, r),
+            Some((other, _)) => {
+                bail!("{s:?}: unknown scheme {other:?} (use docker, http or https)")
+            }
             None => (None, s),
         };
         ensure!(!rest.is_empty(), "empty image reference");
@@ -192,6 +196,8 @@ mod tests {
         assert_eq!(r.repository, "library/debian");
         assert_eq!(r.api_base(), "https://registry-1.docker.io");
 
+        let r = Reference::parse("docker://127.0.0.1:5000/d4c/debian:v4").unwrap();
+        assert_eq!(r, Reference::parse("127.0.0.1:5000/d4c/debian:v4").unwrap());
         let r = Reference::parse("http://10.0.0.1:5000/x:y").unwrap();
         assert!(r.plain_http);
         let r = Reference::parse("https://localhost:5000/x:y").unwrap();
