@@ -241,7 +241,8 @@ impl ImageStore {
     }
 
     /// Names `image` (its chain's files already stored), replacing what the
-    /// name named, and removes the files no name uses any more.
+    /// name named, and removes the files no name uses any more: callers store
+    /// files and name them under one [`StoreLock`].
     pub fn set(&self, lock: &StoreLock, image: StoredImage) -> Result<()> {
         let mut index = self.index()?;
         index.images.insert(image.name.clone(), image);
@@ -319,8 +320,9 @@ mod tests {
         let lock = store.lock().unwrap();
         let v1 = image("127.0.0.1:5000/app:v1", &[&names[0]], 1);
         let v2 = image("127.0.0.1:5000/app:v2", &[&names[0], &names[1]], 2);
-        store.set(&lock, v1.clone()).unwrap();
+        // Files no name uses go at every change: v2 (which uses both) first.
         store.set(&lock, v2.clone()).unwrap();
+        store.set(&lock, v1.clone()).unwrap();
         assert_eq!(store.list().unwrap(), vec![v1.clone(), v2.clone()]);
         // Any spelling of the full name, or the repository and tag alone.
         for n in [
