@@ -261,7 +261,7 @@ pub fn convert(a: &ConvertArgs) -> Result<()> {
             let lock = store.lock()?;
             let tmp = store.blobs().scratch_path("convert");
             let c = builder::convert(&source, &open, &tmp, opts, Some(&gzip), &Bar::new())?;
-            store_cmd::store_file(&store, &lock, n, &tmp, c.image_id, c.manifest)?;
+            store_cmd::store_file(&store, &lock, n, vec![], &tmp, (c.image_id, c.manifest))?;
             c
         }
         (None, None) => unreachable!("checked above"),

@@ -171,7 +171,7 @@ fn stored<'a>(
     if arg.exists() {
         return Ok(None);
     }
-    let Some(name) = arg.to_str() else {
+    let Some(name) = arg.to_str().filter(|n| !looks_like_file(n)) else {
         return Ok(None);
     };
     if store.is_none() {
@@ -180,7 +180,6 @@ fn stored<'a>(
     let s = store.as_ref().expect("just opened");
     match s.find(name)? {
         Some(image) => Ok(Some((s, image))),
-        None if looks_like_file(name) => Ok(None),
         None => anyhow::bail!(
             "{name}: no such file, and no image of that name in the store (see d4c images)"
         ),
@@ -199,20 +198,24 @@ pub fn canonical(name: &str) -> Result<String> {
     })
 }
 
-/// Stores `file`, a full image the store's scratch file holds (see
-/// [`d4c_host::image::store::Blobs::scratch_path`]), as `name`.
+/// Stores `file` (the store's scratch file: see
+/// [`d4c_host::image::store::Blobs::scratch_path`]) on top of `below` (names
+/// in the store; empty when `file` is a full image) as `name`, the image
+/// `(id, original manifest)`.
 pub fn store_file(
     store: &ImageStore,
     lock: &StoreLock,
     name: &str,
+    mut below: Vec<String>,
     file: &Path,
-    image_id: Digest,
-    manifest: Option<Digest>,
+    (image_id, manifest): (Digest, Option<Digest>),
 ) -> Result<StoredImage> {
+    let name = canonical(name)?;
+    below.push(store.blobs().take(file)?);
     let image = StoredImage {
-        name: canonical(name)?,
+        name,
         image_id,
-        chain: vec![store.blobs().take(file)?],
+        chain: below,
         manifest,
         updated: store::now(),
     };

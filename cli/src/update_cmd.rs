@@ -271,7 +271,7 @@ fn pull_reference(a: &PullArgs) -> Result<(Reference, bool)> {
 
 /// Where a pull writes: a file, or the local store (locked while it pulls,
 /// unless it only plans).
-enum Into {
+enum Destination {
     File(PathBuf),
     Store(ImageStore, Option<StoreLock>),
 }
@@ -285,19 +285,20 @@ pub fn pull(a: &PullArgs) -> Result<()> {
         false => r.manifest_ref()?,
     };
     let into = match &a.output {
-        Some(o) => Into::File(o.clone()),
+        Some(o) => Destination::File(o.clone()),
         None => {
             let store = crate::store_cmd::open()?;
             let lock = (!a.dry_run).then(|| store.lock()).transpose()?;
-            Into::Store(store, lock)
+            Destination::Store(store, lock)
         }
     };
-    let mut have: Vec<Vec<PathBuf>> = a.have.iter().map(|h| vec![h.clone()]).collect();
+    // The --have files, then (into the store) every stored chain.
     let stored = match &into {
-        Into::File(_) => Vec::new(),
-        Into::Store(store, _) => store.list()?,
+        Destination::File(_) => Vec::new(),
+        Destination::Store(store, _) => store.list()?,
     };
-    if let Into::Store(store, _) = &into {
+    let mut have: Vec<Vec<PathBuf>> = a.have.iter().map(|h| vec![h.clone()]).collect();
+    if let Destination::Store(store, _) = &into {
         have.extend(stored.iter().map(|i| store.paths(i)));
     }
     let reg = a.conn.connect(&r, a.limit_rate)?;
@@ -309,14 +310,14 @@ pub fn pull(a: &PullArgs) -> Result<()> {
     let opts = PullOptions {
         have,
         max_chain: match &into {
-            Into::File(_) => usize::MAX,
-            Into::Store(..) => MAX_CHAIN,
+            Destination::File(_) => usize::MAX,
+            Destination::Store(..) => MAX_CHAIN,
         },
         codecs: held_codecs(a, &codecs)?,
         fetch_codecs: !a.no_fetch_codecs,
         out: match &into {
-            Into::File(o) => o.clone(),
-            Into::Store(store, _) => store.blobs().scratch_path("pull"),
+            Destination::File(o) => o.clone(),
+            Destination::Store(store, _) => store.blobs().scratch_path("pull"),
         },
         full: a.full,
         dry_run: a.dry_run,
@@ -327,9 +328,36 @@ pub fn pull(a: &PullArgs) -> Result<()> {
     };
     let report = pull::pull(source, &tag, &opts, &codecs, &Bar::new())
         .with_context(|| format!("pulling {r}"))?;
+    // The held image the update started from: a stored one, or a --have file.
+    let start_stored = report.start_file.as_ref().and_then(|f| {
+        let chains = &opts.have[a.have.len()..];
+        stored
+            .iter()
+            .zip(chains)
+            .find_map(|(i, c)| (c.last() == Some(f)).then_some(i))
+    });
     let stored_as = match (&into, report.output) {
-        (Into::Store(store, Some(lock)), Some(kind)) => {
-            Some(store_pulled(store, lock, &r, &report, kind, &opts)?)
+        (Destination::Store(store, Some(lock)), Some(kind)) => {
+            let start = match (kind, start_stored, &report.start_file) {
+                (ImageKind::Image, _, _) => Vec::new(),
+                (ImageKind::Delta, Some(i), _) => i.chain.clone(),
+                (ImageKind::Delta, None, Some(f)) => vec![store.blobs().import(f)?],
+                (ImageKind::Delta, None, None) => anyhow::bail!("a delta from no image"),
+            };
+            let manifest = Reader::open(&opts.out)?
+                .header()
+                .origin
+                .as_ref()
+                .map(|o| o.manifest_digest());
+            let name = r.to_string();
+            Some(crate::store_cmd::store_file(
+                store,
+                lock,
+                &name,
+                start,
+                &opts.out,
+                (report.target, manifest),
+            )?)
         }
         _ => None,
     };
@@ -340,58 +368,12 @@ pub fn pull(a: &PullArgs) -> Result<()> {
         }
         return print_json(&v);
     }
-    // The start by its name in the store, if it is a stored image.
-    let start = report.start_file.as_ref().map(|f| {
-        match stored
-            .iter()
-            .zip(&opts.have[a.have.len()..])
-            .find(|(_, c)| c.last() == Some(f))
-        {
-            Some((i, _)) => i.name.clone(),
-            None => f.display().to_string(),
-        }
-    });
+    let start = match (start_stored, &report.start_file) {
+        (Some(i), _) => Some(i.name.clone()),
+        (None, f) => f.as_ref().map(|f| f.display().to_string()),
+    };
     print_pull(a, &report, start, &opts, stored_as.as_ref());
     Ok(())
-}
-
-/// Names what a pull wrote into the store: a full image, or the held chain it
-/// started from and the delta.
-fn store_pulled(
-    store: &ImageStore,
-    lock: &StoreLock,
-    r: &Reference,
-    report: &PullReport,
-    kind: ImageKind,
-    opts: &PullOptions,
-) -> Result<StoredImage> {
-    let mut chain = Vec::new();
-    if kind == ImageKind::Delta {
-        let start = report
-            .start_file
-            .as_ref()
-            .context("a delta from no image")?;
-        let held = opts
-            .have
-            .iter()
-            .find(|c| c.last() == Some(start))
-            .context("the pull started from an image not held")?;
-        for f in held {
-            chain.push(store.blobs().import(f)?);
-        }
-    }
-    let top = store.blobs().take(&opts.out)?;
-    let header = Reader::open(&store.blobs().path(&top))?.header().clone();
-    chain.push(top);
-    let image = StoredImage {
-        name: crate::store_cmd::canonical(&r.to_string())?,
-        image_id: report.target,
-        chain,
-        manifest: header.origin.as_ref().map(|o| o.manifest_digest()),
-        updated: d4c_host::image::store::now(),
-    };
-    store.set(lock, image.clone())?;
-    Ok(image)
 }
 
 /// The human form of a pull's report.
