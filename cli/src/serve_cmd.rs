@@ -147,6 +147,7 @@ pub fn run(a: &ServeArgs) -> Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", a.listen))?;
         let addr = listener.local_addr()?;
+        let stop = shutdown()?;
         println!(
             "d4c serve: listening on {}://{addr} (store {})",
             if tls.is_some() { "https" } else { "http" },
@@ -165,12 +166,12 @@ pub fn run(a: &ServeArgs) -> Result<()> {
             Some(config) => {
                 let listener = tls::TlsListener::new(listener, config)?;
                 axum::serve(listener, app)
-                    .with_graceful_shutdown(shutdown())
+                    .with_graceful_shutdown(stop)
                     .await
             }
             None => {
                 axum::serve(listener, app)
-                    .with_graceful_shutdown(shutdown())
+                    .with_graceful_shutdown(stop)
                     .await
             }
         }
@@ -178,15 +179,19 @@ pub fn run(a: &ServeArgs) -> Result<()> {
     })
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown() {
+/// A future that resolves on SIGTERM or SIGINT, the handlers installed now
+/// (before the server says it is ready: a signal right after that stops it
+/// gracefully instead of killing it).
+fn shutdown() -> Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }
 
 /// Whether `listen` (`host:port`) is a loopback address.

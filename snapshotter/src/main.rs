@@ -260,13 +260,16 @@ async fn run(args: Args) -> Result<()> {
         snapshotter.root().display(),
         args.address.display()
     );
+    // The handlers are in place before READY=1: a SIGTERM right after it
+    // stops the server instead of killing it.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     d4c_host::notify::ready()?;
-    let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
+    let shutdown = async move {
         tokio::select! {
             _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
+            _ = int.recv() => {}
         }
         eprintln!("d4c-snapshotter: shutting down");
     };
