@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 const BUILTINS: &[(&str, &str)] = &[
     ("d4c-codec-bsdiff", "BSDIFF"),
+    ("d4c-codec-elf-refs", "ELF_REFS"),
     ("d4c-codec-zstd-dict", "ZSTD_DICT"),
     ("d4c-codec-gzip", "GZIP"),
 ];

@@ -315,11 +315,7 @@ struct DiffReport {
 pub fn diff(a: &DiffArgs) -> Result<()> {
     let codecs = a.codecs.codecs()?;
     let choice = if a.codec == "auto" {
-        CodecChoice::Auto {
-            bsdiff: codecs.builtin("bsdiff")?,
-            zstd_dict: codecs.builtin("zstd-dict")?,
-            gzip: codecs.builtin("gzip")?,
-        }
+        CodecChoice::auto(&codecs)?
     } else {
         CodecChoice::Fixed(codecs.resolve(&a.codec)?)
     };

@@ -4,7 +4,9 @@
 //! Usage (scripts/bench-codecs fetches real pairs and runs this):
 //!   cargo bench -p d4c-tests --bench codecs -- LABEL=OLD:NEW ...
 //! Prints a markdown table. Times are wall-clock seconds, best of `D4C_BENCH_RUNS`
-//! (default 1) runs, on whatever else the machine is doing.
+//! (default 1) runs, on whatever else the machine is doing. `D4C_BENCH_CODECS`
+//! picks the codecs (default `bsdiff,elf-refs,zstd-dict`); `D4C_BENCH_NO_CLI`
+//! skips the classic CLIs.
 
 use std::path::Path;
 use std::process::Command;
@@ -71,16 +73,20 @@ fn main() {
         let old = std::fs::read(old_p).unwrap();
         let new = std::fs::read(new_p).unwrap();
         let mb = new.len() as f64 / 1e6;
-        for name in ["bsdiff", "zstd-dict"] {
+        let codec_names = std::env::var("D4C_BENCH_CODECS")
+            .unwrap_or_else(|_| "bsdiff,elf-refs,zstd-dict".into());
+        for name in codec_names.split(',') {
             let wasm = codecs.builtin(name).unwrap();
             let (native_d, nd) = best(runs, || match name {
                 "bsdiff" => d4c_codec_bsdiff::Bsdiff::diff(&old, &new, 0).unwrap(),
+                "elf-refs" => d4c_codec_elf_refs::ElfRefs::diff(&old, &new, 0).unwrap(),
                 _ => d4c_codec_zstd_dict::ZstdDict::diff(&old, &new, 0).unwrap(),
             });
             let (wasm_d, wd) = best(runs, || wasm.diff(&old, &new, 0).unwrap());
             assert_eq!(native_d, wasm_d, "{name}: wasm and native deltas differ");
             let (_, np) = best(runs, || match name {
                 "bsdiff" => d4c_codec_bsdiff::Bsdiff::patch(&old, &native_d).unwrap(),
+                "elf-refs" => d4c_codec_elf_refs::ElfRefs::patch(&old, &native_d).unwrap(),
                 _ => d4c_codec_zstd_dict::ZstdDict::patch(&old, &native_d).unwrap(),
             });
             let (_, wp) = best(runs, || {
@@ -92,6 +98,9 @@ fn main() {
                 wasm_d.len() as f64 / 1e3,
                 wd / nd
             );
+        }
+        if std::env::var_os("D4C_BENCH_NO_CLI").is_some() {
+            continue;
         }
         let out = tmp.path().join("cli.out");
         let (bs, bt) = cli(Command::new("bsdiff").args([old_p, new_p]).arg(&out), &out);

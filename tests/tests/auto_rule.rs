@@ -6,11 +6,7 @@ use d4c_host::image::delta::diff::{auto_codecs, CodecChoice, AUTO_BOTH_LIMIT, LA
 fn choice() -> (tempfile::TempDir, CodecChoice) {
     let dir = tempfile::tempdir().unwrap();
     let c = d4c_tests::codecs_in(dir.path());
-    let auto = CodecChoice::Auto {
-        bsdiff: c.builtin("bsdiff").unwrap(),
-        zstd_dict: c.builtin("zstd-dict").unwrap(),
-        gzip: c.builtin("gzip").unwrap(),
-    };
+    let auto = CodecChoice::auto(&c).unwrap();
     (dir, auto)
 }
 
@@ -34,8 +30,13 @@ fn auto_offers_gzip_first_both_built_ins_up_to_the_limit_and_two_levels_above() 
         names(&auto_codecs(&auto, 1000, 1000, &gz, 0)),
         owned(&[("gzip", 0), ("bsdiff", 0), ("zstd-dict", 0)])
     );
+    // ELF files get elf-refs in bsdiff's place.
     assert_eq!(
         names(&auto_codecs(&auto, 1000, 1000, elf, 7)),
+        owned(&[("elf-refs", 7), ("zstd-dict", 7)])
+    );
+    assert_eq!(
+        names(&auto_codecs(&auto, 1000, 1000, b"#!/bin/sh", 7)),
         owned(&[("bsdiff", 7), ("zstd-dict", 7)])
     );
     let big = AUTO_BOTH_LIMIT + 1;

@@ -25,13 +25,8 @@ impl Codec for Bsdiff {
     const CAN_MERGE: bool = true;
 
     fn diff(old: &[u8], new: &[u8], level: u8) -> Result<Vec<u8>> {
-        Self::check_size("old", old.len())?;
-        Self::check_size("new", new.len())?;
-        let level = if level == 0 {
-            DEFAULT_LEVEL
-        } else {
-            level.min(22)
-        };
+        Self::check_inputs(old, new)?;
+        let level = d4c_codec_guest::effort(level, DEFAULT_LEVEL);
         search::diff(old, new).encode(level)
     }
 
@@ -46,4 +41,5 @@ impl Codec for Bsdiff {
     }
 }
 
+#[cfg(feature = "component")]
 d4c_codec_guest::export_codec!(Bsdiff);

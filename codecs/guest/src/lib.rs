@@ -49,6 +49,16 @@ impl std::error::Error for Error {}
 /// Shorthand for codec results.
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// The effort a zstd-based codec uses for `level`: `default` for 0, else at
+/// most 22 (zstd's strongest).
+pub fn effort(level: u8, default: u8) -> u8 {
+    if level == 0 {
+        default
+    } else {
+        level.min(22)
+    }
+}
+
 /// A delta codec. See docs/CODECS.md for the contract every method must keep.
 pub trait Codec {
     /// Short lowercase name, `[a-z0-9-]{1,32}`.
@@ -70,6 +80,12 @@ pub trait Codec {
             "codec {} cannot merge",
             Self::NAME
         )))
+    }
+
+    /// Checks both inputs of [`Codec::diff`] against [`Codec::MAX_INPUT`].
+    fn check_inputs(old: &[u8], new: &[u8]) -> Result<()> {
+        Self::check_size("old", old.len())?;
+        Self::check_size("new", new.len())
     }
 
     /// Checks an input length against [`Codec::MAX_INPUT`].

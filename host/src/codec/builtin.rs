@@ -22,6 +22,10 @@ pub fn builtin_components() -> &'static [BuiltinComponent] {
             bytes: embedded::BSDIFF,
         },
         BuiltinComponent {
+            name: "elf-refs",
+            bytes: embedded::ELF_REFS,
+        },
+        BuiltinComponent {
             name: "zstd-dict",
             bytes: embedded::ZSTD_DICT,
         },
@@ -40,6 +44,14 @@ pub fn retired_components() -> &'static [BuiltinComponent] {
         BuiltinComponent {
             name: "bsdiff",
             bytes: include_bytes!("../../../codecs/retired/bsdiff-1.0.0-7d763bd9.wasm"),
+        },
+        BuiltinComponent {
+            name: "bsdiff",
+            bytes: include_bytes!("../../../codecs/retired/bsdiff-1.0.1-8012fe22.wasm"),
+        },
+        BuiltinComponent {
+            name: "zstd-dict",
+            bytes: include_bytes!("../../../codecs/retired/zstd-dict-1.0.0-e053f3eb.wasm"),
         },
         BuiltinComponent {
             name: "gzip",

@@ -28,6 +28,8 @@ pub enum CodecChoice {
     Auto {
         /// The built-in bsdiff.
         bsdiff: Codec,
+        /// The built-in elf-refs, which takes bsdiff's place on ELF files.
+        elf_refs: Codec,
         /// The built-in zstd-dict.
         zstd_dict: Codec,
         /// The built-in gzip.
@@ -62,6 +64,7 @@ pub fn auto_codecs<'a>(
         CodecChoice::Fixed(c) => vec![(c, level)],
         CodecChoice::Auto {
             bsdiff,
+            elf_refs,
             zstd_dict,
             gzip,
         } => {
@@ -70,7 +73,14 @@ pub fn auto_codecs<'a>(
                 out.push((gzip, level));
             }
             if old_size.max(new_size) <= AUTO_BOTH_LIMIT {
-                out.push((bsdiff, level));
+                // elf-refs runs bsdiff on the files as they are before it
+                // rewrites them, and keeps the smaller: it never loses to bsdiff.
+                let suffix = if new_head.starts_with(ELF_MAGIC) {
+                    elf_refs
+                } else {
+                    bsdiff
+                };
+                out.push((suffix, level));
             } else if level == 0 {
                 out.push((zstd_dict, LARGE_FILE_LEVEL));
             }
@@ -82,6 +92,20 @@ pub fn auto_codecs<'a>(
 
 /// A gzip member with deflate: what the gzip codec may apply to.
 const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b, 8];
+/// An ELF file: what elf-refs models.
+const ELF_MAGIC: &[u8] = b"\x7fELF";
+
+impl CodecChoice {
+    /// The `auto` rule with the built-in codecs of `codecs`.
+    pub fn auto(codecs: &crate::codec::Codecs) -> Result<CodecChoice> {
+        Ok(CodecChoice::Auto {
+            bsdiff: codecs.builtin("bsdiff")?,
+            elf_refs: codecs.builtin("elf-refs")?,
+            zstd_dict: codecs.builtin("zstd-dict")?,
+            gzip: codecs.builtin("gzip")?,
+        })
+    }
+}
 
 /// Whether a delta from `c` ends `auto`'s search: the gzip codec's, which sees
 /// the uncompressed content, is smaller than any byte-level delta of a deflate
@@ -685,21 +709,43 @@ impl<'a> FileJob<'a> {
         }
     }
 
-    /// Runs the tries `keep` selects against the old file alone, improving on `best`.
-    fn run(&self, keep: impl Fn(&Codec) -> bool, best: &mut Option<Encoded>) {
-        for &(c, level) in self.tries.iter().filter(|(c, _)| keep(c)) {
+    /// Runs the tries `keep` selects against the old file alone, improving on
+    /// `best`. A try whose delta ends the search (gzip's) runs first and alone;
+    /// the others run in parallel, so that a diff dominated by one large file
+    /// (node's 98 MB binary, tried at two levels) keeps both cores busy. The
+    /// smallest delta wins, the earlier try on a tie, as if run in order.
+    fn run(&self, keep: impl Fn(&Codec) -> bool + Sync, best: &mut Option<Encoded>) {
+        let choice = &self.cx.opts.codec;
+        let (first, rest): (Vec<_>, Vec<_>) = self
+            .tries
+            .iter()
+            .filter(|(c, _)| keep(c))
+            .partition(|(c, _)| final_under_auto(choice, c));
+        for &&(c, level) in &first {
             if let Some(delta) = self.attempt(c, &self.old_bytes, level) {
-                if best.as_ref().is_none_or(|b| delta.len() < b.delta.len()) {
-                    *best = Some(Encoded {
-                        codec: c.clone(),
-                        delta,
-                        dict: None,
-                    });
-                }
-                if final_under_auto(&self.cx.opts.codec, c) {
-                    break;
-                }
+                Self::keep_smaller(best, c, delta);
+                return;
             }
+        }
+        let deltas: Vec<_> = rest
+            .par_iter()
+            .with_max_len(1)
+            .map(|&&(c, level)| self.attempt(c, &self.old_bytes, level))
+            .collect();
+        for (&&(c, _), delta) in rest.iter().zip(deltas) {
+            if let Some(delta) = delta {
+                Self::keep_smaller(best, c, delta);
+            }
+        }
+    }
+
+    fn keep_smaller(best: &mut Option<Encoded>, c: &Codec, delta: Vec<u8>) {
+        if best.as_ref().is_none_or(|b| delta.len() < b.delta.len()) {
+            *best = Some(Encoded {
+                codec: c.clone(),
+                delta,
+                dict: None,
+            });
         }
     }
 
