@@ -108,6 +108,18 @@ pub fn debian_file(pkg: &str, version: &str, file: &str) -> Result<Vec<u8>> {
 /// The same file from the `n` newest versions of a Debian package, oldest first.
 /// Panics (failing the test) if fewer than `n` versions are available.
 pub fn debian_series(pkg: &str, file: &str, n: usize) -> Vec<Vec<u8>> {
+    newest(pkg, file, n, |v| debian_root(pkg, v))
+}
+
+/// As [`debian_series`], from the package built for another architecture
+/// (`arch`, e.g. `arm64`). apt knows only this machine's architecture, so each
+/// package is fetched (curl) from the URI apt gives for the amd64 build with
+/// the architecture swapped, then extracted once and cached.
+pub fn debian_foreign_series(pkg: &str, arch: &str, file: &str, n: usize) -> Vec<Vec<u8>> {
+    newest(pkg, file, n, |v| debian_foreign_root(pkg, arch, v))
+}
+
+fn newest(pkg: &str, file: &str, n: usize, root: impl Fn(&str) -> Result<PathBuf>) -> Vec<Vec<u8>> {
     let versions = debian_versions(pkg).expect("apt-cache madison");
     assert!(
         versions.len() >= n,
@@ -115,10 +127,41 @@ pub fn debian_series(pkg: &str, file: &str, n: usize) -> Vec<Vec<u8>> {
     );
     let mut out: Vec<Vec<u8>> = versions[..n]
         .iter()
-        .map(|v| debian_file(pkg, v, file).unwrap_or_else(|e| panic!("{e:#}")))
+        .map(|v| {
+            let target = root(v)
+                .unwrap_or_else(|e| panic!("{e:#}"))
+                .join(file.trim_start_matches('/'));
+            std::fs::read(&target)
+                .unwrap_or_else(|e| panic!("{file} not in {pkg} {v} ({}): {e}", target.display()))
+        })
         .collect();
     out.reverse();
     out
+}
+
+fn debian_foreign_root(pkg: &str, arch: &str, version: &str) -> Result<PathBuf> {
+    let dir = data_dir().join(format!("{pkg}_{arch}_{version}").replace([':', '~'], "_"));
+    let root = dir.join("root");
+    if root.is_dir() {
+        return Ok(root);
+    }
+    std::fs::create_dir_all(&dir)?;
+    let uris = sh(Command::new("apt-get")
+        .args(["download", "--print-uris", &format!("{pkg}={version}")])
+        .current_dir(&dir))?;
+    let uri = uris
+        .split_whitespace()
+        .next()
+        .map(|u| u.trim_matches('\''))
+        .filter(|u| u.ends_with("_amd64.deb"))
+        .with_context(|| format!("no amd64 URI for {pkg} {version} in {uris:?}"))?;
+    let uri = format!("{}_{arch}.deb", uri.trim_end_matches("_amd64.deb"));
+    let deb = dir.join("package.deb");
+    sh(Command::new("curl")
+        .args(["-sSfL", "--retry", "3", "-o"])
+        .arg(&deb)
+        .arg(&uri))?;
+    unpack(&deb, &root)
 }
 
 /// Runs a command, failing with its stderr.
@@ -151,11 +194,17 @@ pub fn debian_root(pkg: &str, version: &str) -> Result<PathBuf> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|x| x == "deb"))
         .context("no .deb downloaded")?;
-    let tmp = dir.join("root.tmp");
+    unpack(&deb, &root)
+}
+
+/// Extracts `deb` to `root` (through a temporary name, so a half-extracted
+/// tree is never taken for a cached one).
+fn unpack(deb: &Path, root: &Path) -> Result<PathBuf> {
+    let tmp = root.with_extension("tmp");
     let _ = std::fs::remove_dir_all(&tmp);
-    sh(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tmp))?;
-    std::fs::rename(&tmp, &root)?;
-    Ok(root)
+    sh(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&tmp))?;
+    std::fs::rename(&tmp, root)?;
+    Ok(root.to_path_buf())
 }
 
 /// A small real image series as an OCI layout built with umoci: a busybox-static

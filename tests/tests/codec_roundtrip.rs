@@ -123,6 +123,27 @@ fn zstd_dict_encodes_an_unchanged_large_binary_in_a_few_kilobytes() {
     assert!(delta.len() < 16 << 10, "delta {} bytes", delta.len());
 }
 
+/// AArch64 code (BL/B and ADRP rewritten): libcrypto from Debian's arm64
+/// builds of the two newest libssl3 packages.
+#[test]
+fn elf_refs_beats_bsdiff_on_a_real_aarch64_library_update() {
+    let v = d4c_tests::debian_foreign_series(
+        "libssl3",
+        "arm64",
+        "usr/lib/aarch64-linux-gnu/libcrypto.so.3",
+        2,
+    );
+    assert_eq!(&v[1][18..20], &[183, 0], "an AArch64 ELF (e_machine 183)");
+    let d = round_trip(&builtin("elf-refs"), &v[0], &v[1]);
+    let b = builtin("bsdiff").diff(&v[0], &v[1], 3).unwrap();
+    assert!(
+        d.len() < b.len(),
+        "elf-refs {} bytes, bsdiff {}",
+        d.len(),
+        b.len()
+    );
+}
+
 #[test]
 fn merge_rejects_deltas_that_do_not_chain() {
     let codec = builtin("bsdiff");
