@@ -660,12 +660,15 @@ fn update_server_merges_and_negotiates() {
         .to_string();
     let srv = Server::start(&s.dir.join("store"), &s.dir.join("server-home"));
     let r = format!("{}/app", srv.host());
+    // bsdiff's deltas, which merge through the codec: `auto` gives this
+    // series' libraries to elf-refs, whose aligned steps do not merge (they
+    // are kept as two steps, CODECS.md) and would leave the codec merge untried.
     push(&s, "v1.cdimg", &format!("{r}:v1"));
-    push(&s, "d12.cdimg", &format!("{r}:v2"));
-    push(&s, "d23.cdimg", &format!("{r}:v3"));
+    push(&s, "b12.cdimg", &format!("{r}:v2"));
+    push(&s, "b23.cdimg", &format!("{r}:v3"));
     push(&s, "v3.cdimg", &format!("{r}:v3"));
 
-    // Holding v1: the server merges d12 and d23 into one delta; only it moves.
+    // Holding v1: the server merges b12 and b23 into one delta; only it moves.
     let c = Client::new(&s, "server");
     let have = s.p("v1.cdimg");
     let rep = c.pull(&[
@@ -696,7 +699,7 @@ fn update_server_merges_and_negotiates() {
         merged["blob"].as_str().unwrap(),
         oci(&s.dir.join("m.cdimg"))
     );
-    assert!(size(&s, "m.cdimg") <= size(&s, "d12.cdimg") + size(&s, "d23.cdimg"));
+    assert!(size(&s, "m.cdimg") <= size(&s, "b12.cdimg") + size(&s, "b23.cdimg"));
     s.ok(&[
         "patch",
         "--base",
