@@ -19,7 +19,7 @@ const DEFAULT_LEVEL: u8 = 19;
 
 impl Codec for Bsdiff {
     const NAME: &'static str = "bsdiff";
-    const VERSION: &'static str = "1.0.1";
+    const VERSION: &'static str = "1.1.0";
     /// The suffix array takes 4 bytes per old byte inside a 4 GiB address space.
     const MAX_INPUT: u64 = 256 << 20;
     const CAN_MERGE: bool = true;

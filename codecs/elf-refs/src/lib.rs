@@ -120,7 +120,7 @@ fn rewritten(old: &[u8], new: &[u8], plain: &Delta) -> Option<Parts> {
 
 impl Codec for ElfRefs {
     const NAME: &'static str = "elf-refs";
-    const VERSION: &'static str = "1.0.0";
+    const VERSION: &'static str = "1.0.1";
     /// As bsdiff's: its suffix array takes 4 bytes per old byte.
     const MAX_INPUT: u64 = <d4c_codec_bsdiff::Bsdiff as Codec>::MAX_INPUT;
     const CAN_MERGE: bool = true;

@@ -40,27 +40,22 @@ pub fn builtin_components() -> &'static [BuiltinComponent] {
 /// Earlier builds of built-in codecs (codecs/retired/README.md), kept so the
 /// deltas made with them still decode; never used to diff.
 pub fn retired_components() -> &'static [BuiltinComponent] {
+    macro_rules! retired {
+        ($name:literal, $file:literal) => {
+            BuiltinComponent {
+                name: $name,
+                bytes: include_bytes!(concat!("../../../codecs/retired/", $file)),
+            }
+        };
+    }
     const ALL: &[BuiltinComponent] = &[
-        BuiltinComponent {
-            name: "bsdiff",
-            bytes: include_bytes!("../../../codecs/retired/bsdiff-1.0.0-7d763bd9.wasm"),
-        },
-        BuiltinComponent {
-            name: "bsdiff",
-            bytes: include_bytes!("../../../codecs/retired/bsdiff-1.0.1-8012fe22.wasm"),
-        },
-        BuiltinComponent {
-            name: "zstd-dict",
-            bytes: include_bytes!("../../../codecs/retired/zstd-dict-1.0.0-e053f3eb.wasm"),
-        },
-        BuiltinComponent {
-            name: "gzip",
-            bytes: include_bytes!("../../../codecs/retired/gzip-1.0.0-67a06fce.wasm"),
-        },
-        BuiltinComponent {
-            name: "gzip",
-            bytes: include_bytes!("../../../codecs/retired/gzip-1.0.1-6ebd2378.wasm"),
-        },
+        retired!("bsdiff", "bsdiff-1.0.0-7d763bd9.wasm"),
+        retired!("bsdiff", "bsdiff-1.0.1-8012fe22.wasm"),
+        retired!("bsdiff", "bsdiff-1.0.1-559f159f.wasm"),
+        retired!("elf-refs", "elf-refs-1.0.0-8207a495.wasm"),
+        retired!("zstd-dict", "zstd-dict-1.0.0-e053f3eb.wasm"),
+        retired!("gzip", "gzip-1.0.0-67a06fce.wasm"),
+        retired!("gzip", "gzip-1.0.1-6ebd2378.wasm"),
     ];
     ALL
 }
